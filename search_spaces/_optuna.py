@@ -1,0 +1,71 @@
+"""The one translation of a SearchSpace into Optuna terms.
+
+Ray Tune's OptunaSearch accepts a define-by-run function; the service hands it the function
+built here and nothing else translates the space.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optuna
+
+from search_spaces._model import CategoricalParam, FloatParam, IntParam, SearchSpace
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """Sample one configuration: parents first, conditional parameters only when active."""
+    config: dict[str, Any] = {}
+    for name in space.order():
+        if not space.is_active(name, config):
+            continue
+        param = space[name]
+        if isinstance(param, FloatParam):
+            config[name] = trial.suggest_float(name, param.low, param.high, log=param.log, step=param.step)
+        elif isinstance(param, IntParam):
+            config[name] = trial.suggest_int(name, param.low, param.high, log=param.log, step=param.step or 1)
+        elif isinstance(param, CategoricalParam):
+            config[name] = trial.suggest_categorical(name, param.choices)
+        else:  # pragma: no cover - the discriminated union is closed
+            raise TypeError(f"{name}: unknown parameter type {type(param).__name__}")
+    return config
+
+
+def define_by_run(
+    space: SearchSpace, fixed: Mapping[str, Any] | None = None
+) -> Callable[[optuna.Trial], dict[str, Any]]:
+    """A define-by-run function for OptunaSearch: samples ``space``, returns ``fixed`` as constants."""
+    constants = dict(fixed or {})
+
+    def _define(trial: optuna.Trial) -> dict[str, Any]:
+        suggest(trial, space)
+        return dict(constants)
+
+    return _define
+
+
+def make_sampler(kind: str, space: SearchSpace, seed: int | None, *, max_grid_points: int) -> optuna.samplers.BaseSampler:
+    """Build the Optuna sampler named ``kind`` (tpe, random, grid, cmaes, qmc, gp), seeded."""
+    samplers = optuna.samplers
+    if kind == "tpe":
+        # multivariate + group model the conditional structure instead of treating parameters as
+        # independent; constant_liar keeps parallel workers from sampling the same point.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    if kind == "random":
+        return samplers.RandomSampler(seed=seed)
+    if kind == "grid":
+        return samplers.GridSampler(space.grid(max_grid_points), seed=seed)
+    if kind == "cmaes":
+        return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if kind == "qmc":
+        return samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    if kind == "gp":
+        return samplers.GPSampler(seed=seed)
+    raise ValueError(f"unknown sampler '{kind}' (expected one of {', '.join(SAMPLERS)})")
+
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc", "gp")

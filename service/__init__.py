@@ -1,0 +1,1 @@
+"""Caviar's study service: FastAPI app, store and Ray dispatch (see the service issue)."""

@@ -1,0 +1,201 @@
+"""The trainables train, hit the seed-level accuracy targets, resume exactly, and run standalone."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from trainables import get_trainable, list_trainables
+from trainables.config import CNNConfig, MLPConfig
+from trainables.engine import evaluate_checkpoint, fit
+from trainables.models import build_cnn, build_mlp
+from trainables.report import StdoutReporter, load_state
+
+DATASETS: list[dict[str, Any]] = [
+    {"name": "digits"},
+    {"name": "mnist1d"},
+    {"name": "synthetic", "n_samples": 400, "n_classes": 4, "imbalance": 3.0},
+    {"name": "file", "path": "blobs.npz"},
+]
+MEASURED = {"epoch", "train_loss", "val_loss", "val_accuracy", "val_confidence", "lr"}
+
+
+class Recorder:
+    """A reporter that keeps what it is told (and can crash after n reports, like a killed worker)."""
+
+    def __init__(self, restore: dict | None = None, crash_after: int | None = None) -> None:
+        self.metrics: list[dict] = []
+        self.states: list[dict] = []
+        self._restore, self.crash_after = restore, crash_after
+
+    def report(self, metrics: dict, state: dict | None = None) -> None:
+        self.metrics.append(metrics)
+        if state is not None:
+            self.states.append(state)
+        if self.crash_after is not None and len(self.metrics) >= self.crash_after:
+            raise KeyboardInterrupt("simulated crash")
+
+    def restore(self) -> dict | None:
+        return self._restore
+
+    def num_cpus(self) -> int:
+        return 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def blobs_file(caviar_data_dir: Path) -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    x = rng.normal(size=(300, 6)) + y[:, None] * 2.0
+    np.savez(caviar_data_dir / "datasets" / "blobs.npz", x=x, y=y)
+
+
+def test_registry_lists_the_builtins_with_their_knobs() -> None:
+    names = set(list_trainables())
+    assert {"mlp_bn_softmax", "cnn_bn_softmax"} <= names
+    knobs = get_trainable("mlp_bn_softmax").knobs()
+    assert {"lr", "batch_size", "weight_init", "optimizer", "width", "depth", "bn_placement", "label_smoothing", "class_weights"} <= set(knobs)
+    assert knobs["dataset"] == {"name": "digits", "validation_fraction": 0.2, "seed": 0, "test_fraction": 0.2}
+    with pytest.raises(KeyError, match="unknown trainable 'resnet'"):
+        get_trainable("resnet")
+
+
+@pytest.mark.parametrize("dataset", DATASETS, ids=lambda d: d["name"])
+@pytest.mark.parametrize(("model", "build"), [(MLPConfig, build_mlp), (CNNConfig, build_cnn)], ids=["mlp", "cnn"])
+def test_each_trainable_trains_one_epoch_on_each_dataset(dataset: dict, model: Any, build: Any) -> None:
+    rec = Recorder()
+    cfg = model.model_validate({"dataset": dataset, "epochs": 1, "depth": 2, "channels": 8} if model is CNNConfig else {"dataset": dataset, "epochs": 1})
+    fit(cfg, build, rec)
+    (m,) = rec.metrics
+    assert set(m) == MEASURED | {"samples_per_s"}
+    assert m["epoch"] == 1 and m["samples_per_s"] > 0 and np.isfinite(m["train_loss"])
+    assert 0.0 <= m["val_accuracy"] <= 1.0
+    assert len(rec.states) == 1 and rec.states[0]["epoch"] == 1
+
+
+def test_same_config_and_seed_give_identical_metrics() -> None:
+    cfg = MLPConfig.model_validate({"epochs": 3, "dropout": 0.2, "optimizer": "momentum", "seed": 7})
+    a, b = Recorder(), Recorder()
+    fit(cfg, build_mlp, a)
+    fit(cfg, build_mlp, b)
+    assert [{k: m[k] for k in MEASURED} for m in a.metrics] == [{k: m[k] for k in MEASURED} for m in b.metrics]
+    c = Recorder()
+    fit(cfg.model_copy(update={"seed": 8}), build_mlp, c)
+    assert c.metrics[-1]["train_loss"] != a.metrics[-1]["train_loss"]
+
+
+@pytest.mark.parametrize("knobs", [
+    {"optimizer": "momentum", "lr_schedule": "cosine", "dropout": 0.3},
+    {"optimizer": "adamw", "lr_schedule": "step", "step_size": 2, "bn_placement": "after_activation", "use_l1": True, "l1": 1e-5},
+])
+def test_checkpoint_resume_equals_an_uninterrupted_run(knobs: dict) -> None:
+    cfg = MLPConfig.model_validate({"epochs": 5, "batch_size": 32, **knobs})
+    whole = Recorder()
+    fit(cfg, build_mlp, whole)
+    crashed = Recorder(crash_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, build_mlp, crashed)
+    resumed = Recorder(restore=crashed.states[-1])
+    fit(cfg, build_mlp, resumed)
+    assert [m["epoch"] for m in resumed.metrics] == [3, 4, 5]
+    for got, want in zip(resumed.metrics, whole.metrics[2:], strict=True):
+        assert {k: got[k] for k in MEASURED} == {k: want[k] for k in MEASURED}
+
+
+def test_checkpoint_holds_everything_needed_and_evaluates_on_test() -> None:
+    cfg = MLPConfig.model_validate({"epochs": 2, "lr_schedule": "exponential"})
+    rec = Recorder()
+    fit(cfg, build_mlp, rec)
+    state = rec.states[-1]
+    assert {"epoch", "model", "optimizer", "schedule", "torch_rng", "shuffle_rng"} <= set(state)
+    test = evaluate_checkpoint(cfg, build_mlp, state)
+    assert 0.5 < test["test_accuracy"] <= 1.0
+
+
+def test_class_weights_balanced_and_label_smoothing_train() -> None:
+    rec = Recorder()
+    cfg = MLPConfig.model_validate({"epochs": 2, "dataset": {"name": "synthetic", "n_samples": 600, "imbalance": 20.0}, "class_weights": "balanced", "label_smoothing": 0.1})
+    fit(cfg, build_mlp, rec)
+    assert np.isfinite(rec.metrics[-1]["train_loss"])
+
+
+def test_a_diverging_configuration_stops_and_says_so() -> None:
+    rec = Recorder()
+    cfg = MLPConfig.model_validate({"epochs": 5, "lr": 10.0, "optimizer": "sgd", "bn_placement": "none", "weight_init": "normal", "depth": 1})
+    # force divergence deterministically: a loss scaled to overflow
+    fit(cfg.model_copy(update={"label_smoothing": 0.0}), lambda c, s, n: _Exploding(build_mlp(c, s, n)), rec)
+    assert rec.metrics[-1]["diverged"] is True
+    assert len(rec.metrics) == 1 and rec.states == []
+
+
+class _Exploding:  # wraps a model so that its logits overflow to inf
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __call__(self, x: Any) -> Any:
+        return self.inner(x) * float("inf")
+
+    def to(self, device: Any) -> _Exploding:
+        self.inner = self.inner.to(device)
+        return self
+
+
+@pytest.mark.slow
+def test_mlp_reaches_95_percent_on_digits() -> None:
+    rec = Recorder()
+    fit(MLPConfig.model_validate({"epochs": 15, "lr": 0.01, "width": 128, "lr_schedule": "cosine"}), build_mlp, rec)
+    assert max(m["val_accuracy"] for m in rec.metrics) >= 0.95
+
+
+@pytest.mark.slow
+def test_mlp_beats_the_mnist1d_paper_mlp_within_40_epochs() -> None:
+    cfg = MLPConfig.model_validate({"dataset": {"name": "mnist1d"}, "epochs": 40, "lr": 0.01, "width": 512, "depth": 3, "dropout": 0.2, "lr_schedule": "cosine", "batch_size": 128})
+    final = fit(cfg, build_mlp, Recorder(), test=True)
+    assert final["test_accuracy"] >= 0.66
+
+
+@pytest.mark.slow
+def test_cnn_reaches_90_percent_on_mnist1d() -> None:
+    cfg = CNNConfig.model_validate({"dataset": {"name": "mnist1d"}, "epochs": 15, "lr": 0.005, "channels": 32, "depth": 3, "kernel_size": 5, "lr_schedule": "cosine"})
+    final = fit(cfg, build_cnn, Recorder(), test=True)
+    assert final["test_accuracy"] >= 0.90
+
+
+def test_standalone_cli_prints_json_lines_and_resumes(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    cmd = [sys.executable, "-m", "trainables", "mlp_bn_softmax", "--dataset", "digits", "--epochs", "2", "--config", '{"lr": 0.01}']
+    out = subprocess.run([*cmd, "--checkpoint-dir", str(ckpt)], capture_output=True, text=True, check=True).stdout
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line.get("epoch") for line in lines] == [1, 2, 2]
+    assert lines[-1]["final"] is True and 0.8 < lines[-1]["test_accuracy"] <= 1.0
+    assert load_state(ckpt)["epoch"] == 2
+    resumed = subprocess.run([sys.executable, "-m", "trainables", "mlp_bn_softmax", "--dataset", "digits", "--epochs", "3", "--config", '{"lr": 0.01}', "--resume-from", str(ckpt)], capture_output=True, text=True, check=True).stdout
+    assert [json.loads(line)["epoch"] for line in resumed.splitlines()] == [3, 3]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["mlp_bn_softmax", "--config", '{"lrr": 0.1}'], "error: config.lrr: Extra inputs are not permitted"),
+    (["mlp_bn_softmax", "--config", '{"lr": -1}'], "error: config.lr: Input should be greater than 0"),
+    (["resnet"], "error: unknown trainable 'resnet'"),
+    (["mlp_bn_softmax", "--dataset", "imagenet"], "error: config.dataset: Input tag 'imagenet'"),
+])
+def test_standalone_cli_bad_input_is_one_line(args: list[str], message: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "trainables", *args], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1
+
+
+def test_stdout_reporter_writes_null_for_nan() -> None:
+    buf = io.StringIO()
+    StdoutReporter(stream=buf).report({"train_loss": float("nan"), "epoch": 1})
+    assert json.loads(buf.getvalue()) == {"train_loss": None, "epoch": 1}

@@ -1,0 +1,197 @@
+"""Offline datasets, chosen by name: digits, mnist1d, synthetic and file.
+
+Every dataset is split the same way: a test split held back (the dataset's own where it has one),
+then a fixed train/validation split drawn from ``seed``; standardization is fitted on the training
+split only and applied to validation and test.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+DATASET_NAMES = ("digits", "mnist1d", "synthetic", "file")
+
+
+def data_dir() -> Path:
+    """The data directory: ``CAVIAR_DATA_DIR`` or ``~/.caviar``. User files live in ``datasets/``."""
+    return Path(os.environ.get("CAVIAR_DATA_DIR") or Path.home() / ".caviar").expanduser()
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Share of the training data held out for validation.")
+    seed: int = Field(0, ge=0, description="Seed of the train/validation split (and of generated data).")
+
+
+class DigitsSpec(_Spec):
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes)."""
+
+    name: Literal["digits"]
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+
+class Mnist1dSpec(_Spec):
+    """MNIST-1D, generated locally by the ``mnist1d`` package: 4,000 train / 1,000 test signals of length 40."""
+
+    name: Literal["mnist1d"]
+
+
+class SyntheticSpec(_Spec):
+    """scikit-learn's make_classification; ``imbalance`` is the majority/minority class size ratio."""
+
+    name: Literal["synthetic"]
+    n_samples: int = Field(2000, ge=50, le=1_000_000)
+    n_features: int = Field(20, ge=2, le=10_000)
+    n_informative: int = Field(10, ge=1, le=10_000)
+    n_classes: int = Field(3, ge=2, le=100)
+    imbalance: float = Field(1.0, ge=1.0, le=1000.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+
+class FileSpec(_Spec):
+    """A .npz (arrays ``x``, ``y`` and optionally ``x_test``, ``y_test``), .csv or .parquet file
+    under ``<data dir>/datasets``; tables carry the label in column ``target``."""
+
+    name: Literal["file"]
+    path: str = Field(min_length=1, max_length=512, description="Relative to <data dir>/datasets.")
+    target: str = Field("label", min_length=1, max_length=128)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+
+DatasetSpec = Annotated[DigitsSpec | Mnist1dSpec | SyntheticSpec | FileSpec, Field(discriminator="name")]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Standardized float32 arrays; ``input_shape`` is the per-sample shape for conv nets."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+    input_shape: tuple[int, ...]
+
+
+class DatasetError(ValueError):
+    pass
+
+
+def resolve_file(path: str, root: Path | None = None) -> Path:
+    """Resolve ``path`` inside ``<data dir>/datasets``; refuse anything that lands outside it."""
+    base = ((root or data_dir()) / "datasets").resolve()
+    if Path(path).is_absolute():
+        raise DatasetError(f"dataset.path: must be relative to the data directory, got an absolute path '{path}'")
+    target = (base / path).resolve()  # resolves symlinks too
+    if not target.is_relative_to(base):
+        raise DatasetError(f"dataset.path: '{path}' resolves outside the data directory")
+    if target.suffix not in (".npz", ".csv", ".parquet"):
+        raise DatasetError(f"dataset.path: '{path}' must end in .npz, .csv or .parquet")
+    return target
+
+
+def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    from sklearn.model_selection import train_test_split
+
+    stratify = y if np.unique(y, return_counts=True)[1].min() >= 2 else None
+    return tuple(train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify))
+
+
+def _mnist1d_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Generate MNIST-1D once (about 3 s) and cache it under the data directory."""
+    cache = data_dir() / "cache" / "mnist1d-v1.npz"
+    if not cache.exists():
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        state = np.random.get_state()  # make_dataset reseeds NumPy's global generator
+        try:
+            d = make_dataset(get_dataset_args())
+        finally:
+            np.random.set_state(state)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npz", delete=False) as tmp:
+            np.savez(tmp, x=d["x"], y=d["y"], x_test=d["x_test"], y_test=d["y_test"])
+        os.replace(tmp.name, cache)  # atomic: concurrent trials never read half a file
+    with np.load(cache) as f:
+        return f["x"], f["y"], f["x_test"], f["y_test"]
+
+
+def _read_file(spec: FileSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    path = resolve_file(spec.path)
+    if not path.is_file():
+        raise DatasetError(f"dataset.path: no file '{spec.path}' in the data directory")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as f:  # never unpickle user files
+            if "x" not in f or "y" not in f:
+                raise DatasetError("dataset.path: a .npz needs arrays 'x' and 'y'")
+            xt = f["x_test"] if "x_test" in f else None
+            yt = f["y_test"] if "y_test" in f else None
+            return f["x"], f["y"], xt, yt
+    import pandas as pd
+
+    frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    if spec.target not in frame.columns:
+        raise DatasetError(f"dataset.target: column '{spec.target}' not in {path.name}")
+    y = frame.pop(spec.target).to_numpy()
+    return frame.to_numpy(dtype=np.float32), y, None, None
+
+
+def _encode_labels(y: np.ndarray, y_test: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Map any label values (strings, sparse ints) onto 0..n_classes-1."""
+    classes = np.unique(np.concatenate([y, y_test]))
+    return np.searchsorted(classes, y).astype(np.int64), np.searchsorted(classes, y_test).astype(np.int64), len(classes)
+
+
+def load_dataset(spec: DigitsSpec | Mnist1dSpec | SyntheticSpec | FileSpec) -> Dataset:
+    """Load, split and standardize a dataset. Deterministic for a given spec."""
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    input_shape: tuple[int, ...] | None = None
+    if isinstance(spec, DigitsSpec):
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x, x_test, y, y_test = _split(d.data, d.target, spec.test_fraction, 12345)
+        input_shape = (1, 8, 8)
+    elif isinstance(spec, Mnist1dSpec):
+        x, y, x_test, y_test = _mnist1d_arrays()
+        input_shape = (1, x.shape[1])
+    elif isinstance(spec, SyntheticSpec):
+        from sklearn.datasets import make_classification
+
+        if spec.n_informative > spec.n_features:
+            raise DatasetError("dataset.n_informative: must be <= n_features")
+        # class sizes fall geometrically from the majority to the minority class
+        ratios = np.geomspace(1.0, 1.0 / spec.imbalance, spec.n_classes)
+        x, y = make_classification(
+            n_samples=spec.n_samples, n_features=spec.n_features, n_informative=spec.n_informative,
+            n_redundant=0, n_classes=spec.n_classes, weights=list(ratios / ratios.sum()),
+            random_state=spec.seed, flip_y=0.01,
+        )
+        x, x_test, y, y_test = _split(x, y, spec.test_fraction, spec.seed + 1)
+    else:
+        x, y, x_test, y_test = _read_file(spec)
+        if x_test is None or y_test is None:
+            x, x_test, y, y_test = _split(x, y, spec.test_fraction, spec.seed + 1)
+    y, y_test, n_classes = _encode_labels(np.asarray(y), np.asarray(y_test))
+    x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    x_test = np.asarray(x_test, dtype=np.float32).reshape(len(x_test), -1)
+    x_train, x_val, y_train, y_val = _split(x, y, spec.validation_fraction, spec.seed)
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    std[std < 1e-8] = 1.0  # constant features (digits' border pixels) stay zero, not NaN
+    norm = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
+    return Dataset(
+        norm(x_train), y_train, norm(x_val), y_val, norm(x_test), y_test,
+        n_classes=n_classes, input_shape=input_shape or (1, x.shape[1]),
+    )

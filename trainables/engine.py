@@ -1,0 +1,208 @@
+"""The training loop every built-in trainable shares.
+
+Data lives as tensors on the trial's device and is sliced per batch with a seeded permutation
+(no DataLoader, no per-step host copies). Each epoch reports train/validation metrics through the
+reporter and checkpoints model, optimizer, scheduler, epoch and RNG states, so a run resumed from
+epoch k ends exactly where an uninterrupted run ends (CPU, same seed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainables.config import TrainConfig
+from trainables.datasets import Dataset, load_dataset
+from trainables.models import init_weights, l1_penalty
+from trainables.report import Reporter, get_reporter
+
+C = TypeVar("C", bound=TrainConfig)
+ModelBuilder = Callable[[Any, tuple[int, ...], int], nn.Module]
+
+_EVAL_BATCH = 4096
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def make_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    wd = cfg.weight_decay  # L2: coupled for SGD-family/RMSprop/Adam, decoupled for AdamW
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=wd)
+    if cfg.optimizer in ("momentum", "nesterov"):
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.optimizer == "nesterov", weight_decay=wd)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.rms_alpha, weight_decay=wd)
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=wd)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=wd)
+
+
+def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch decay; ``inverse_time`` is the seed's lr0 / (1 + decay_rate * epoch)."""
+    s = torch.optim.lr_scheduler
+    if cfg.lr_schedule == "step":
+        return s.StepLR(opt, step_size=cfg.step_size, gamma=cfg.step_gamma)
+    if cfg.lr_schedule == "exponential":
+        return s.ExponentialLR(opt, gamma=cfg.decay_rate)
+    if cfg.lr_schedule == "inverse_time":
+        return s.LambdaLR(opt, lambda e: 1.0 / (1.0 + cfg.decay_rate * e))
+    if cfg.lr_schedule == "cosine":
+        return s.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return s.LambdaLR(opt, lambda e: 1.0)
+
+
+class _Tensors:
+    def __init__(self, data: Dataset, device: torch.device) -> None:
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(device)
+
+        self.x_train, self.y_train = t(data.x_train), t(data.y_train)
+        self.x_val, self.y_val = t(data.x_val), t(data.y_val)
+        self.x_test, self.y_test = t(data.x_test), t(data.y_test)
+
+
+def class_weight_tensor(cfg: TrainConfig, y: torch.Tensor, n_classes: int) -> torch.Tensor | None:
+    """``balanced``: n_samples / (n_classes * count_c), as scikit-learn defines it."""
+    if cfg.class_weights != "balanced":
+        return None
+    counts = torch.bincount(y, minlength=n_classes).float().clamp_min(1.0)
+    return len(y) / (n_classes * counts)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> dict[str, float]:
+    """Loss, accuracy and mean softmax confidence, in eval mode (BN uses its running statistics)."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, confidence = 0.0, 0, 0.0
+    for i in range(0, len(x), _EVAL_BATCH):
+        logits = model(x[i : i + _EVAL_BATCH]).float()
+        yb = y[i : i + _EVAL_BATCH]
+        total_loss += float(loss_fn(logits, yb)) * len(yb)
+        prob = torch.softmax(logits, dim=1)
+        conf, pred = prob.max(dim=1)
+        correct += int((pred == yb).sum())
+        confidence += float(conf.sum())
+    model.train(was_training)
+    n = max(1, len(x))
+    return {"loss": total_loss / n, "accuracy": correct / n, "confidence": confidence / n}
+
+
+def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` for ``cfg.epochs`` epochs, reporting each; returns the last metrics.
+
+    With ``test=True`` (standalone runs) the returned dict also holds the held-out test metrics.
+    """
+    reporter = reporter or get_reporter()
+    torch.set_num_threads(cfg.num_threads or reporter.num_cpus())
+    device = _device(cfg)
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg.dataset)
+    tensors = _Tensors(data, device)
+    model = build(cfg, data.input_shape, data.n_classes).to(device)
+    init_weights(model, cfg.weight_init)
+    optimizer = make_optimizer(cfg, model.parameters())
+    schedule = make_schedule(cfg, optimizer)
+    weights = class_weight_tensor(cfg, tensors.y_train, data.n_classes)
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    eval_loss = nn.CrossEntropyLoss()  # validation and test: the plain softmax cross-entropy
+    shuffle = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp == "bf16" and device.type == "cuda" else contextlib.nullcontext()
+    )
+
+    start = 1
+    state = reporter.restore()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["torch_rng"])
+        shuffle.set_state(state["shuffle_rng"])
+        start = int(state["epoch"]) + 1
+
+    n = len(tensors.x_train)
+    bs = min(cfg.batch_size, n)
+    metrics: dict[str, Any] = {}
+    for epoch in range(start, cfg.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        perm = torch.randperm(n, generator=shuffle).to(device)
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        seen = 0
+        for i in range(0, n, bs):
+            idx = perm[i : i + bs]
+            if len(idx) < 2:  # BN cannot normalize a batch of one
+                continue
+            with autocast:
+                logits = model(tensors.x_train[idx])
+                loss = loss_fn(logits.float(), tensors.y_train[idx])
+                if cfg.use_l1 and cfg.l1 > 0:
+                    loss = loss + cfg.l1 * l1_penalty(model)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(idx)  # stays on device: no sync per step
+            seen += len(idx)
+        train_loss = float(loss_sum) / max(1, seen)
+        elapsed = time.perf_counter() - t0
+        schedule.step()
+        val = evaluate(model, tensors.x_val, tensors.y_val, eval_loss)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "val_confidence": val["confidence"],
+            "lr": lr,
+            "samples_per_s": seen / elapsed if elapsed > 0 else float("inf"),
+        }
+        diverged = not math.isfinite(train_loss)
+        last = epoch == cfg.epochs or diverged
+        if diverged:
+            metrics["diverged"] = True
+        keep = not diverged and (last or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0))
+        reporter.report(metrics, _state(model, optimizer, schedule, shuffle, epoch) if keep else None)
+        if diverged:  # a diverged configuration ends here; the service records it as failed
+            break
+    if test:
+        metrics = dict(metrics, **test_metrics(model, tensors, eval_loss))
+    return metrics
+
+
+def test_metrics(model: nn.Module, tensors: _Tensors, loss_fn: nn.Module) -> dict[str, float]:
+    t = evaluate(model, tensors.x_test, tensors.y_test, loss_fn)
+    return {"test_loss": t["loss"], "test_accuracy": t["accuracy"]}
+
+
+def _state(model: nn.Module, opt: torch.optim.Optimizer, sched: Any, shuffle: torch.Generator, epoch: int) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "schedule": sched.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "shuffle_rng": shuffle.get_state(),
+    }
+
+
+def evaluate_checkpoint(cfg: TrainConfig, build: ModelBuilder, state: dict[str, Any]) -> dict[str, float]:
+    """Held-out test metrics of a checkpointed model (the study driver calls this for the best trial)."""
+    device = _device(cfg)
+    data = load_dataset(cfg.dataset)
+    model = build(cfg, data.input_shape, data.n_classes).to(device)
+    model.load_state_dict(state["model"])
+    return test_metrics(model, _Tensors(data, device), nn.CrossEntropyLoss())

@@ -1,0 +1,110 @@
+"""The one helper a trainable reports through, inside Ray Tune or standalone.
+
+Inside a Tune trial, ``report`` calls ``ray.tune.report`` (with a checkpoint when given state) and
+``restore`` reads ``ray.tune.get_checkpoint()``. Outside Tune it prints one JSON line per report and
+keeps checkpoints in a directory of the caller's choosing, so every trainable runs the same way in
+both places. This module is the only place in ``trainables/`` that touches Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+CHECKPOINT_FILE = "state.pt"
+
+
+class Reporter(Protocol):
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+        """Report one epoch's metrics; ``state`` (a torch-serializable dict) is checkpointed when given."""
+
+    def restore(self) -> dict[str, Any] | None:
+        """The state of the latest checkpoint to resume from, or None to start fresh."""
+
+    def num_cpus(self) -> int:
+        """CPUs allotted to this run (sets torch's thread count)."""
+
+
+def load_state(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+
+
+def save_state(directory: str | os.PathLike[str], state: dict[str, Any]) -> None:
+    path = Path(directory) / CHECKPOINT_FILE
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+class StdoutReporter:
+    """Standalone: JSON lines on stdout; checkpoints in ``checkpoint_dir`` (latest one kept)."""
+
+    def __init__(self, checkpoint_dir: str | None = None, resume_from: str | None = None, stream: Any = None) -> None:
+        self.checkpoint_dir = checkpoint_dir
+        self.resume_from = resume_from
+        self.stream = stream or sys.stdout
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+        if state is not None and self.checkpoint_dir:
+            Path(self.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+            save_state(self.checkpoint_dir, state)
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        print(json.dumps(clean), file=self.stream, flush=True)
+
+    def restore(self) -> dict[str, Any] | None:
+        return load_state(self.resume_from) if self.resume_from else None
+
+    def num_cpus(self) -> int:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class TuneReporter:
+    """Inside a Ray Tune trial."""
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+        from ray import tune
+
+        if state is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="caviar-ckpt-") as tmp:
+            save_state(tmp, state)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    def restore(self) -> dict[str, Any] | None:
+        from ray import tune
+
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return load_state(directory)
+
+    def num_cpus(self) -> int:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        return max(1, math.ceil(cpus))
+
+
+def in_tune() -> bool:
+    if "ray" not in sys.modules:  # a Tune worker has imported Ray long before the trainable runs
+        return False
+    try:
+        from ray.train._internal.session import get_session
+    except ImportError:  # pragma: no cover - Ray moved its session; fall back to the public context
+        from ray import tune
+
+        return tune.get_context().get_trial_id() is not None
+    return get_session() is not None
+
+
+def get_reporter() -> Reporter:
+    return TuneReporter() if in_tune() else StdoutReporter()
