@@ -33,17 +33,22 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     return config
 
 
+class _DefineByRun:
+    """Picklable (Ray Tune pickles its searcher with the experiment state)."""
+
+    def __init__(self, space: SearchSpace, constants: dict[str, Any]) -> None:
+        self.space, self.constants = space, constants
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        suggest(trial, self.space)
+        return dict(self.constants)
+
+
 def define_by_run(
     space: SearchSpace, fixed: Mapping[str, Any] | None = None
 ) -> Callable[[optuna.Trial], dict[str, Any]]:
     """A define-by-run function for OptunaSearch: samples ``space``, returns ``fixed`` as constants."""
-    constants = dict(fixed or {})
-
-    def _define(trial: optuna.Trial) -> dict[str, Any]:
-        suggest(trial, space)
-        return dict(constants)
-
-    return _define
+    return _DefineByRun(space, dict(fixed or {}))
 
 
 def make_sampler(kind: str, space: SearchSpace, seed: int | None, *, max_grid_points: int) -> optuna.samplers.BaseSampler:

@@ -1,0 +1,60 @@
+"""The FastAPI app: routers, problem details, and the dispatcher loop that talks to Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from service import problems, studies
+from service.ray_adapter import RayJobs
+from service.routes import catalog, health
+from service.routes import studies as study_routes
+from service.settings import Settings
+from service.store import Store, migrate
+
+log = logging.getLogger("caviar.app")
+DISPATCH_INTERVAL_S = 1.0
+
+
+def create_app(settings: Settings | None = None, *, run_migrations: bool = True) -> FastAPI:
+    settings = settings or Settings.from_env()
+    if run_migrations:
+        migrate(settings.database_url)
+    ctx = studies.Context(settings=settings, store=Store(settings.database_url), ray=RayJobs(settings.ray_address))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def dispatcher() -> None:
+            while True:
+                try:
+                    await asyncio.to_thread(studies.dispatch_once, ctx)
+                except Exception as exc:  # Ray down or restarting: try again next tick
+                    log.warning("dispatch: %s", exc)
+                    ctx.ray.reset()
+                await asyncio.sleep(DISPATCH_INTERVAL_S)
+
+        task = asyncio.create_task(dispatcher())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(
+        title="Caviar",
+        version="0.1.0",
+        description="Caviar-mode hyperparameter tuning: submit a study, Ray Tune trains many configurations in "
+        "parallel (Optuna samplers, ASHA early stopping), read the best back.",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    problems.install(app)
+    app.include_router(study_routes.router)
+    app.include_router(catalog.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,44 @@
+"""A study's driver: the entrypoint of its Ray job (``python -m service.driver STUDY_ID``).
+
+Reads the study from the store, runs it with Ray Tune through the adapter, and marks it
+completed or failed. A study cancelled meanwhile stays cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+from service.schemas import StudyDefinition, StudyStatus
+from service.settings import Settings
+from service.store import Store, now
+
+
+def main(study_id: str) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = Settings.from_env()
+    store = Store(settings.database_url)
+    row = store.get_study(study_id)
+    if row is None:
+        print(f"caviar: no study {study_id} in the store", file=sys.stderr)
+        return 2
+    if not store.update_study(study_id, only_if=("queued", "running"), status=StudyStatus.RUNNING.value, started_at=row.started_at or now()):
+        print(f"caviar: study {study_id} is {row.status}; nothing to run", file=sys.stderr)
+        return 0
+    from service.ray_adapter import run_tune
+
+    try:
+        definition = StudyDefinition.model_validate(row.definition)
+        test = run_tune(study_id, definition, definition.space(), settings.data_dir, settings.database_url)
+        store.update_study(study_id, test_metrics=test or None)
+        store.finish_study(study_id, StudyStatus.COMPLETED)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - any end but success is a failed study
+        traceback.print_exc()
+        store.finish_study(study_id, StudyStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

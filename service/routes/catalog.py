@@ -1,0 +1,22 @@
+"""What can be chosen by name: trainables and search-space presets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from search_spaces import list_presets, load_preset, preset_description
+from trainables import list_trainables
+
+router = APIRouter(prefix="/v1", tags=["catalog"])
+
+
+@router.get("/trainables", summary="Registered trainables with their knobs and defaults")
+def trainables() -> list[dict[str, Any]]:
+    return [{"name": s.name, "description": s.description.strip(), "knobs": s.knobs()} for s in list_trainables().values()]
+
+
+@router.get("/search-spaces", summary="Search-space presets with their parameters")
+def search_spaces() -> list[dict[str, Any]]:
+    return [{"name": n, "description": preset_description(n), "parameters": load_preset(n).to_dict()} for n in list_presets()]

@@ -1,0 +1,31 @@
+"""One settings object, read from the environment (flags of `caviar serve` set the same variables)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    ray_address: str  # the Ray Jobs / dashboard HTTP address, as `ray job submit` takes it
+    dashboard_url: str  # what users open in a browser (may differ from ray_address behind a proxy)
+    max_grid_points: int = 10_000
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        data_dir = Path(os.environ.get("CAVIAR_DATA_DIR") or Path.home() / ".caviar").expanduser().resolve()
+        url = os.environ.get("CAVIAR_DATABASE_URL") or f"sqlite:///{data_dir / 'caviar.db'}"
+        ray = os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+        if "://" not in ray:
+            ray = f"http://{ray}"
+        return cls(
+            data_dir=data_dir,
+            database_url=url,
+            ray_address=ray,
+            dashboard_url=os.environ.get("CAVIAR_DASHBOARD_URL") or ray,
+            max_grid_points=int(os.environ.get("CAVIAR_MAX_GRID_POINTS", "10000")),
+        )
