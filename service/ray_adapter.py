@@ -156,8 +156,13 @@ def run_tune(study_id: str, d: StudyDefinition, space: SearchSpace, data_dir: Pa
             if trial_id in self._completed_trials:
                 return None
             state = optuna.trial.TrialState.PRUNED if outcome == "stopped_early" else optuna.trial.TrialState.FAIL
+            ot_trial = self._ot_trials[trial_id]
             try:
-                self._ot_study.tell(self._ot_trials[trial_id], None, state=state)
+                # Tune does not forward the result on which the scheduler stops a trial; report it
+                # so the pruned trial carries its last intermediate value
+                if result and isinstance(result.get(metric), (int, float)) and "training_iteration" in result:
+                    ot_trial.report(float(result[metric]), int(result["training_iteration"]))
+                self._ot_study.tell(ot_trial, None, state=state)
             except Exception as exc:  # e.g. already told
                 log.warning("optuna tell failed for %s: %s", trial_id, exc)
             self._completed_trials.add(trial_id)

@@ -9,6 +9,7 @@ details.
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from search_spaces import SAMPLERS, SearchSpace, SearchSpaceError, resolve_space
 from trainables import UnknownTrainable, get_trainable
-from trainables.datasets import DatasetSpec
+from trainables.datasets import DatasetError, DatasetSpec, FileSpec, resolve_file
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
@@ -112,7 +113,7 @@ class StudyDefinition(BaseModel):
         return resolve_space(self.search_space)
 
 
-def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[str, float] | None) -> SearchSpace:
+def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[str, float] | None, data_dir: Path) -> SearchSpace:
     """Check a shape-valid definition against the registries; returns its resolved search space.
 
     ``cluster`` is the Ray cluster's total resources (None when Ray is unreachable: resource
@@ -143,6 +144,13 @@ def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         raise DefinitionError("fixed." + ".".join(str(p) for p in err["loc"]), err["msg"]) from None
+    if isinstance(d.dataset, FileSpec):
+        try:
+            path = resolve_file(d.dataset.path, root=data_dir)
+        except DatasetError as exc:
+            raise DefinitionError("dataset.path", str(exc).removeprefix("dataset.path: ")) from None
+        if not path.is_file():
+            raise DefinitionError("dataset.path", f"no file '{d.dataset.path}' under {data_dir / 'datasets'}")
     if d.scheduler.max_t is not None and "epochs" in d.fixed and d.scheduler.max_t > d.fixed["epochs"]:
         raise DefinitionError("scheduler.max_t", f"must be <= fixed.epochs ({d.fixed['epochs']})")
     if d.scheduler.type in ("asha", "hyperband") and d.scheduler.grace_period > d.epochs():

@@ -45,7 +45,7 @@ def submit(ctx: Context, definition: StudyDefinition) -> StudyOut:
         cluster = ctx.ray.largest_node()
     except Exception:  # Ray unreachable: resources are checked by Ray when it comes back
         cluster = None
-    check_definition(definition, max_grid_points=ctx.settings.max_grid_points, cluster=cluster)
+    check_definition(definition, max_grid_points=ctx.settings.max_grid_points, cluster=cluster, data_dir=ctx.settings.data_dir)
     row = ctx.store.create_study(definition.name, definition.model_dump(mode="json"))
     return study_out(ctx, row)
 

@@ -1,12 +1,36 @@
-"""Shared fixtures: an isolated data directory per session and one local Ray cluster for `ray` tests."""
+"""Shared fixtures.
+
+- an isolated CAVIAR_DATA_DIR per session;
+- ``ray_head``: one Ray head for the whole session, started by the tests with ``ray start --head
+  --block`` on free loopback ports, with its own auth token, and stopped (only it) afterwards;
+- ``api``: ``caviar serve`` in a subprocess (uvicorn over HTTP) against that head and a SQLite file;
+- ``postgres_url``: a fresh PostgreSQL database when CAVIAR_TEST_POSTGRES_URL is set, else a skip.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,19 +42,123 @@ def caviar_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@dataclass
+class RayHead:
+    gcs_address: str
+    dashboard: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
 @pytest.fixture(scope="session")
-def ray_cluster(caviar_data_dir: Path) -> Iterator[None]:
-    """A local Ray (2 CPUs) started by the tests and shut down after them."""
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
+    gcs, dash = free_port(), free_port()
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"}
+    os.environ.update(env)  # this process talks to the head too (Jobs API, ray.init)
+    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=2",
+         "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **env},
+    )
+    head = RayHead(gcs_address=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dash}", env=env)
+    from service.ray_adapter import RayJobs
+
+    deadline = time.time() + 90
+    while not RayJobs(head.dashboard).ping():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the test Ray head did not start; see {log.name}")
+        time.sleep(1)
+    try:
+        yield head
+    finally:
+        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        try:
+            proc.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_head: RayHead, caviar_data_dir: Path) -> Iterator[None]:
+    """This process connected to the session's Ray head as a driver."""
     import ray
 
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        runtime_env={"env_vars": {"CAVIAR_DATA_DIR": str(caviar_data_dir)}},
-        logging_level="WARNING",
-        log_to_driver=False,
-    )
+    ray.init(address=ray_head.gcs_address, runtime_env={"env_vars": {"CAVIAR_DATA_DIR": str(caviar_data_dir)}},
+             logging_level="WARNING", log_to_driver=False)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+class Api:
+    """`caviar serve` in a subprocess; ``kill()`` is kill -9, ``start()`` starts it again."""
+
+    def __init__(self, data_dir: Path, head: RayHead, database_url: str | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir, self.head, self.database_url = data_dir, head, database_url
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, **self.head.env, "CAVIAR_DATA_DIR": str(self.data_dir), "RAY_ADDRESS": self.head.dashboard}
+        if self.database_url:
+            env["CAVIAR_DATABASE_URL"] = self.database_url
+        self.log = open(self.data_dir / f"api-{time.time():.0f}.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen([str(BIN / "caviar"), "serve", "--port", str(self.port)], env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"caviar serve did not start: {Path(self.log.name).read_text()[-2000:]}")
+            time.sleep(0.3)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def api(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory, caviar_data_dir: Path) -> Iterator[Api]:
+    server = Api(caviar_data_dir, ray_head)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the PostgreSQL named by CAVIAR_TEST_POSTGRES_URL (an admin URL), dropped afterwards."""
+    admin = os.environ.get("CAVIAR_TEST_POSTGRES_URL")
+    if not admin:
+        pytest.skip("PostgreSQL tests need CAVIAR_TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1:5432/postgres); .ci/run sets it")
+    import psycopg
+
+    name = f"caviar_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = admin.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
