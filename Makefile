@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 #   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test lint typecheck unit bench-smoke clean
+.PHONY: setup demo test lint unit bench-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: lint unit bench-smoke
 
 bench-smoke: setup
 	$(BIN)/python -m bench.trainable_throughput --smoke
+
+demo: setup
+	bash examples/quickstart.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -156,8 +156,9 @@ def submit(
     if threshold:
         metric, value = threshold
         got = (top["metrics"] or {}).get(metric) if metric != best["objective"]["metric"] else top["value"]
-        if got is None:
+        if not isinstance(got, (int, float)):
             _fail(f"--fail-under: the best trial has no metric '{metric}'", 2)
+            return
         minimize = best["objective"]["mode"] == "min" and metric == best["objective"]["metric"]
         missed = got > value if minimize else got < value
         if missed:

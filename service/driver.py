@@ -34,7 +34,7 @@ def main(study_id: str) -> int:
         store.update_study(study_id, test_metrics=test or None)
         store.finish_study(study_id, StudyStatus.COMPLETED)
         return 0
-    except BaseException as exc:  # noqa: BLE001 - any end but success is a failed study
+    except BaseException as exc:
         traceback.print_exc()
         store.finish_study(study_id, StudyStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
         return 1

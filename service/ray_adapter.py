@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from search_spaces import SearchSpace
     from service.schemas import StudyDefinition
     from service.store import Store
-    from search_spaces import SearchSpace
 
 log = logging.getLogger("caviar.ray")
 
@@ -162,7 +162,7 @@ def run_tune(study_id: str, d: StudyDefinition, space: SearchSpace, data_dir: Pa
                 # so the pruned trial carries its last intermediate value
                 if result and isinstance(result.get(metric), (int, float)) and "training_iteration" in result:
                     ot_trial.report(float(result[metric]), int(result["training_iteration"]))
-                self._ot_study.tell(ot_trial, None, state=state)
+                self._ot_study.tell(ot_trial, None, state=state)  # type: ignore[attr-defined]
             except Exception as exc:  # e.g. already told
                 log.warning("optuna tell failed for %s: %s", trial_id, exc)
             self._completed_trials.add(trial_id)
@@ -237,7 +237,7 @@ def run_tune(study_id: str, d: StudyDefinition, space: SearchSpace, data_dir: Pa
     best = store_for(database_url).best_trials(study_id, mode, 1)
     if not best:
         return {}
-    for result in grid:
+    for result in (grid[i] for i in range(len(grid))):
         if result.metrics and result.metrics.get("trial_id") == best[0].trial_id and result.checkpoint is not None:
             with result.checkpoint.as_directory() as directory:
                 state = load_state(directory)

@@ -9,8 +9,8 @@ details.
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator

@@ -54,7 +54,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
     gcs, dash = free_port(), free_port()
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"}
     os.environ.update(env)  # this process talks to the head too (Jobs API, ray.init)
-    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")  # noqa: SIM115
+    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=2",
@@ -107,7 +107,7 @@ class Api:
         env = {**os.environ, **self.head.env, "CAVIAR_DATA_DIR": str(self.data_dir), "RAY_ADDRESS": self.head.dashboard}
         if self.database_url:
             env["CAVIAR_DATABASE_URL"] = self.database_url
-        self.log = open(self.data_dir / f"api-{time.time():.0f}.log", "w")  # noqa: SIM115
+        self.log = open(self.data_dir / f"api-{time.time():.0f}.log", "w")
         self.proc = subprocess.Popen([str(BIN / "caviar"), "serve", "--port", str(self.port)], env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 60

@@ -21,12 +21,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
 
 
 def test_studies_page_and_filter(store: Store) -> None:
-    before, total_before = store.list_studies(None, 0, 1000)
+    _before, total_before = store.list_studies(None, 0, 1000)
     ids = [store.create_study(f"s{i}", {"i": i}).id for i in range(5)]
     store.update_study(ids[0], status="running")
     rows, total = store.list_studies(None, 0, 2)
     assert total == total_before + 5 and len(rows) == 2
-    running, n = store.list_studies("running", 0, 50)
+    running, _n = store.list_studies("running", 0, 50)
     assert ids[0] in [r.id for r in running] and all(r.status == "running" for r in running)
     assert store.get_study(ids[3]).definition == {"i": 3}  # type: ignore[union-attr]
 
