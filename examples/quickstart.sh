@@ -10,7 +10,12 @@ URL=${CAVIAR_URL:-http://127.0.0.1:8000}
 if ! curl -fsS "$URL/healthz" >/dev/null 2>&1; then
   mkdir -p "${CAVIAR_DATA_DIR:-$HOME/.caviar}"
   nohup "$BIN/caviar" serve > "${CAVIAR_DATA_DIR:-$HOME/.caviar}/serve.log" 2>&1 &
-  echo "caviar serve started (pid $!, log ${CAVIAR_DATA_DIR:-$HOME/.caviar}/serve.log)"
-  for _ in $(seq 120); do curl -fsS "$URL/healthz" >/dev/null 2>&1 && break; sleep 1; done
+  pid=$!
+  echo "caviar serve started (pid $pid, log ${CAVIAR_DATA_DIR:-$HOME/.caviar}/serve.log)"
+  for _ in $(seq 120); do
+    curl -fsS "$URL/healthz" >/dev/null 2>&1 && break
+    kill -0 "$pid" 2>/dev/null || { echo "error: caviar serve exited; see its log" >&2; exit 2; }
+    sleep 1
+  done
 fi
 "$BIN/caviar" submit examples/digits_quick.yaml --wait --url "$URL"

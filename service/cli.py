@@ -64,6 +64,7 @@ def serve(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="CAVIAR_DATA_DIR", help="SQLite file, Ray results, datasets/.")] = None,
     ray_address: Annotated[str | None, typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Ray dashboard/Jobs address of an existing cluster, e.g. http://127.0.0.1:8265.")] = None,
     dashboard_port: Annotated[int, typer.Option(help="Dashboard port of the local Ray head Caviar starts.")] = 8265,
+    ray_port: Annotated[int, typer.Option(help="GCS port of the local Ray head (not Ray's 6379, which Redis often holds).")] = 6390,
 ) -> None:
     """Start the API; without --ray-address, start (or reuse) a local Ray head bound to 127.0.0.1."""
     import uvicorn
@@ -77,7 +78,7 @@ def serve(
             console.print(f"starting a local Ray head (dashboard {ray_address})")
             # loopback only: whoever reaches Ray's ports can run code on it
             subprocess.run(
-                [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+                [ray_bin, "start", "--head", f"--port={ray_port}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
                  f"--dashboard-port={dashboard_port}", "--include-dashboard=true", "--disable-usage-stats"],
                 check=True,
             )
