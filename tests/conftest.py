@@ -58,7 +58,10 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=2",
-         "--disable-usage-stats"],
+         "--disable-usage-stats",
+         # own agent ports too, so a Ray head the user already runs on this machine cannot collide
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--metrics-export-port={free_port()}", f"--ray-client-server-port={free_port()}"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **env},
     )
     head = RayHead(gcs_address=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dash}", env=env)
