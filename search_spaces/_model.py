@@ -30,7 +30,6 @@ DEFAULT_MAX_GRID_POINTS = 10_000
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 ChoiceValue = bool | int | float | str  # bool first: pydantic must not coerce True to 1
-Scalar = bool | int | float | str
 
 
 class SearchSpaceError(ValueError):

@@ -110,6 +110,17 @@ def trial_outcome(result: dict[str, Any] | None, epochs: int, error: bool = Fals
     return "completed"
 
 
+def _error_reason(trial: Any) -> str:
+    """The last line of the trial's traceback (``ValueError: ...``), and where the whole one is."""
+    where = f"full traceback in {trial.local_path}"
+    try:  # Tune has just written it on the driver's disk (get_error() reads the synced copy, later)
+        text = Path(trial.error_file).read_text() if trial.error_file else ""
+    except OSError:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{lines[-1][:500]} ({where})" if lines else f"the trial raised an error ({where})"
+
+
 REPORTED = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_confidence", "lr", "samples_per_s", "diverged")
 
 
@@ -189,8 +200,7 @@ def run_tune(study_id: str, d: StudyDefinition, space: SearchSpace, data_dir: Pa
             store_for(database_url).upsert_trial(study_id, trial.trial_id, state=outcome, error=error, finished_at=now())
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            message = f"trial raised an error (see {trial.local_path} in the Ray job's storage)"
-            store_for(database_url).upsert_trial(study_id, trial.trial_id, state="failed", error=message, finished_at=now())
+            store_for(database_url).upsert_trial(study_id, trial.trial_id, state="failed", error=_error_reason(trial), finished_at=now())
 
     if not ray.is_initialized():
         ray.init(address="auto", log_to_driver=True)
@@ -239,10 +249,10 @@ def run_tune(study_id: str, d: StudyDefinition, space: SearchSpace, data_dir: Pa
         return {}
     for result in (grid[i] for i in range(len(grid))):
         if result.metrics and result.metrics.get("trial_id") == best[0].trial_id and result.checkpoint is not None:
+            if spec.build_model is None:  # a plug-in without a model builder: no test metrics
+                return {}
             with result.checkpoint.as_directory() as directory:
                 state = load_state(directory)
             cfg = spec.config_model.model_validate({**constants, **{k: v for k, v in best[0].config.items() if k in spec.config_model.model_fields}})
-            if spec.build_model is None:
-                return {}
             return evaluate_checkpoint(cfg, spec.build_model, state)  # type: ignore[arg-type]
     return {}

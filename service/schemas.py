@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from search_spaces import SAMPLERS, SearchSpace, SearchSpaceError, resolve_space
+from search_spaces import SearchSpace, SearchSpaceError, resolve_space
 from trainables import UnknownTrainable, get_trainable
 from trainables.datasets import DatasetError, DatasetSpec, FileSpec, resolve_file
 
@@ -113,6 +113,10 @@ class StudyDefinition(BaseModel):
         return resolve_space(self.search_space)
 
 
+def _space_error(exc: SearchSpaceError) -> DefinitionError:
+    return DefinitionError(f"search_space.{exc.parameter}" if exc.parameter else "search_space", exc.rule)
+
+
 def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[str, float] | None, data_dir: Path) -> SearchSpace:
     """Check a shape-valid definition against the registries; returns its resolved search space.
 
@@ -126,8 +130,7 @@ def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[
     try:
         space = d.space()
     except SearchSpaceError as exc:
-        field = f"search_space.{exc.parameter}" if exc.parameter else "search_space"
-        raise DefinitionError(field, exc.rule) from None
+        raise _space_error(exc) from None
     knobs = spec.config_model.model_fields
     for name in space:
         if name not in knobs:
@@ -159,10 +162,7 @@ def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[
         try:
             space.grid(max_grid_points)
         except SearchSpaceError as exc:
-            field = f"search_space.{exc.parameter}" if exc.parameter else "search_space"
-            raise DefinitionError(field, exc.rule) from None
-    if d.sampler.type not in SAMPLERS:  # pragma: no cover - the Literal guards it
-        raise DefinitionError("sampler.type", f"unknown sampler '{d.sampler.type}'")
+            raise _space_error(exc) from None
     if cluster is not None:
         for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
             want = getattr(d.resources_per_trial, key)

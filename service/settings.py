@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainables.datasets import data_dir as default_data_dir
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -17,7 +19,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        data_dir = Path(os.environ.get("CAVIAR_DATA_DIR") or Path.home() / ".caviar").expanduser().resolve()
+        data_dir = default_data_dir().resolve()
         url = os.environ.get("CAVIAR_DATABASE_URL") or f"sqlite:///{data_dir / 'caviar.db'}"
         ray = os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
         if "://" not in ray:

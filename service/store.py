@@ -167,9 +167,12 @@ class Store:
             rows = list(s.scalars(q.order_by(StudyRow.created_at.desc(), StudyRow.id).offset(offset).limit(limit)))
             return rows, int(s.scalar(count) or 0)
 
-    def studies_with_status(self, *statuses: str) -> list[StudyRow]:
+    def studies_with_status(self, *statuses: str, finished_after: datetime | None = None) -> list[StudyRow]:
+        q = select(StudyRow).where(StudyRow.status.in_(statuses))
+        if finished_after is not None:
+            q = q.where(StudyRow.finished_at >= finished_after)
         with self.session() as s:
-            return list(s.scalars(select(StudyRow).where(StudyRow.status.in_(statuses))))
+            return list(s.scalars(q))
 
     def update_study(self, study_id: str, *, only_if: tuple[str, ...] | None = None, **values: Any) -> bool:
         """Update a study; with ``only_if`` the update happens only from those statuses (returns whether it did)."""

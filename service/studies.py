@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from service.ray_adapter import TERMINAL_JOB_STATES, RayJobs
@@ -19,9 +20,10 @@ from service.schemas import (
     check_definition,
 )
 from service.settings import Settings
-from service.store import Store, StudyRow, TrialRow
+from service.store import Store, StudyRow, TrialRow, now
 
 log = logging.getLogger("caviar.studies")
+RESTOP_WINDOW = timedelta(hours=1)
 
 
 class NotFound(LookupError):
@@ -104,7 +106,7 @@ def best(ctx: Context, study_id: str, k: int) -> BestOut:
     row = get(ctx, study_id)
     objective = row.definition["objective"]
     items = [
-        BestEntry(trial_id=t.trial_id, config=t.config, metrics=t.last_metrics, value=float(t.best_value or 0.0))
+        BestEntry(trial_id=t.trial_id, config=t.config, metrics=t.last_metrics, value=float(t.best_value))  # type: ignore[arg-type]
         for t in ctx.store.best_trials(study_id, objective["mode"], k)
     ]
     return BestOut(study_id=study_id, objective=objective, items=items, test_metrics=row.test_metrics)
@@ -118,7 +120,7 @@ def cancel(ctx: Context, study_id: str) -> StudyOut:
     if row.ray_job_id:
         try:
             ctx.ray.stop(row.ray_job_id)  # stops the driver; its trials die with it
-        except Exception as exc:  # the reconciler retries while the job still runs
+        except Exception as exc:  # dispatch_once retries while the job still runs
             log.warning("could not stop job %s yet: %s", row.ray_job_id, exc)
     return study_out(ctx, get(ctx, study_id))
 
@@ -135,6 +137,10 @@ def dispatch_once(ctx: Context) -> None:
         job_id = ctx.ray.submit(row.id, env)
         if not ctx.store.update_study(row.id, only_if=(StudyStatus.QUEUED.value,), ray_job_id=job_id):
             ctx.ray.stop(job_id)  # cancelled while we submitted
+    # a cancel whose stop request failed (Ray busy or down) is retried until the job has ended
+    for row in ctx.store.studies_with_status(StudyStatus.CANCELLED.value, finished_after=now() - RESTOP_WINDOW):
+        if row.ray_job_id and ctx.ray.status(row.ray_job_id) not in (*TERMINAL_JOB_STATES, None):
+            ctx.ray.stop(row.ray_job_id)
     for row in ctx.store.studies_with_status(StudyStatus.QUEUED.value, StudyStatus.RUNNING.value):
         if not row.ray_job_id:
             continue

@@ -143,6 +143,11 @@ def test_cli_wait_and_fail_under_exit_codes(api: Api, tmp_path: Path) -> None:
     broken.write_text(yaml.safe_dump({**tiny, "dataset": {"name": "file", "path": "corrupt.npz"}, "budget": {"num_trials": 1, "max_failures": 0}}))
     failed = _cli(api, "submit", str(broken), "--wait")
     assert failed.returncode == 2 and failed.stderr.startswith("error: ") and failed.stderr.count("\n") == 1
+    failed_id = failed.stdout.split()[1]
+    (trial,) = httpx.get(f"{api.url}/v1/studies/{failed_id}/trials").json()
+    assert trial["state"] == "failed"
+    # the exception itself, not only where its traceback lies
+    assert not trial["error"].startswith("the trial raised an error") and "Error" in trial["error"], trial["error"]
     bad = _cli(api, "submit", str(path), "--wait", "--fail-under", "accuracy")
     assert bad.returncode == 2 and "expected METRIC=VALUE" in bad.stderr
     invalid = tmp_path / "invalid.yaml"
