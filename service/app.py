@@ -8,8 +8,10 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 
 from service import problems, studies
+from service.limits import Limits
 from service.ray_adapter import RayJobs
 from service.routes import catalog, health
 from service.routes import studies as study_routes
@@ -53,6 +55,13 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    app.state.draining = False  # set on SIGTERM (service.cli): /readyz turns 503 before the server stops
+
+    async def docs_token_ok(authorization: str) -> bool:
+        scheme, _, token = authorization.partition(" ")
+        return scheme.lower() == "bearer" and bool(token) and await run_in_threadpool(ctx.store.owner_for_token, token.strip()) is not None
+
+    app.add_middleware(Limits, guard_docs=docs_token_ok if settings.auth == "required" else None)
     problems.install(app)
     app.include_router(study_routes.router)
     app.include_router(catalog.router)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import httpx
@@ -19,8 +23,19 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 app = typer.Typer(help="Caviar: caviar-mode hyperparameter tuning as a service.", no_args_is_help=True, add_completion=False)
+token_app = typer.Typer(help="API tokens (run on the server's host: they are written to its database).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 console = Console()
 err = Console(stderr=True)
+_auth: dict[str, str] = {}
+
+
+@app.callback()
+def main(
+    token: Annotated[str | None, typer.Option("--token", envvar="CAVIAR_TOKEN", help="API token (needed when the server is not on loopback).")] = None,
+) -> None:
+    if token:
+        _auth["Authorization"] = f"Bearer {token}"
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="CAVIAR_URL", help="The Caviar server.")]
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -33,7 +48,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _request(method: str, url: str, **kw: Any) -> Any:
     try:
-        r = httpx.request(method, url, timeout=30, **kw)
+        r = httpx.request(method, url, timeout=30, **{**kw, "headers": {**_auth, **kw.get("headers", {})}})
     except httpx.HTTPError as exc:
         _fail(f"cannot reach Caviar at {url}: {exc}")
     if r.status_code >= 400:
@@ -57,20 +72,63 @@ def _ray_up(address: str) -> bool:
         return False
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _run_server(app_obj: Any, host: str, port: int, drain_s: float) -> None:
+    """uvicorn with a graceful SIGTERM: /readyz turns 503 (draining) at once, the server stops
+    accepting ``drain_s`` later, in-flight requests get up to 20 s, then the process exits 0.
+    Running studies are Ray jobs: they keep running. A second signal exits at once."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if getattr(app_obj.state, "draining", False) or sig == signal.SIGINT:
+                self.should_exit = True
+                self.force_exit = self.force_exit or getattr(app_obj.state, "draining", False)
+                return
+            app_obj.state.draining = True
+            print(f"caviar: {signal.Signals(sig).name}: draining for {drain_s:g} s, then stopping", file=sys.stderr, flush=True)
+            threading.Timer(drain_s, lambda: setattr(self, "should_exit", True)).start()
+
+    config = uvicorn.Config(app_obj, host=host, port=port, log_level="info", timeout_graceful_shutdown=20)
+    DrainingServer(config).run()
+
+
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Bind address of the API. Anything but loopback exposes it.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Bind address of the API. Anything but loopback needs API tokens (see `caviar token`).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="API port.")] = 8000,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="CAVIAR_DATA_DIR", help="SQLite file, Ray results, datasets/.")] = None,
     ray_address: Annotated[str | None, typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Ray dashboard/Jobs address of an existing cluster, e.g. http://127.0.0.1:8265.")] = None,
     dashboard_port: Annotated[int, typer.Option(help="Dashboard port of the local Ray head Caviar starts.")] = 8265,
     ray_port: Annotated[int, typer.Option(help="GCS port of the local Ray head (not Ray's 6379, which Redis often holds).")] = 6390,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Serve beyond loopback WITHOUT tokens: anyone who reaches the port can submit and read studies.")] = False,
 ) -> None:
     """Start the API; without --ray-address, start (or reuse) a local Ray head bound to 127.0.0.1."""
-    import uvicorn
-
     if data_dir:
         os.environ["CAVIAR_DATA_DIR"] = str(data_dir.expanduser().resolve())
+    from service.settings import Settings
+    from service.store import Store, migrate
+
+    settings = Settings.from_env()
+    migrate(settings.database_url)
+    if _loopback(host):
+        os.environ["CAVIAR_AUTH"] = "optional"
+    elif insecure:
+        err.print(f"warning: serving on {host} without authentication (--insecure)", markup=False, highlight=False)
+        os.environ["CAVIAR_AUTH"] = "optional"
+    else:
+        if Store(settings.database_url).active_tokens() == 0:
+            _fail(f"refusing to serve on {host} without an API token: create one with `caviar token create --owner NAME` "
+                  "(or pass --insecure to serve without authentication)")
+        os.environ["CAVIAR_AUTH"] = "required"
     if ray_address is None:
         ray_address = f"http://127.0.0.1:{dashboard_port}"
         if not _ray_up(ray_address):
@@ -91,7 +149,62 @@ def serve(
     os.environ["RAY_ADDRESS"] = ray_address
     from service.app import create_app
 
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    _run_server(create_app(run_migrations=False), host, port, Settings.from_env().drain_s)
+
+
+# -- tokens --------------------------------------------------------------------------------------
+
+
+def _local_store() -> Any:
+    from service.settings import Settings
+    from service.store import Store, migrate
+
+    url = Settings.from_env().database_url
+    migrate(url)
+    return Store(url)
+
+
+@token_app.command("create")
+def token_create(
+    owner: Annotated[str, typer.Option("--owner", help="Who the token acts for: studies belong to owners.")],
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="CAVIAR_DATA_DIR", help="The server's data directory.")] = None,
+) -> None:
+    """Create a token for OWNER and print it once (only its hash is stored)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}", owner):
+        _fail("--owner: 1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit")
+    if data_dir:
+        os.environ["CAVIAR_DATA_DIR"] = str(data_dir.expanduser().resolve())
+    token_id, token = _local_store().create_token(owner)
+    err.print(f"token {token_id} for owner '{owner}' (shown once; store it now):", markup=False, highlight=False)
+    print(token)
+
+
+@token_app.command("list")
+def token_list(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="CAVIAR_DATA_DIR", help="The server's data directory.")] = None,
+) -> None:
+    """Tokens: id, owner, created, revoked (never the tokens themselves)."""
+    if data_dir:
+        os.environ["CAVIAR_DATA_DIR"] = str(data_dir.expanduser().resolve())
+    table = Table("id", "owner", "created", "revoked")
+    for t in _local_store().tokens():
+        table.add_row(t.id, t.owner, f"{t.created_at:%Y-%m-%d %H:%M}", f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "-")
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: str,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="CAVIAR_DATA_DIR", help="The server's data directory.")] = None,
+) -> None:
+    """Revoke a token by id: requests with it get 401 from then on."""
+    if data_dir:
+        os.environ["CAVIAR_DATA_DIR"] = str(data_dir.expanduser().resolve())
+    if not _local_store().revoke_token(token_id):
+        _fail(f"no active token '{token_id}'")
+    console.print(f"token {token_id} revoked")
 
 
 # -- studies -------------------------------------------------------------------------------------
@@ -133,13 +246,15 @@ def submit(
     url: UrlOpt = DEFAULT_URL,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the study until it ends, with a progress bar.")] = False,
     fail_under: Annotated[str | None, typer.Option("--fail-under", help="With --wait: exit 1 unless best METRIC >= VALUE (<= for min objectives).")] = None,
+    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key", help="Retry-safe submit: the same key and file give the same study (CI: the commit SHA).")] = None,
 ) -> None:
     """Submit a study. Exit codes with --wait: 0 success, 1 threshold missed, 2 study failed or cancelled."""
     threshold = _parse_threshold(fail_under)
     if threshold and not wait:
         _fail("--fail-under needs --wait")
     text = file.read_text()
-    study = _request("POST", f"{url}/v1/studies", content=text.encode(), headers={"Content-Type": "application/yaml"})
+    headers = {"Content-Type": "application/yaml", **({"Idempotency-Key": idempotency_key} if idempotency_key else {})}
+    study = _request("POST", f"{url}/v1/studies", content=text.encode(), headers=headers)
     console.print(f"study {study['id']} {study['status']}")
     if not wait:
         return

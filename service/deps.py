@@ -5,8 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.store import LOCAL_OWNER
 from service.studies import Context
+
+
+class Unauthorized(PermissionError):
+    pass
 
 
 def get_context(request: Request) -> Context:
@@ -14,3 +21,20 @@ def get_context(request: Request) -> Context:
 
 
 ContextDep = Annotated[Context, Depends(get_context)]
+_bearer = HTTPBearer(auto_error=False, description="An API token from `caviar token create --owner NAME`.")
+
+
+async def current_owner(ctx: ContextDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """The owner of the request's bearer token. Without a token: the owner 'local' when auth is
+    optional (the API listens on loopback only), else 401. A wrong or revoked token is always 401."""
+    if credentials is None:
+        if ctx.settings.auth == "required":
+            raise Unauthorized("this endpoint needs a bearer token (Authorization: Bearer <token>); create one with `caviar token create --owner NAME`")
+        return LOCAL_OWNER
+    owner = await run_in_threadpool(ctx.store.owner_for_token, credentials.credentials)
+    if owner is None:
+        raise Unauthorized("the bearer token is unknown or revoked")
+    return owner
+
+
+OwnerDep = Annotated[str, Depends(current_owner)]

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
 from service.schemas import DefinitionError
-from service.studies import Conflict, NotFound
+from service.studies import Conflict, InFlight, KeyReused, NotFound, QuotaExceeded
 
+log = logging.getLogger("caviar.api")
 PROBLEM = "application/problem+json"
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing, unknown or revoked bearer token", "content": {PROBLEM: {}}},
+    404: {"description": "Unknown study or trial (or another owner's)", "content": {PROBLEM: {}}},
+    413: {"description": "Body over 1 MiB", "content": {PROBLEM: {}}},
+    422: {"description": "Invalid input: problem details naming the field and the rule", "content": {PROBLEM: {}}},
+    429: {"description": "The owner's quota of active studies or concurrent trials is used up", "content": {PROBLEM: {}}},
+    503: {"description": "The store is busy; retry after Retry-After seconds", "content": {PROBLEM: {}}},
+}
 
 
 def problem(status: int, title: str, detail: str, *, field: str | None = None, errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -50,6 +61,35 @@ def install(app: FastAPI) -> None:
     async def _definition(_: Request, exc: DefinitionError) -> JSONResponse:
         return problem(422, "Invalid definition", str(exc), field=exc.field, errors=[{"field": exc.field, "message": exc.rule}])
 
+    from service.deps import Unauthorized  # deps imports this module's neighbours; import late
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
+        return problem(401, "Unauthorized", str(exc), field="Authorization", headers={"WWW-Authenticate": 'Bearer realm="caviar"'})
+
+    @app.exception_handler(KeyReused)
+    async def _key_reused(_: Request, exc: KeyReused) -> JSONResponse:
+        return problem(422, "Idempotency key reused", str(exc), field="Idempotency-Key",
+                       errors=[{"field": "Idempotency-Key", "message": "a key identifies one body; use a new key for a different definition"}])
+
+    @app.exception_handler(InFlight)
+    async def _in_flight(_: Request, exc: InFlight) -> JSONResponse:
+        return problem(409, "Request in flight", str(exc), field="Idempotency-Key", headers={"Retry-After": "1"})
+
+    @app.exception_handler(QuotaExceeded)
+    async def _quota(_: Request, exc: QuotaExceeded) -> JSONResponse:
+        return problem(429, "Quota exceeded", str(exc), headers={"Retry-After": "60"})
+
+    @app.exception_handler(OperationalError)
+    async def _store_busy(_: Request, exc: OperationalError) -> JSONResponse:
+        log.error("store unavailable: %s", exc.orig)
+        return problem(503, "Store unavailable", "the database is busy or unreachable; retry shortly", headers={"Retry-After": "2"})
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return problem(500, "Internal error", f"{type(exc).__name__}; the server log has the details")
+
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
         return problem(404, "Not found", str(exc))
@@ -60,4 +100,5 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail) if exc.status_code != 404 else "Not found", str(exc.detail))
+        title = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}.get(exc.status_code, str(exc.detail))
+        return problem(exc.status_code, title, str(exc.detail), headers=dict(exc.headers) if exc.headers else None)

@@ -136,8 +136,15 @@ def store_for(url: str) -> Store:
     return _STORES[url]
 
 
-def run_tune(study_id: str, d: StudyDefinition, space: SearchSpace, data_dir: Path, database_url: str) -> dict[str, Any]:
-    """Run the study's trials on the Ray cluster this job belongs to; returns the best trial's test metrics."""
+def run_tune(study_id: str, d: StudyDefinition, space: SearchSpace, data_dir: Path, database_url: str, resumed: bool = False) -> dict[str, Any]:
+    """Run the study's trials on the Ray cluster this job belongs to; returns the best trial's test metrics.
+
+    With Tune's saved experiment state on disk (an earlier driver of this study died), the run is
+    restored from it: finished trials are kept, unfinished ones continue from their last
+    checkpoint, the searcher and scheduler continue where they were. ``resumed`` says this is a
+    later driver of the study: trials in the store that the saved state does not know (started
+    after its last save) are dropped, as Tune runs new trials in their place.
+    """
     import optuna
     import ray
     from ray import tune
@@ -147,8 +154,6 @@ def run_tune(study_id: str, d: StudyDefinition, space: SearchSpace, data_dir: Pa
     from search_spaces import define_by_run, make_sampler
     from service.store import now, sqlalchemy_url
     from trainables import get_trainable
-    from trainables.engine import evaluate_checkpoint
-    from trainables.report import load_state
 
     epochs = d.epochs()
     metric, mode = d.objective.metric, d.objective.mode
@@ -187,6 +192,18 @@ def run_tune(study_id: str, d: StudyDefinition, space: SearchSpace, data_dir: Pa
 
         def _config(self, trial: Any) -> dict[str, Any]:
             return {k: v for k, v in trial.config.items() if k != "dataset"}
+
+        def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+            # the first step of a resumed driver sees exactly the trials Tune restored (this
+            # object itself was unpickled from the saved state, hence the process environment)
+            if os.environ.get("CAVIAR_RESUMED") == "1":
+                os.environ["CAVIAR_RESUMED"] = "done"
+                gone = store_for(database_url).forget_trials_except(study_id, {t.trial_id for t in trials})
+                if gone:
+                    log.warning("resume: %d trials started after Tune's last saved state are re-run: %s", len(gone), gone)
+
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            store_for(database_url).trial_recovered(study_id, trial.trial_id)
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             store_for(database_url).upsert_trial(study_id, trial.trial_id, config=self._config(trial), state="running", started_at=now(), finished_at=None)
@@ -227,8 +244,15 @@ def run_tune(study_id: str, d: StudyDefinition, space: SearchSpace, data_dir: Pa
     else:
         scheduler = FIFOScheduler()
     r = d.resources_per_trial
+    trainable = tune.with_resources(spec.train, {"cpu": r.cpu, "gpu": r.gpu})
+    os.environ["CAVIAR_RESUMED"] = "1" if resumed else "0"
+    experiment = data_dir / "ray_results" / study_id
+    if resumed and tune.Tuner.can_restore(experiment):
+        log.info("resuming study %s from Tune's saved state in %s", study_id, experiment)
+        grid = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=False).fit()
+        return _test_metrics(grid, study_id, database_url, spec, constants, mode)
     tuner = tune.Tuner(
-        tune.with_resources(spec.train, {"cpu": r.cpu, "gpu": r.gpu}),
+        trainable,
         tune_config=tune.TuneConfig(
             metric=metric, mode=mode, search_alg=search, scheduler=scheduler,
             num_samples=d.budget.num_trials, max_concurrent_trials=d.budget.max_concurrent_trials,
@@ -243,7 +267,14 @@ def run_tune(study_id: str, d: StudyDefinition, space: SearchSpace, data_dir: Pa
             verbose=1,
         ),
     )
-    grid = tuner.fit()
+    return _test_metrics(tuner.fit(), study_id, database_url, spec, constants, mode)
+
+
+def _test_metrics(grid: Any, study_id: str, database_url: str, spec: Any, constants: dict[str, Any], mode: str) -> dict[str, Any]:
+    """Held-out test metrics of the best trial's last checkpoint (empty when there is none)."""
+    from trainables.engine import evaluate_checkpoint
+    from trainables.report import load_state
+
     best = store_for(database_url).best_trials(study_id, mode, 1)
     if not best:
         return {}

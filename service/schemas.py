@@ -117,7 +117,9 @@ def _space_error(exc: SearchSpaceError) -> DefinitionError:
     return DefinitionError(f"search_space.{exc.parameter}" if exc.parameter else "search_space", exc.rule)
 
 
-def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[str, float] | None, data_dir: Path) -> SearchSpace:
+def check_definition(
+    d: StudyDefinition, *, max_grid_points: int, cluster: dict[str, float] | None, data_dir: Path, max_parameters: int = 64
+) -> SearchSpace:
     """Check a shape-valid definition against the registries; returns its resolved search space.
 
     ``cluster`` is the Ray cluster's total resources (None when Ray is unreachable: resource
@@ -131,6 +133,8 @@ def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[
         space = d.space()
     except SearchSpaceError as exc:
         raise _space_error(exc) from None
+    if len(space) > max_parameters:
+        raise DefinitionError("search_space", f"has {len(space)} parameters; at most {max_parameters} are allowed")
     knobs = spec.config_model.model_fields
     for name in space:
         if name not in knobs:
@@ -204,6 +208,7 @@ class TrialOut(BaseModel):
     last_metrics: dict[str, Any] | None
     best_value: float | None = Field(description="Best objective value over the trial's epochs.")
     error: str | None
+    retries: int = Field(0, description="Times the trial failed and was retried from its last checkpoint.")
     started_at: datetime | None
     finished_at: datetime | None
 
@@ -227,6 +232,8 @@ class StudyOut(BaseModel):
     finished_at: datetime | None
     error: str | None
     definition: dict[str, Any]
+    owner: str = Field(description="Owner of the API token that submitted the study ('local': loopback without a token).")
+    resumes: int = Field(0, description="Times the study was resumed from Tune's saved state after its Ray job died.")
 
 
 class StudyPage(BaseModel):

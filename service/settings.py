@@ -16,6 +16,14 @@ class Settings:
     ray_address: str  # the Ray Jobs / dashboard HTTP address, as `ray job submit` takes it
     dashboard_url: str  # what users open in a browser (may differ from ray_address behind a proxy)
     max_grid_points: int = 10_000
+    max_parameters: int = 64
+    # bearer tokens: "required" when the API binds beyond loopback (`caviar serve` decides), else
+    # "optional" (a token given is checked and names the owner; none means the owner "local")
+    auth: str = "optional"
+    quota_active_studies: int = 8  # per owner: studies queued or running at once
+    quota_concurrent_trials: int = 64  # per owner: summed max_concurrent_trials of those studies
+    max_resumes: int = 3  # times a study whose Ray job died is resumed from Tune's saved state
+    drain_s: float = 2.0  # on SIGTERM: seconds /readyz reports draining before the server stops
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -30,4 +38,9 @@ class Settings:
             ray_address=ray,
             dashboard_url=os.environ.get("CAVIAR_DASHBOARD_URL") or ray,
             max_grid_points=int(os.environ.get("CAVIAR_MAX_GRID_POINTS", "10000")),
+            auth=os.environ.get("CAVIAR_AUTH", "optional"),
+            quota_active_studies=int(os.environ.get("CAVIAR_QUOTA_ACTIVE_STUDIES", "8")),
+            quota_concurrent_trials=int(os.environ.get("CAVIAR_QUOTA_CONCURRENT_TRIALS", "64")),
+            max_resumes=int(os.environ.get("CAVIAR_MAX_RESUMES", "3")),
+            drain_s=float(os.environ.get("CAVIAR_DRAIN_S", "2")),
         )

@@ -7,13 +7,19 @@ PostgreSQL is selected by URL. The schema is created by Alembic migrations (``mi
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import logging
 import math
+import random
+import secrets
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, ParamSpec, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -25,17 +31,23 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     func,
     select,
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from service.schemas import FINISHED, StudyStatus, TrialState
 
 VERSION_TABLE = "caviar_alembic_version"  # Optuna keeps its own alembic_version beside ours
+LOCAL_OWNER = "local"  # who owns what unauthenticated loopback requests create
+log = logging.getLogger("caviar.store")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def now() -> datetime:
@@ -51,6 +63,8 @@ class StudyRow(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(16), index=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True, default=LOCAL_OWNER)
+    resumes: Mapped[int] = mapped_column(Integer, default=0)
     definition: Mapped[dict[str, Any]] = mapped_column(JSON)
     ray_job_id: Mapped[str | None] = mapped_column(String(128))
     error: Mapped[str | None] = mapped_column(Text)
@@ -72,6 +86,7 @@ class TrialRow(Base):
     last_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     best_value: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    retries: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -83,6 +98,63 @@ class MetricRow(Base):
     trial_pk: Mapped[int] = mapped_column(ForeignKey("caviar_trials.pk", ondelete="CASCADE"), index=True)
     epoch: Mapped[int] = mapped_column(Integer)
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class TokenRow(Base):
+    """An API token: only its SHA-256 is stored (tokens are 256-bit random, so a fast hash is enough)."""
+
+    __tablename__ = "caviar_tokens"
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class IdempotencyRow(Base):
+    """An Idempotency-Key of POST /v1/studies: claimed (study_id NULL) while in flight, then bound to its study."""
+
+    __tablename__ = "caviar_idempotency"
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    study_id: Mapped[str | None] = mapped_column(ForeignKey("caviar_studies.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+ClaimOutcome = Literal["claimed", "replay", "in_flight", "mismatch"]
+STALE_CLAIM = timedelta(seconds=120)  # a claim whose request died (process killed) is free again after this
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _locked(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+    return "locked" in text or "busy" in text or "deadlock" in text or "could not serialize" in text
+
+
+def retry_locked(fn: Callable[P, R]) -> Callable[P, R]:
+    """Retry a whole store call when the database is momentarily locked (SQLite) or a transaction
+    lost a race (PostgreSQL deadlock/serialization), with jittered exponential backoff. What still
+    fails after ~10 s reaches the API as 503 with Retry-After, never as 500."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        delay = 0.01
+        for attempt in range(12):
+            try:
+                return fn(*args, **kwargs)
+            except OperationalError as exc:
+                if not _locked(exc) or attempt == 11:
+                    raise
+                log.info("store busy (%s), retrying %s", exc.orig, fn.__name__)
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    return wrapper
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +182,14 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (below)
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            # a write transaction takes the write lock up front (BEGIN IMMEDIATE) so that it waits
+            # for the busy timeout instead of failing at once with "database is locked" when it
+            # upgrades from a read lock that another writer has made stale
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("caviar_write") else "BEGIN")
 
         return engine
     return create_engine(sqlalchemy_url(url), pool_pre_ping=True)
@@ -135,8 +215,10 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, write: bool = False) -> Iterator[Session]:
         with self._sessions.begin() as s:
+            if write:
+                s.connection(execution_options={"caviar_write": True})
             yield s
 
     def ping(self) -> None:
@@ -145,28 +227,110 @@ class Store:
 
     # -- studies ------------------------------------------------------------------------------
 
-    def create_study(self, name: str, definition: dict[str, Any]) -> StudyRow:
+    @retry_locked
+    def create_study(self, name: str, definition: dict[str, Any], owner: str = LOCAL_OWNER, idempotency_key: str | None = None) -> StudyRow:
+        """Insert a queued study; with ``idempotency_key`` (claimed before) bind the key to it in the same transaction."""
         row = StudyRow(
-            id=uuid.uuid4().hex[:16], name=name, status=StudyStatus.QUEUED.value,
+            id=uuid.uuid4().hex[:16], name=name, status=StudyStatus.QUEUED.value, owner=owner, resumes=0,
             definition=definition, created_at=now(),
         )
-        with self.session() as s:
+        with self.session(write=True) as s:
             s.add(row)
+            if idempotency_key is not None:
+                s.flush()
+                s.execute(update(IdempotencyRow).where(IdempotencyRow.owner == owner, IdempotencyRow.key == idempotency_key).values(study_id=row.id))
         return row
 
+    @retry_locked
+    def owner_usage(self, owner: str) -> tuple[int, int]:
+        """(studies queued or running, their summed max_concurrent_trials) of one owner: what quotas count."""
+        active = (StudyStatus.QUEUED.value, StudyStatus.RUNNING.value)
+        with self.session() as s:
+            rows = list(s.scalars(select(StudyRow.definition).where(StudyRow.owner == owner, StudyRow.status.in_(active))))
+        return len(rows), sum(int((d.get("budget") or {}).get("max_concurrent_trials") or 1) for d in rows)
+
+    # -- idempotency keys ---------------------------------------------------------------------
+
+    @retry_locked
+    def claim_key(self, owner: str, key: str, body_hash: str) -> tuple[ClaimOutcome, str | None]:
+        """Claim an Idempotency-Key for a request: ``claimed`` (go on), ``replay`` (the key's study id),
+        ``in_flight`` (another request holds it) or ``mismatch`` (the key was used with another body)."""
+        try:
+            with self.session(write=True) as s:
+                s.add(IdempotencyRow(owner=owner, key=key, body_hash=body_hash, study_id=None, created_at=now()))
+            return "claimed", None
+        except IntegrityError:
+            pass
+        with self.session(write=True) as s:
+            row = s.get(IdempotencyRow, (owner, key))
+            if row is None:  # released meanwhile: take it
+                s.add(IdempotencyRow(owner=owner, key=key, body_hash=body_hash, study_id=None, created_at=now()))
+                return "claimed", None
+            if row.body_hash != body_hash:
+                return "mismatch", row.study_id
+            if row.study_id is not None:
+                return "replay", row.study_id
+            created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+            if now() - created > STALE_CLAIM:  # its request died mid-way
+                row.created_at = now()
+                return "claimed", None
+            return "in_flight", None
+
+    @retry_locked
+    def release_key(self, owner: str, key: str) -> None:
+        """Drop an unbound claim (its request failed validation): the key may be used again."""
+        with self.session(write=True) as s:
+            s.execute(delete(IdempotencyRow).where(IdempotencyRow.owner == owner, IdempotencyRow.key == key, IdempotencyRow.study_id.is_(None)))
+
+    # -- API tokens ---------------------------------------------------------------------------
+
+    @retry_locked
+    def create_token(self, owner: str) -> tuple[str, str]:
+        """A new token for ``owner``: returns (token id, the token). Only its hash is stored."""
+        token_id, token = uuid.uuid4().hex[:12], "cav_" + secrets.token_urlsafe(32)
+        with self.session(write=True) as s:
+            s.add(TokenRow(id=token_id, owner=owner, token_hash=hash_token(token), created_at=now()))
+        return token_id, token
+
+    @retry_locked
+    def owner_for_token(self, token: str) -> str | None:
+        with self.session() as s:
+            row = s.scalar(select(TokenRow).where(TokenRow.token_hash == hash_token(token), TokenRow.revoked_at.is_(None)))
+            return row.owner if row else None
+
+    @retry_locked
+    def tokens(self) -> list[TokenRow]:
+        with self.session() as s:
+            return list(s.scalars(select(TokenRow).order_by(TokenRow.created_at)))
+
+    @retry_locked
+    def revoke_token(self, token_id: str) -> bool:
+        with self.session(write=True) as s:
+            return bool(s.execute(update(TokenRow).where(TokenRow.id == token_id, TokenRow.revoked_at.is_(None)).values(revoked_at=now())).rowcount)  # type: ignore[attr-defined]
+
+    @retry_locked
+    def active_tokens(self) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(TokenRow).where(TokenRow.revoked_at.is_(None))) or 0)
+
+    @retry_locked
     def get_study(self, study_id: str) -> StudyRow | None:
         with self.session() as s:
             return s.get(StudyRow, study_id)
 
-    def list_studies(self, status: str | None, offset: int, limit: int) -> tuple[list[StudyRow], int]:
+    @retry_locked
+    def list_studies(self, status: str | None, offset: int, limit: int, owner: str | None = None) -> tuple[list[StudyRow], int]:
         q = select(StudyRow)
         count = select(func.count()).select_from(StudyRow)
+        if owner is not None:
+            q, count = q.where(StudyRow.owner == owner), count.where(StudyRow.owner == owner)
         if status:
             q, count = q.where(StudyRow.status == status), count.where(StudyRow.status == status)
         with self.session() as s:
             rows = list(s.scalars(q.order_by(StudyRow.created_at.desc(), StudyRow.id).offset(offset).limit(limit)))
             return rows, int(s.scalar(count) or 0)
 
+    @retry_locked
     def studies_with_status(self, *statuses: str, finished_after: datetime | None = None) -> list[StudyRow]:
         q = select(StudyRow).where(StudyRow.status.in_(statuses))
         if finished_after is not None:
@@ -174,14 +338,16 @@ class Store:
         with self.session() as s:
             return list(s.scalars(q))
 
+    @retry_locked
     def update_study(self, study_id: str, *, only_if: tuple[str, ...] | None = None, **values: Any) -> bool:
         """Update a study; with ``only_if`` the update happens only from those statuses (returns whether it did)."""
         stmt = update(StudyRow).where(StudyRow.id == study_id)
         if only_if:
             stmt = stmt.where(StudyRow.status.in_(only_if))
-        with self.session() as s:
+        with self.session(write=True) as s:
             return bool(s.execute(stmt.values(**values)).rowcount)  # type: ignore[attr-defined]
 
+    @retry_locked
     def finish_study(self, study_id: str, status: StudyStatus, error: str | None = None) -> bool:
         """Mark a running/queued study finished; a study already finished (e.g. cancelled) keeps its status."""
         unfinished = tuple(s.value for s in StudyStatus if s not in FINISHED)
@@ -192,8 +358,9 @@ class Store:
     def _trial(self, s: Session, study_id: str, trial_id: str) -> TrialRow | None:
         return s.scalar(select(TrialRow).where(TrialRow.study_id == study_id, TrialRow.trial_id == trial_id))
 
+    @retry_locked
     def upsert_trial(self, study_id: str, trial_id: str, *, config: dict[str, Any] | None = None, **values: Any) -> None:
-        with self.session() as s:
+        with self.session(write=True) as s:
             row = self._trial(s, study_id, trial_id)
             if row is None:
                 row = TrialRow(study_id=study_id, trial_id=trial_id, state=TrialState.PENDING.value, config=config or {}, epochs=0)
@@ -203,11 +370,12 @@ class Store:
             for k, v in values.items():
                 setattr(row, k, v)
 
+    @retry_locked
     def add_epoch(self, study_id: str, trial_id: str, metrics: dict[str, Any], objective: str, mode: str) -> None:
         """Record one epoch's metrics and fold them into the trial's last/best values (idempotent per epoch)."""
         metrics = _finite(metrics)
         epoch = int(metrics.get("epoch") or 0)
-        with self.session() as s:
+        with self.session(write=True) as s:
             row = self._trial(s, study_id, trial_id)
             if row is None:
                 row = TrialRow(study_id=study_id, trial_id=trial_id, state=TrialState.RUNNING.value, config={}, epochs=0)
@@ -224,10 +392,12 @@ class Store:
                 if better:
                     row.best_value = float(value)
 
+    @retry_locked
     def trials(self, study_id: str) -> list[TrialRow]:
         with self.session() as s:
             return list(s.scalars(select(TrialRow).where(TrialRow.study_id == study_id).order_by(TrialRow.pk)))
 
+    @retry_locked
     def trial(self, study_id: str, trial_id: str) -> tuple[TrialRow, list[dict[str, Any]]] | None:
         with self.session() as s:
             row = self._trial(s, study_id, trial_id)
@@ -236,6 +406,7 @@ class Store:
             history = [m.values for m in s.scalars(select(MetricRow).where(MetricRow.trial_pk == row.pk).order_by(MetricRow.epoch))]
             return row, history
 
+    @retry_locked
     def trial_counts(self, study_id: str) -> dict[str, int]:
         counts = {state.value: 0 for state in TrialState}
         with self.session() as s:
@@ -245,6 +416,7 @@ class Store:
                 counts[state] = n
         return counts
 
+    @retry_locked
     def best_trials(self, study_id: str, mode: str, k: int) -> list[TrialRow]:
         order = TrialRow.best_value.desc() if mode == "max" else TrialRow.best_value.asc()
         with self.session() as s:
@@ -256,3 +428,41 @@ class Store:
                     .limit(k)
                 )
             )
+
+
+    @retry_locked
+    def trial_recovered(self, study_id: str, trial_id: str) -> None:
+        """A trial failed and is retried (from its last checkpoint): count it, show it running again."""
+        with self.session(write=True) as s:
+            s.execute(update(TrialRow).where(TrialRow.study_id == study_id, TrialRow.trial_id == trial_id)
+                      .values(retries=TrialRow.retries + 1, state=TrialState.RUNNING.value, error=None))
+
+    @retry_locked
+    def mark_zombies(self, study_id: str, reason: str) -> int:
+        """Trials of a study that is no longer running but still marked pending/running: no process is
+        behind them any more. They become failed with ``reason``; returns how many."""
+        with self.session(write=True) as s:
+            return int(s.execute(
+                update(TrialRow)
+                .where(TrialRow.study_id == study_id, TrialRow.state.in_((TrialState.PENDING.value, TrialState.RUNNING.value)))
+                .values(state=TrialState.FAILED.value, error=reason, finished_at=now())
+            ).rowcount)  # type: ignore[attr-defined]
+
+    @retry_locked
+    def studies_with_zombies(self) -> list[StudyRow]:
+        """Finished studies that still have pending/running trials."""
+        live = (TrialState.PENDING.value, TrialState.RUNNING.value)
+        finished = tuple(st.value for st in FINISHED)
+        with self.session() as s:
+            ids = select(TrialRow.study_id).where(TrialRow.state.in_(live)).distinct()
+            return list(s.scalars(select(StudyRow).where(StudyRow.id.in_(ids), StudyRow.status.in_(finished))))
+
+    @retry_locked
+    def forget_trials_except(self, study_id: str, keep: set[str]) -> list[str]:
+        """After a resume: delete the trials Tune's saved experiment state does not know (started after
+        its last save; Tune runs new trials in their place). Returns their ids."""
+        with self.session(write=True) as s:
+            gone = [t for t in s.scalars(select(TrialRow.trial_id).where(TrialRow.study_id == study_id)) if t not in keep]
+            if gone:
+                s.execute(delete(TrialRow).where(TrialRow.study_id == study_id, TrialRow.trial_id.in_(gone)))
+            return gone

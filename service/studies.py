@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,7 +22,7 @@ from service.schemas import (
     check_definition,
 )
 from service.settings import Settings
-from service.store import Store, StudyRow, TrialRow, now
+from service.store import LOCAL_OWNER, Store, StudyRow, TrialRow, now
 
 log = logging.getLogger("caviar.studies")
 RESTOP_WINDOW = timedelta(hours=1)
@@ -34,6 +36,18 @@ class Conflict(RuntimeError):
     pass
 
 
+class InFlight(Conflict):
+    """The same Idempotency-Key is being processed by another request."""
+
+
+class KeyReused(ValueError):
+    """An Idempotency-Key was used before with a different body."""
+
+
+class QuotaExceeded(RuntimeError):
+    pass
+
+
 @dataclass
 class Context:
     settings: Settings
@@ -41,20 +55,54 @@ class Context:
     ray: RayJobs
 
 
-def submit(ctx: Context, definition: StudyDefinition) -> StudyOut:
-    """Validate fully, store as queued; the dispatcher hands it to Ray (the API never blocks on Ray)."""
+def body_hash(data: Any) -> str:
+    """What makes two submissions 'the same body': the parsed definition, not its bytes (JSON or YAML)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def submit(ctx: Context, data: dict[str, Any], owner: str = LOCAL_OWNER, idempotency_key: str | None = None) -> tuple[StudyOut, bool]:
+    """Validate fully, store as queued; the dispatcher hands it to Ray (the API never blocks on Ray).
+
+    Returns (the study, whether it was created now). With ``idempotency_key``: the same key and body
+    return the study the first request created; another body is KeyReused; a request still in
+    flight with the key is InFlight.
+    """
+    if idempotency_key is not None:
+        outcome, study_id = ctx.store.claim_key(owner, idempotency_key, body_hash(data))
+        if outcome == "replay":
+            return study_out(ctx, get(ctx, study_id or "", owner)), False
+        if outcome == "mismatch":
+            raise KeyReused(f"Idempotency-Key '{idempotency_key}' was already used with a different body" + (f" (study {study_id})" if study_id else ""))
+        if outcome == "in_flight":
+            raise InFlight(f"a request with Idempotency-Key '{idempotency_key}' is still being processed; retry shortly")
     try:
-        cluster = ctx.ray.largest_node()
-    except Exception:  # Ray unreachable: resources are checked by Ray when it comes back
-        cluster = None
-    check_definition(definition, max_grid_points=ctx.settings.max_grid_points, cluster=cluster, data_dir=ctx.settings.data_dir)
-    row = ctx.store.create_study(definition.name, definition.model_dump(mode="json"))
-    return study_out(ctx, row)
+        definition = StudyDefinition.model_validate(data)
+        try:
+            cluster = ctx.ray.largest_node()
+        except Exception:  # Ray unreachable: resources are checked by Ray when it comes back
+            cluster = None
+        s = ctx.settings
+        check_definition(definition, max_grid_points=s.max_grid_points, cluster=cluster, data_dir=s.data_dir, max_parameters=s.max_parameters)
+        studies_active, trials_active = ctx.store.owner_usage(owner)
+        if studies_active + 1 > s.quota_active_studies:
+            raise QuotaExceeded(f"owner '{owner}' has {studies_active} studies queued or running; the quota is {s.quota_active_studies}. "
+                                "Wait for one to finish or cancel one")
+        want = definition.budget.max_concurrent_trials
+        if trials_active + want > s.quota_concurrent_trials:
+            raise QuotaExceeded(f"owner '{owner}' runs up to {trials_active} concurrent trials; this study adds {want} "
+                                f"(budget.max_concurrent_trials) and the quota is {s.quota_concurrent_trials}")
+        row = ctx.store.create_study(definition.name, definition.model_dump(mode="json"), owner=owner, idempotency_key=idempotency_key)
+    except BaseException:
+        if idempotency_key is not None:
+            ctx.store.release_key(owner, idempotency_key)
+        raise
+    return study_out(ctx, row), True
 
 
-def get(ctx: Context, study_id: str) -> StudyRow:
+def get(ctx: Context, study_id: str, owner: str | None = None) -> StudyRow:
+    """A study by id; with ``owner``, another owner's study is NotFound (as if it did not exist)."""
     row = ctx.store.get_study(study_id)
-    if row is None:
+    if row is None or (owner is not None and row.owner != owner):
         raise NotFound(f"no study '{study_id}'")
     return row
 
@@ -71,30 +119,30 @@ def study_out(ctx: Context, row: StudyRow) -> StudyOut:
         trial_counts=ctx.store.trial_counts(row.id), best=best, ray_job_id=row.ray_job_id,
         dashboard_url=f"{ctx.settings.dashboard_url}/#/jobs/{row.ray_job_id}" if row.ray_job_id else None,
         created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at, error=row.error,
-        definition=d,
+        definition=d, owner=row.owner, resumes=row.resumes,
     )
 
 
-def list_page(ctx: Context, status: StudyStatus | None, offset: int, limit: int) -> tuple[list[StudyOut], int]:
-    rows, total = ctx.store.list_studies(status.value if status else None, offset, limit)
+def list_page(ctx: Context, status: StudyStatus | None, offset: int, limit: int, owner: str | None = None) -> tuple[list[StudyOut], int]:
+    rows, total = ctx.store.list_studies(status.value if status else None, offset, limit, owner=owner)
     return [study_out(ctx, r) for r in rows], total
 
 
 def trial_out(row: TrialRow) -> dict[str, Any]:
     return {
         "trial_id": row.trial_id, "state": row.state, "config": row.config, "epochs": row.epochs,
-        "last_metrics": row.last_metrics, "best_value": row.best_value, "error": row.error,
+        "last_metrics": row.last_metrics, "best_value": row.best_value, "error": row.error, "retries": row.retries,
         "started_at": row.started_at, "finished_at": row.finished_at,
     }
 
 
-def trials(ctx: Context, study_id: str) -> list[TrialOut]:
-    get(ctx, study_id)
+def trials(ctx: Context, study_id: str, owner: str | None = None) -> list[TrialOut]:
+    get(ctx, study_id, owner)
     return [TrialOut(**trial_out(r)) for r in ctx.store.trials(study_id)]
 
 
-def trial(ctx: Context, study_id: str, trial_id: str) -> TrialDetail:
-    get(ctx, study_id)
+def trial(ctx: Context, study_id: str, trial_id: str, owner: str | None = None) -> TrialDetail:
+    get(ctx, study_id, owner)
     found = ctx.store.trial(study_id, trial_id)
     if found is None:
         raise NotFound(f"no trial '{trial_id}' in study '{study_id}'")
@@ -102,8 +150,8 @@ def trial(ctx: Context, study_id: str, trial_id: str) -> TrialDetail:
     return TrialDetail(**trial_out(row), history=history)
 
 
-def best(ctx: Context, study_id: str, k: int) -> BestOut:
-    row = get(ctx, study_id)
+def best(ctx: Context, study_id: str, k: int, owner: str | None = None) -> BestOut:
+    row = get(ctx, study_id, owner)
     objective = row.definition["objective"]
     items = [
         BestEntry(trial_id=t.trial_id, config=t.config, metrics=t.last_metrics, value=float(t.best_value))  # type: ignore[arg-type]
@@ -112,8 +160,8 @@ def best(ctx: Context, study_id: str, k: int) -> BestOut:
     return BestOut(study_id=study_id, objective=objective, items=items, test_metrics=row.test_metrics)
 
 
-def cancel(ctx: Context, study_id: str) -> StudyOut:
-    row = get(ctx, study_id)
+def cancel(ctx: Context, study_id: str, owner: str | None = None) -> StudyOut:
+    row = get(ctx, study_id, owner)
     if StudyStatus(row.status) in FINISHED:
         raise Conflict(f"study '{study_id}' is already {row.status}; only queued or running studies can be cancelled")
     ctx.store.finish_study(study_id, StudyStatus.CANCELLED, error=None)
@@ -126,16 +174,26 @@ def cancel(ctx: Context, study_id: str) -> StudyOut:
 
 
 def dispatch_once(ctx: Context) -> None:
-    """Hand queued studies to Ray; stop jobs of cancelled studies; fail studies whose job died.
+    """Reconcile the store with Ray. Runs at start-up and every second in the API process (in a
+    worker thread); idempotent, so a killed and restarted API picks up where it was:
 
-    Runs periodically in the API process (in a worker thread). Idempotent.
+    - hand studies without a job (queued, or running whose job died) to Ray: a study's driver
+      resumes from Tune's saved experiment state when there is one;
+    - stop jobs of cancelled studies (again, if a stop failed);
+    - a study whose job died (driver killed, Ray head restarted) is resumed, up to ``max_resumes``
+      times, then failed; a job stopped outside Caviar fails its study;
+    - trials still pending/running in a finished study (zombies: no process behind them) are failed.
     """
-    env = {"CAVIAR_DATABASE_URL": ctx.store.url, "CAVIAR_DATA_DIR": str(ctx.settings.data_dir)}
-    for row in ctx.store.studies_with_status(StudyStatus.QUEUED.value):
+    for row in ctx.store.studies_with_zombies():
+        n = ctx.store.mark_zombies(row.id, f"no process behind this trial: its study is {row.status}")
+        if n:
+            log.warning("study %s (%s): %d zombie trials marked failed", row.id, row.status, n)
+    env = {"CAVIAR_DATABASE_URL": ctx.store.url, "CAVIAR_DATA_DIR": str(ctx.settings.data_dir), "TUNE_GLOBAL_CHECKPOINT_S": "2"}
+    for row in ctx.store.studies_with_status(StudyStatus.QUEUED.value, StudyStatus.RUNNING.value):
         if row.ray_job_id:
             continue
         job_id = ctx.ray.submit(row.id, env)
-        if not ctx.store.update_study(row.id, only_if=(StudyStatus.QUEUED.value,), ray_job_id=job_id):
+        if not ctx.store.update_study(row.id, only_if=(StudyStatus.QUEUED.value, StudyStatus.RUNNING.value), ray_job_id=job_id):
             ctx.ray.stop(job_id)  # cancelled while we submitted
     # a cancel whose stop request failed (Ray busy or down) is retried until the job has ended
     for row in ctx.store.studies_with_status(StudyStatus.CANCELLED.value, finished_after=now() - RESTOP_WINDOW):
@@ -145,7 +203,17 @@ def dispatch_once(ctx: Context) -> None:
         if not row.ray_job_id:
             continue
         status = ctx.ray.status(row.ray_job_id)
-        if status in TERMINAL_JOB_STATES or status is None:
-            fresh = ctx.store.get_study(row.id)
-            if fresh is not None and StudyStatus(fresh.status) not in FINISHED:
-                ctx.store.finish_study(row.id, StudyStatus.FAILED, error=f"the study's Ray job ended as {status or 'unknown'} before the study finished")
+        if status not in TERMINAL_JOB_STATES and status is not None:
+            continue
+        fresh = ctx.store.get_study(row.id)
+        if fresh is None or StudyStatus(fresh.status) in FINISHED or fresh.ray_job_id != row.ray_job_id:
+            continue  # the driver finished it (or it was cancelled) before its job ended
+        # FAILED without the driver marking the study: the driver died (kill -9, OOM, node lost);
+        # unknown (None): the Ray cluster was restarted and forgot the job
+        if status in ("FAILED", None) and fresh.resumes < ctx.settings.max_resumes:
+            if ctx.store.update_study(row.id, only_if=(fresh.status,), ray_job_id=None, resumes=fresh.resumes + 1):
+                log.warning("study %s: its Ray job %s ended as %s; resuming (resume %d)", row.id, row.ray_job_id, status or "unknown", fresh.resumes + 1)
+            continue
+        why = "was stopped outside Caviar" if status == "STOPPED" else f"ended as {status or 'unknown'}"
+        extra = f" after {fresh.resumes} resumes" if fresh.resumes else ""
+        ctx.store.finish_study(row.id, StudyStatus.FAILED, error=f"the study's Ray job {why} before the study finished{extra}")

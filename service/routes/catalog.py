@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from search_spaces import list_presets, load_preset, preset_description
+from service.deps import current_owner
+from service.problems import ERRORS
 from trainables import list_trainables
 
-router = APIRouter(prefix="/v1", tags=["catalog"])
+router = APIRouter(prefix="/v1", tags=["catalog"], dependencies=[Depends(current_owner)], responses={401: ERRORS[401]})
 
 
 @router.get("/trainables", summary="Registered trainables with their knobs and defaults")

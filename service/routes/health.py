@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from service.deps import ContextDep
+from service.deps import ContextDep, current_owner
+from service.problems import ERRORS
 
 router = APIRouter(tags=["health"])
 
@@ -16,8 +17,15 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The store and Ray are reachable")
-async def readyz(ctx: ContextDep) -> JSONResponse:
+@router.get(
+    "/readyz", summary="The store and Ray are reachable, and the server is not shutting down",
+    dependencies=[Depends(current_owner)],
+    responses={401: ERRORS[401], 503: {"description": "Not ready: store or Ray unreachable, or draining after SIGTERM"}},
+)
+async def readyz(request: Request, ctx: ContextDep) -> JSONResponse:
+    if getattr(request.app.state, "draining", False):
+        return JSONResponse({"status": "draining", "store": None, "ray": None}, status_code=503)
+
     def check() -> dict[str, bool]:
         try:
             ctx.store.ping()

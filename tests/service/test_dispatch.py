@@ -52,7 +52,9 @@ def test_queued_studies_are_submitted_once_with_the_store_location(ctx: studies.
     studies.dispatch_once(ctx)
     fake: FakeJobs = ctx.ray  # type: ignore[assignment]
     assert [s for s, _ in fake.submitted] == [sid]
-    assert fake.submitted[0][1] == {"CAVIAR_DATABASE_URL": ctx.store.url, "CAVIAR_DATA_DIR": str(ctx.settings.data_dir)}
+    env = fake.submitted[0][1]
+    assert env["CAVIAR_DATABASE_URL"] == ctx.store.url and env["CAVIAR_DATA_DIR"] == str(ctx.settings.data_dir)
+    assert float(env["TUNE_GLOBAL_CHECKPOINT_S"]) <= 5  # Tune saves its experiment state often: resumes lose little
     assert ctx.store.get_study(sid).ray_job_id == f"job-{sid}"  # type: ignore[union-attr]
 
 
@@ -82,17 +84,68 @@ def test_a_failed_stop_of_a_cancelled_study_is_retried_until_the_job_ends(ctx: s
     assert "job-old" not in fake.stopped  # only recent cancellations are re-checked
 
 
-@pytest.mark.parametrize("job_status", ["FAILED", "SUCCEEDED", "STOPPED", None])
-def test_a_running_study_whose_job_ended_is_marked_failed(ctx: studies.Context, job_status: str | None) -> None:
+@pytest.mark.parametrize("job_status", ["FAILED", None])
+def test_a_study_whose_driver_died_is_resumed_up_to_max_resumes_then_failed(ctx: studies.Context, job_status: str | None) -> None:
+    """FAILED with the study unfinished: the driver was killed; None: the Ray cluster forgot the job."""
     sid = ctx.store.create_study("s", {}).id
     ctx.store.update_study(sid, ray_job_id="job-y", status="running")
+    ctx.store.upsert_trial(sid, "t1", config={}, state="running")
     fake: FakeJobs = ctx.ray  # type: ignore[assignment]
+    for resume in range(1, ctx.settings.max_resumes + 1):
+        if job_status:
+            fake.statuses[ctx.store.get_study(sid).ray_job_id] = job_status  # type: ignore[index,union-attr]
+        else:
+            fake.statuses.pop(ctx.store.get_study(sid).ray_job_id, None)  # type: ignore[arg-type,union-attr]
+        studies.dispatch_once(ctx)  # notices the dead job
+        row = ctx.store.get_study(sid)
+        assert row.status == "running" and row.resumes == resume and row.ray_job_id is None  # type: ignore[union-attr]
+        studies.dispatch_once(ctx)  # resubmits: the driver resumes from Tune's saved state
+        assert ctx.store.get_study(sid).ray_job_id == f"job-{sid}"  # type: ignore[union-attr]
+        assert ctx.store.trials(sid)[0].state == "running"  # the resumed driver owns its trials
+    assert [s for s, _ in fake.submitted] == [sid] * ctx.settings.max_resumes
     if job_status:
-        fake.statuses["job-y"] = job_status
+        fake.statuses[f"job-{sid}"] = job_status
+    else:
+        fake.statuses.clear()
     studies.dispatch_once(ctx)
     row = ctx.store.get_study(sid)
-    assert row.status == "failed"  # type: ignore[union-attr]
-    assert f"ended as {job_status or 'unknown'}" in row.error  # type: ignore[union-attr,operator]
+    assert row.status == "failed" and f"after {ctx.settings.max_resumes} resumes" in row.error  # type: ignore[union-attr,operator]
+    studies.dispatch_once(ctx)  # its trials have no process behind them any more: zombies
+    (trial,) = ctx.store.trials(sid)
+    assert trial.state == "failed" and "its study is failed" in trial.error  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("job_status", ["SUCCEEDED", "STOPPED"])
+def test_a_study_whose_job_ended_without_finishing_it_is_failed(ctx: studies.Context, job_status: str) -> None:
+    """STOPPED by someone outside Caviar (ray job stop): not resumed against their will."""
+    sid = ctx.store.create_study("s", {}).id
+    ctx.store.update_study(sid, ray_job_id="job-y", status="running")
+    ctx.ray.statuses["job-y"] = job_status  # type: ignore[attr-defined]
+    studies.dispatch_once(ctx)
+    row = ctx.store.get_study(sid)
+    assert row.status == "failed" and row.resumes == 0  # type: ignore[union-attr]
+    assert ("stopped outside Caviar" if job_status == "STOPPED" else "ended as SUCCEEDED") in row.error  # type: ignore[union-attr,operator]
+
+
+def test_zombie_trials_of_finished_studies_are_failed_even_while_ray_is_down(ctx: studies.Context) -> None:
+    sid = ctx.store.create_study("s", {}).id
+    ctx.store.upsert_trial(sid, "done", config={}, state="completed")
+    ctx.store.upsert_trial(sid, "live", config={}, state="running")
+    ctx.store.finish_study(sid, StudyStatus.CANCELLED)
+    live = ctx.store.create_study("live", {}).id
+    ctx.store.update_study(live, ray_job_id="job-live", status="running")
+    ctx.store.upsert_trial(live, "t", config={}, state="running")
+
+    def down(job_id: str) -> str:
+        raise ConnectionError("Ray is down")
+
+    ctx.ray.status = down  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        studies.dispatch_once(ctx)
+    states = {t.trial_id: (t.state, t.error) for t in ctx.store.trials(sid)}
+    assert states["done"] == ("completed", None)
+    assert states["live"][0] == "failed" and "cancelled" in states["live"][1]  # type: ignore[operator]
+    assert ctx.store.trials(live)[0].state == "running"  # a running study's trials are its driver's business
 
 
 def test_a_running_study_with_a_live_job_is_left_alone(ctx: studies.Context) -> None:
