@@ -117,9 +117,7 @@ def _space_error(exc: SearchSpaceError) -> DefinitionError:
     return DefinitionError(f"search_space.{exc.parameter}" if exc.parameter else "search_space", exc.rule)
 
 
-def check_definition(
-    d: StudyDefinition, *, max_grid_points: int, cluster: dict[str, float] | None, data_dir: Path, max_parameters: int = 64
-) -> SearchSpace:
+def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[str, float] | None, data_dir: Path) -> SearchSpace:
     """Check a shape-valid definition against the registries; returns its resolved search space.
 
     ``cluster`` is the Ray cluster's total resources (None when Ray is unreachable: resource
@@ -133,8 +131,6 @@ def check_definition(
         space = d.space()
     except SearchSpaceError as exc:
         raise _space_error(exc) from None
-    if len(space) > max_parameters:
-        raise DefinitionError("search_space", f"has {len(space)} parameters; at most {max_parameters} are allowed")
     knobs = spec.config_model.model_fields
     for name in space:
         if name not in knobs:

@@ -16,7 +16,6 @@ class Settings:
     ray_address: str  # the Ray Jobs / dashboard HTTP address, as `ray job submit` takes it
     dashboard_url: str  # what users open in a browser (may differ from ray_address behind a proxy)
     max_grid_points: int = 10_000
-    max_parameters: int = 64
     # bearer tokens: "required" when the API binds beyond loopback (`caviar serve` decides), else
     # "optional" (a token given is checked and names the owner; none means the owner "local")
     auth: str = "optional"

@@ -100,18 +100,20 @@ def ray_cluster(ray_head: RayHead, caviar_data_dir: Path) -> Iterator[None]:
 class Api:
     """`caviar serve` in a subprocess; ``kill()`` is kill -9, ``start()`` starts it again."""
 
-    def __init__(self, data_dir: Path, head: RayHead, database_url: str | None = None) -> None:
+    def __init__(self, data_dir: Path, head: RayHead, database_url: str | None = None, args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir, self.head, self.database_url = data_dir, head, database_url
+        self.args, self.extra_env = args, env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, **self.head.env, "CAVIAR_DATA_DIR": str(self.data_dir), "RAY_ADDRESS": self.head.dashboard}
+        env = {**os.environ, **self.head.env, "CAVIAR_DATA_DIR": str(self.data_dir), "RAY_ADDRESS": self.head.dashboard, **self.extra_env}
         if self.database_url:
             env["CAVIAR_DATABASE_URL"] = self.database_url
-        self.log = open(self.data_dir / f"api-{time.time():.0f}.log", "w")
-        self.proc = subprocess.Popen([str(BIN / "caviar"), "serve", "--port", str(self.port)], env=env,
+        self.log = open(self.data_dir / f"api-{time.time_ns()}.log", "w")
+        self.proc = subprocess.Popen([str(BIN / "caviar"), "serve", "--port", str(self.port), *self.args], env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 60
         while True:
@@ -136,6 +138,11 @@ class Api:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def no_ray() -> RayHead:
+    """A Ray address where nothing listens: `caviar serve` starts no head, studies stay queued."""
+    return RayHead(gcs_address="", dashboard=f"http://127.0.0.1:{free_port()}")
 
 
 @pytest.fixture(scope="session")

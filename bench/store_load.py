@@ -1,0 +1,700 @@
+"""Store under load: concurrent study drivers writing trial results while the API serves reads.
+
+What runs:
+  server   - `caviar serve` in a subprocess (uvicorn over HTTP) on a fresh CAVIAR_DATA_DIR, without
+             Ray (RAY_ADDRESS points at a closed port: studies stay queued, the dispatcher idles)
+  writers  - N processes (spawn; 8 by default), each playing one study's driver: it submits its
+             study with POST /v1/studies, marks it running as service.driver does, then loops over
+             trials exactly as StoreCallback writes them (upsert_trial running -> add_epoch per
+             epoch -> upsert_trial completed/stopped_early/failed), one store call every 20-50 ms,
+             and finally finish_study(completed). Writers import only service.store (and httpx).
+  readers  - this process: an open-loop paced mix (~50/s) of GET /v1/studies, /v1/studies/{id},
+             /v1/studies/{id}/trials, /v1/studies/{id}/trials/{trial_id}, /v1/studies/{id}/best
+Then the server is stopped and the database checked: SQLite `PRAGMA integrity_check`, and every
+epoch a writer says it wrote is in caviar_metrics exactly once with the values it wrote, trials'
+`epochs`/`best_value`/`state` match, per-study counts match (also as the API reports them).
+
+Errors (exit code 1): any 5xx (a 503 with Retry-After is allowed, counted apart), any response
+mentioning "database is locked", any other unexpected HTTP status or transport error, any writer
+exception, an integrity or consistency failure.
+
+    python -m bench.store_load                     # the 5-minute run on SQLite
+    python -m bench.store_load --smoke             # 30 s
+    python -m bench.store_load --smoke --database-url postgresql://postgres@127.0.0.1:5432/postgres
+                                                   # a fresh caviar_bench_<random> database, dropped after
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import random
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BIN = Path(sys.executable).parent
+LOCKED = "database is locked"
+MAX_EPOCHS = 30  # fixed.epochs of the benchmark's studies; ASHA-like rungs below cut most trials short
+RUNGS = (2, 6, 18)  # grace 2, reduction factor 3: a trial stops at a rung with probability 2/3
+OBJECTIVE, MODE = "val_accuracy", "max"
+
+
+# -- what a study driver writes (deterministic, so the checker recomputes it) -----------------------
+
+
+def definition(index: int) -> dict[str, Any]:
+    return {
+        "name": f"store-load-{index}",
+        "trainable": "mlp_bn_softmax",
+        "dataset": {"name": "digits", "validation_fraction": 0.2, "seed": 0},
+        "search_space": {
+            "lr": {"type": "float", "low": 1.0e-3, "high": 0.3, "log": True},
+            "width": {"type": "int", "low": 32, "high": 256, "log": True},
+            "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+        },
+        "fixed": {"epochs": MAX_EPOCHS, "batch_size": 64},
+        "objective": {"metric": OBJECTIVE, "mode": MODE},
+        "sampler": {"type": "tpe", "seed": index},
+        "scheduler": {"type": "asha", "max_t": MAX_EPOCHS, "grace_period": RUNGS[0], "reduction_factor": 3},
+        "budget": {"num_trials": 10_000, "max_concurrent_trials": 1},
+        "resources_per_trial": {"cpu": 1, "gpu": 0},
+    }
+
+
+def trial_plan(study_id: str, trial_id: str) -> tuple[dict[str, Any], int, int | None]:
+    """(config, epochs it runs, epoch at which it diverges or None)."""
+    rng = random.Random(f"{study_id}/{trial_id}")
+    config = {"lr": 10 ** rng.uniform(-3, math.log10(0.3)), "width": int(2 ** rng.uniform(5, 8)), "dropout": rng.uniform(0, 0.3),
+              "epochs": MAX_EPOCHS, "batch_size": 64}
+    epochs = MAX_EPOCHS
+    for rung in RUNGS:
+        if rng.random() < 2 / 3:
+            epochs = rung
+            break
+    diverge = rng.randint(1, epochs) if rng.random() < 0.03 else None
+    return config, epochs, diverge
+
+
+def metrics_for(study_id: str, trial_id: str, epoch: int, lr: float, diverge: int | None) -> dict[str, Any]:
+    """One epoch's report as a trainable sends it (the keys of ray_adapter.REPORTED)."""
+    rng = random.Random(f"{study_id}/{trial_id}/{epoch}")
+    if diverge is not None and epoch >= diverge:
+        return {"epoch": epoch, "train_loss": float("nan"), "val_loss": float("nan"), "val_accuracy": 0.1,
+                "val_confidence": 0.1, "lr": lr, "samples_per_s": rng.uniform(2e4, 6e4), "diverged": True}
+    progress = 1 - math.exp(-epoch / 6)
+    acc = min(0.99, 0.1 + 0.85 * progress + rng.gauss(0, 0.01))
+    return {"epoch": epoch, "train_loss": 2.3 * (1 - progress) + 0.05 + abs(rng.gauss(0, 0.02)),
+            "val_loss": 2.3 * (1 - progress) + 0.1 + abs(rng.gauss(0, 0.03)), "val_accuracy": acc,
+            "val_confidence": min(1.0, acc + rng.uniform(0, 0.05)), "lr": lr, "samples_per_s": rng.uniform(2e4, 6e4),
+            "diverged": False}
+
+
+def stored_form(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What Store.add_epoch stores: non-finite floats as null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+# -- a writer process (one study's driver) -------------------------------------------------------------
+
+
+def writer(index: int, server: str, database_url: str, duration: float, interval_ms: tuple[float, float],
+           ready: Any, go: Any, results: Any, progress: Any) -> None:
+    t0 = time.perf_counter()
+    from service.schemas import StudyDefinition, StudyStatus
+    from service.store import Store, now
+
+    import_s = time.perf_counter() - t0
+    heavy = sorted(m for m in ("torch", "ray", "optuna", "numpy") if m in sys.modules)
+    retries: Counter[str] = Counter()  # the store's own "busy/locked, retrying" log records, where it retries
+
+    class _Retries(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            msg = record.getMessage()
+            if "busy" in msg.lower() or "locked" in msg.lower():
+                retries[msg[:200]] += 1
+
+    store_log = logging.getLogger("caviar.store")
+    store_log.addHandler(_Retries())
+    store_log.setLevel(logging.INFO)
+    store_log.propagate = False
+    store = Store(database_url)
+    errors: Counter[tuple[str, str, str]] = Counter()
+    tracebacks: dict[tuple[str, str, str], str] = {}
+    latencies: list[float] = []
+
+    def call(name: str, fn: Any, *args: Any, **kw: Any) -> bool:
+        t = time.perf_counter()
+        try:
+            fn(*args, **kw)
+            ok = True
+        except Exception as exc:
+            key = (name, type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "")
+            errors[key] += 1
+            tracebacks.setdefault(key, traceback.format_exc()[-3000:])
+            ok = False
+        latencies.append(time.perf_counter() - t)
+        progress[2 * index + (0 if ok else 1)] += 1
+        return ok
+
+    defn = definition(index)
+    study_id = None
+    try:
+        r = httpx.post(f"{server}/v1/studies", json=defn, timeout=60)
+        if r.status_code != 201:
+            raise RuntimeError(f"POST /v1/studies -> {r.status_code}: {r.text[:500]}")
+        study_id = r.json()["id"]
+        created_via = "api"
+    except Exception as exc:  # keep the benchmark going: create the row directly, but count it
+        key = ("POST /v1/studies", type(exc).__name__, str(exc).splitlines()[0][:300])
+        errors[key] += 1
+        tracebacks.setdefault(key, traceback.format_exc()[-3000:])
+        study_id = store.create_study(defn["name"], StudyDefinition.model_validate(defn).model_dump(mode="json")).id
+        created_via = "store"
+    ready.put((index, study_id, import_s, heavy))
+    go.wait()
+
+    lo, hi = interval_ms[0] / 1000, interval_ms[1] / 1000
+    pace = random.Random(index)
+    started = time.monotonic()
+    deadline = started + duration
+    next_at = started
+
+    def tick() -> None:
+        nonlocal next_at
+        next_at = max(next_at + pace.uniform(lo, hi), time.monotonic())
+        delay = next_at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    call("update_study", store.update_study, study_id, only_if=("queued", "running"), status=StudyStatus.RUNNING.value, started_at=now())
+    trials: dict[str, dict[str, Any]] = {}
+    n = 0
+    while time.monotonic() < deadline:
+        trial_id = f"{study_id[:5]}_{n:05d}"
+        n += 1
+        config, epochs, diverge = trial_plan(study_id, trial_id)
+        t = trials[trial_id] = {"written": [], "failed": [], "start_ok": False, "final": None, "final_ok": False}
+        tick()
+        t["start_ok"] = call("upsert_trial(running)", store.upsert_trial, study_id, trial_id, config=config, state="running",
+                             started_at=now(), finished_at=None)
+        state = "stopped_early"
+        for epoch in range(1, epochs + 1):
+            tick()
+            m = metrics_for(study_id, trial_id, epoch, config["lr"], diverge)
+            (t["written"] if call("add_epoch", store.add_epoch, study_id, trial_id, m, OBJECTIVE, MODE) else t["failed"]).append(epoch)
+            if m["diverged"]:
+                state = "failed"
+                break
+            if epoch == MAX_EPOCHS:
+                state = "completed"
+            if time.monotonic() >= deadline:  # the run ends: the trial is cut short like a stopped one
+                break
+        tick()
+        t["final"] = state
+        t["final_ok"] = call("upsert_trial(final)", store.upsert_trial, study_id, trial_id, state=state,
+                             error="diverged: non-finite training loss" if state == "failed" else None, finished_at=now())
+    finish_ok = call("finish_study", store.finish_study, study_id, StudyStatus.COMPLETED)
+    elapsed = time.monotonic() - started
+    results.put({
+        "index": index, "study_id": study_id, "created_via": created_via, "import_s": import_s, "heavy_modules": heavy,
+        "elapsed_s": elapsed, "trials": trials, "finish_ok": finish_ok, "latencies": latencies,
+        "store_retries": sum(retries.values()), "store_retry_examples": [m for m, _ in retries.most_common(3)],
+        "errors": [{"call": k[0], "type": k[1], "message": k[2], "count": c, "traceback": tracebacks[k]} for k, c in errors.items()],
+    })
+
+
+# -- the server --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, data_dir: Path, database_url: str, writers: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir / "api.log"
+        env = {**os.environ, "CAVIAR_DATA_DIR": str(data_dir), "CAVIAR_DATABASE_URL": database_url,
+               "RAY_ADDRESS": f"http://127.0.0.1:{free_port()}",  # closed: `caviar serve` starts no Ray head
+               # one active study per writer must fit the per-owner quota (all writers are owner "local")
+               "CAVIAR_QUOTA_ACTIVE_STUDIES": str(max(writers, int(os.environ.get("CAVIAR_QUOTA_ACTIVE_STUDIES", "8"))))}
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([str(BIN / "caviar"), "serve", "--port", str(self.port)], env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"caviar serve did not start:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def log_findings(self) -> dict[str, Any]:
+        text = self.log_path.read_text(errors="replace")
+        first = text.find("Traceback")
+        return {"log": str(self.log_path), "tracebacks": text.count("Traceback (most recent call last)"),
+                "locked_mentions": text.lower().count(LOCKED), "status_500_lines": text.count('" 500'),
+                "store_busy_lines": text.count("store busy"), "store_unavailable_lines": text.count("store unavailable"),
+                "first_traceback": text[first:first + 4000] if first >= 0 else None}
+
+
+# -- the readers --------------------------------------------------------------------------------------
+
+
+MIX = (("list", 0.10), ("study", 0.25), ("trials", 0.25), ("trial", 0.25), ("best", 0.15))
+
+
+async def read_load(server: str, study_ids: list[str], rate: float, duration: float, max_in_flight: int) -> dict[str, Any]:
+    rng = random.Random(0)
+    known: dict[str, list[str]] = defaultdict(list)  # trial ids seen in /trials responses (they exist)
+    by_status: Counter[str] = Counter()
+    by_endpoint: Counter[str] = Counter()
+    latencies: list[float] = []
+    errors: list[dict[str, Any]] = []
+    counts = Counter[str]()
+    in_flight = 0
+    kinds = [k for k, _ in MIX]
+    weights = [w for _, w in MIX]
+
+    def note(kind: str, detail: str) -> None:
+        counts[kind] += 1
+        if sum(1 for e in errors if e["kind"] == kind) < 5:
+            errors.append({"kind": kind, "detail": detail[:2000]})
+
+    async def one(client: httpx.AsyncClient, kind: str) -> None:
+        nonlocal in_flight
+        sid = rng.choice(study_ids)
+        if kind == "trial" and not known[sid]:
+            kind = "trials"
+        path = {"list": "/v1/studies", "study": f"/v1/studies/{sid}", "trials": f"/v1/studies/{sid}/trials",
+                "best": f"/v1/studies/{sid}/best", "trial": f"/v1/studies/{sid}/trials/{rng.choice(known[sid] or [''])}"}[kind]
+        by_endpoint[kind] += 1
+        t = time.perf_counter()
+        try:
+            r = await client.get(path)
+        except httpx.HTTPError as exc:
+            note("transport", f"GET {path}: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            in_flight -= 1
+        latencies.append(time.perf_counter() - t)
+        by_status[str(r.status_code)] += 1
+        body = r.text
+        if LOCKED in body.lower():
+            note("locked", f"GET {path} -> {r.status_code}: {body}")
+        if r.status_code == 503 and "retry-after" in r.headers:
+            note("503_retry_after", f"GET {path} -> 503 Retry-After {r.headers['retry-after']}: {body}")
+        elif r.status_code >= 500:
+            note("5xx", f"GET {path} -> {r.status_code}: {body}")
+        elif r.status_code != 200:
+            note("unexpected_status", f"GET {path} -> {r.status_code}: {body}")
+        elif kind == "trials":
+            ids = [t["trial_id"] for t in r.json()]
+            if ids:
+                known[sid] = ids
+
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    tasks: set[asyncio.Task[None]] = set()
+    async with httpx.AsyncClient(base_url=server, timeout=30, limits=limits) as client:
+        start = time.perf_counter()
+        i = 0
+        while (due := start + i / rate) < start + duration:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            i += 1
+            if in_flight >= max_in_flight:
+                counts["skipped_saturated"] += 1
+                continue
+            in_flight += 1
+            task = asyncio.create_task(one(client, rng.choices(kinds, weights)[0]))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    return {"elapsed_s": elapsed, "scheduled": i, "responses": len(latencies), "by_status": dict(by_status),
+            "by_endpoint": dict(by_endpoint), "latencies": latencies, "counts": dict(counts), "errors": errors}
+
+
+# -- checks ------------------------------------------------------------------------------------------
+
+
+def integrity(database_url: str) -> str | None:
+    if not database_url.startswith("sqlite"):
+        return None
+    conn = sqlite3.connect(database_url.split("///", 1)[-1])
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+        fk = conn.execute("PRAGMA foreign_key_check").fetchall()
+    finally:
+        conn.close()
+    result = "ok" if rows == ["ok"] else "; ".join(map(str, rows))[:2000]
+    return result if not fk else f"{result}; foreign_key_check: {fk[:10]}"
+
+
+def consistency(database_url: str, reports: list[dict[str, Any]], api_counts: dict[str, Any]) -> dict[str, Any]:
+    from sqlalchemy import create_engine, text
+
+    url = database_url.replace("postgresql://", "postgresql+psycopg://", 1) if database_url.startswith("postgresql://") else database_url
+    engine = create_engine(url)
+    problems: list[str] = []
+    ambiguous: list[str] = []
+    totals = Counter[str]()
+
+    def problem(msg: str) -> None:
+        totals["problems"] += 1
+        if len(problems) < 50:
+            problems.append(msg)
+
+    try:
+        with engine.connect() as c:
+            for rep in reports:
+                sid = rep["study_id"]
+                study = c.execute(text("SELECT status FROM caviar_studies WHERE id = :s"), {"s": sid}).one_or_none()
+                if study is None:
+                    problem(f"{sid}: no study row")
+                    continue
+                if rep["finish_ok"] and study.status != "completed":
+                    problem(f"{sid}: status {study.status}, the writer finished it as completed")
+                trial_rows = {r.trial_id: r for r in c.execute(text(
+                    "SELECT pk, trial_id, state, epochs, best_value, last_metrics, started_at, finished_at FROM caviar_trials WHERE study_id = :s"),
+                    {"s": sid})}
+                metric_rows: dict[int, list[tuple[int, Any]]] = defaultdict(list)
+                for r in c.execute(text(
+                        "SELECT m.trial_pk, m.epoch, m.\"values\" FROM caviar_metrics m JOIN caviar_trials t ON t.pk = m.trial_pk WHERE t.study_id = :s"),
+                        {"s": sid}):
+                    values = json.loads(r[2]) if isinstance(r[2], str) else r[2]
+                    metric_rows[r[0]].append((r[1], values))
+                expected_trials = {tid for tid, t in rep["trials"].items() if t["start_ok"] or t["written"] or t["final_ok"]}
+                for tid in sorted(expected_trials - trial_rows.keys()):
+                    problem(f"{sid}/{tid}: the writer wrote it; no trial row")
+                for tid in sorted(trial_rows.keys() - rep["trials"].keys()):
+                    problem(f"{sid}/{tid}: a trial row no writer wrote")
+                for tid in sorted(trial_rows.keys() & rep["trials"].keys() - expected_trials):
+                    ambiguous.append(f"{sid}/{tid}: every call for it raised, yet the row exists")
+                n_metrics = 0
+                states = Counter[str]()
+                for tid, t in rep["trials"].items():
+                    row = trial_rows.get(tid)
+                    if row is None:
+                        continue
+                    states[row.state] += 1
+                    config, _, diverge = trial_plan(sid, tid)
+                    stored = metric_rows.get(row.pk, [])
+                    n_metrics += len(stored)
+                    epochs_stored = Counter(e for e, _ in stored)
+                    for e, k in epochs_stored.items():
+                        if k > 1:
+                            problem(f"{sid}/{tid}: epoch {e} stored {k} times")
+                    for e in t["written"]:
+                        if e not in epochs_stored:
+                            problem(f"{sid}/{tid}: epoch {e} written, not stored")
+                    for e in sorted(set(epochs_stored) - set(t["written"])):
+                        (ambiguous.append if e in t["failed"] else problem)(f"{sid}/{tid}: epoch {e} stored, "
+                                                                            + ("its add_epoch raised" if e in t["failed"] else "never written"))
+                    for e, values in stored:
+                        want = stored_form(metrics_for(sid, tid, e, config["lr"], diverge))
+                        if values != want:
+                            problem(f"{sid}/{tid}: epoch {e} stored {values}, written {want}")
+                    written = t["written"]
+                    want_epochs = max(written) if written else 0
+                    if not t["failed"] and row.epochs != want_epochs:
+                        problem(f"{sid}/{tid}: epochs {row.epochs}, max epoch written {want_epochs}")
+                    last = row.last_metrics if not isinstance(row.last_metrics, str) else json.loads(row.last_metrics)
+                    if not t["failed"] and written and last != stored_form(metrics_for(sid, tid, max(written), config["lr"], diverge)):
+                        problem(f"{sid}/{tid}: last_metrics {last} are not epoch {max(written)}'s")
+                    accs = [metrics_for(sid, tid, e, config["lr"], diverge)["val_accuracy"] for e in written]
+                    if not t["failed"] and accs and (row.best_value is None or abs(row.best_value - max(accs)) > 1e-12):
+                        problem(f"{sid}/{tid}: best_value {row.best_value}, max {OBJECTIVE} written {max(accs)}")
+                    if t["final_ok"] and row.state != t["final"]:
+                        problem(f"{sid}/{tid}: state {row.state}, the writer finished it as {t['final']}")
+                    if t["final_ok"] and row.finished_at is None:
+                        problem(f"{sid}/{tid}: finished, finished_at is null")
+                    if t["start_ok"] and row.started_at is None:
+                        problem(f"{sid}/{tid}: started, started_at is null")
+                written_total = sum(len(t["written"]) for t in rep["trials"].values())
+                totals["trials"] += len(trial_rows)
+                totals["metric_rows"] += n_metrics
+                totals["epochs_written"] += written_total
+                if n_metrics < written_total:
+                    problem(f"{sid}: {n_metrics} metric rows, the writer wrote {written_total} epochs")
+                if len(trial_rows) < len(expected_trials):
+                    problem(f"{sid}: {len(trial_rows)} trials, the writer wrote {len(expected_trials)}")
+                api = api_counts.get(sid)
+                if isinstance(api, dict):
+                    got = {k: v for k, v in api.items() if v}
+                    if got != dict(states):
+                        problem(f"{sid}: the API's trial_counts {got}, the rows' {dict(states)}")
+                else:
+                    problem(f"{sid}: GET /v1/studies/{sid} after the run: {api}")
+    finally:
+        engine.dispose()
+    return {"ok": totals["problems"] == 0, "problems": problems, "problem_count": totals["problems"], "ambiguous": ambiguous[:50],
+            "trials": totals["trials"], "metric_rows": totals["metric_rows"], "epochs_written": totals["epochs_written"]}
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------------
+
+
+def create_pg_database(admin: str) -> str:
+    import psycopg
+
+    name = f"caviar_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{admin.rpartition('/')[0]}/{name}"
+
+
+def drop_pg_database(admin: str, url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
+
+
+# -- main --------------------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+def run(args: argparse.Namespace, data_dir: Path, database_url: str) -> dict[str, Any]:
+    duration = 30.0 if args.smoke else args.duration
+    load_before = os.getloadavg()[0]
+    print(f"store_load: {args.writers} writers, {args.read_rate:g} reads/s, {duration:g} s, {database_url.rpartition('@')[2]}", flush=True)
+    server = Server(data_dir, database_url, args.writers)
+    ctx = mp.get_context("spawn")
+    procs: list[Any] = []
+    reports: list[dict[str, Any]] = []
+    api_counts: dict[str, Any] = {}
+    try:
+        ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+        progress = ctx.Array("q", 2 * args.writers, lock=False)
+        for i in range(args.writers):
+            p = ctx.Process(target=writer, args=(i, server.url, database_url, duration, (args.interval_min_ms, args.interval_max_ms),
+                                                 ready, go, results, progress), daemon=True)
+            p.start()
+            procs.append(p)
+        setup_t = time.perf_counter()
+        started = []
+        for _ in procs:
+            started.append(ready.get(timeout=180))
+        setup_s = time.perf_counter() - setup_t
+        study_ids = [s[1] for s in sorted(started)]
+        imports = [s[2] for s in started]
+        heavy = sorted({m for s in started for m in s[3]})
+        print(f"  writers ready in {setup_s:.1f} s (import service.store: {min(imports):.1f}-{max(imports):.1f} s; "
+              f"modules it pulled in: {', '.join(heavy) or 'none of torch/ray/optuna/numpy'})", flush=True)
+        go.set()
+
+        async def reads_with_progress() -> dict[str, Any]:
+            task = asyncio.create_task(read_load(server.url, study_ids, args.read_rate, duration, args.max_in_flight))
+            t0 = time.perf_counter()
+            while not task.done():
+                await asyncio.wait({task}, timeout=10)
+                if not task.done():
+                    ok, bad = sum(progress[0::2]), sum(progress[1::2])
+                    print(f"  {time.perf_counter() - t0:5.0f} s: {ok} store calls ok, {bad} raised", flush=True)
+            return task.result()
+
+        reads = asyncio.run(reads_with_progress())
+        deadline = time.time() + 120
+        while len(reports) < len(procs) and time.time() < deadline:
+            try:
+                reports.append(results.get(timeout=1))
+            except Exception:
+                if not any(p.is_alive() for p in procs) and results.empty():
+                    break
+        for sid in study_ids:  # the API's view of the counts, for the consistency check
+            try:
+                resp = httpx.get(f"{server.url}/v1/studies/{sid}", timeout=30)
+                api_counts[sid] = resp.json()["trial_counts"] if resp.status_code == 200 else f"{resp.status_code}: {resp.text[:300]}"
+            except Exception as exc:
+                api_counts[sid] = f"{type(exc).__name__}: {exc}"
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+        server.stop()
+    missing_writers = sorted(set(range(args.writers)) - {r["index"] for r in reports})
+
+    wlat = [x for r in reports for x in r["latencies"]]
+    werr: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in reports:
+        for e in r["errors"]:
+            key = (e["call"], e["type"], e["message"])
+            if key in werr:
+                werr[key]["count"] += e["count"]
+            else:
+                werr[key] = dict(e)
+    writer_exceptions = sum(e["count"] for e in werr.values())
+    calls = len(wlat)
+    epochs_ok = sum(len(t["written"]) for r in reports for t in r["trials"].values())
+    integ = integrity(database_url)
+    cons = consistency(database_url, reports, api_counts)
+    counts = reads["counts"]
+    server_log = server.log_findings()
+    locked = counts.get("locked", 0) + sum(e["count"] for e in werr.values() if LOCKED in e["message"].lower())
+    failures = {
+        "5xx": counts.get("5xx", 0),
+        "database_is_locked": locked,
+        "unexpected_status": counts.get("unexpected_status", 0),
+        "transport_errors": counts.get("transport", 0),
+        "writer_exceptions": writer_exceptions,
+        "writers_without_report": len(missing_writers),
+        "integrity": 0 if integ in (None, "ok") else 1,
+        "consistency": cons["problem_count"],
+    }
+    warnings = []
+    if reads["responses"] < 0.9 * args.read_rate * duration:
+        warnings.append(f"reads fell short of the target: {reads['responses'] / reads['elapsed_s']:.1f}/s of {args.read_rate:g}/s "
+                        f"({counts.get('skipped_saturated', 0)} skipped with {args.max_in_flight} in flight)")
+    expected_calls = args.writers * duration / ((args.interval_min_ms + args.interval_max_ms) / 2000)
+    if calls < 0.9 * expected_calls:
+        warnings.append(f"writers fell behind their pace: {calls} store calls of ~{expected_calls:.0f}")
+    if max(load_before, os.getloadavg()[0]) > (os.cpu_count() or 1):
+        warnings.append(f"the machine was busy besides (1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, "
+                        f"{os.cpu_count()} CPUs): the figures are not a clean measurement")
+    return {
+        "database": "sqlite" if database_url.startswith("sqlite") else "postgresql",
+        "duration_s": duration, "writers": args.writers, "read_rate_target": args.read_rate,
+        "writer_interval_ms": [args.interval_min_ms, args.interval_max_ms], "cpus": os.cpu_count(),
+        "study_creation": sorted({r["created_via"] for r in reports}),
+        "writer_import_s": {"min": min(imports), "max": max(imports)}, "writer_heavy_modules": heavy,
+        "writes": {"calls": calls, "per_s": calls / duration, "epochs": epochs_ok, "epochs_per_s": epochs_ok / duration,
+                   "trials": sum(len(r["trials"]) for r in reports),
+                   "latency_p50_ms": (pct(wlat, 0.5) or 0) * 1000, "latency_p99_ms": (pct(wlat, 0.99) or 0) * 1000,
+                   "latency_max_ms": (max(wlat) if wlat else 0) * 1000},
+        "writer_exceptions": sorted(werr.values(), key=lambda e: -e["count"]),
+        "writer_store_retries": sum(r.get("store_retries", 0) for r in reports),
+        "writer_store_retry_examples": sorted({m for r in reports for m in r.get("store_retry_examples", [])})[:5],
+        "reads": {"responses": reads["responses"], "per_s": reads["responses"] / reads["elapsed_s"], "scheduled": reads["scheduled"],
+                  "by_status": reads["by_status"], "by_endpoint": reads["by_endpoint"],
+                  "latency_p50_ms": (pct(reads["latencies"], 0.5) or 0) * 1000,
+                  "latency_p99_ms": (pct(reads["latencies"], 0.99) or 0) * 1000,
+                  "latency_max_ms": (max(reads["latencies"]) if reads["latencies"] else 0) * 1000,
+                  "counts": counts, "examples": reads["errors"]},
+        "status_503_retry_after": counts.get("503_retry_after", 0),
+        "integrity_check": integ, "consistency": cons, "server_log": server_log,
+        "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
+        "warnings": warnings, "failures": failures, "ok": not any(failures.values()),
+    }
+
+
+def print_table(res: dict[str, Any]) -> None:
+    w, r, f = res["writes"], res["reads"], res["failures"]
+    rows = [
+        ("database", res["database"]),
+        ("duration", f"{res['duration_s']:g} s ({res['writers']} writers, {res['cpus']} CPUs)"),
+        ("writes/s achieved", f"{w['per_s']:.0f} store calls/s ({w['epochs_per_s']:.0f} epochs/s, {w['trials']} trials)"),
+        ("write latency p50/p99/max", f"{w['latency_p50_ms']:.1f} / {w['latency_p99_ms']:.1f} / {w['latency_max_ms']:.0f} ms"),
+        ("reads/s achieved", f"{r['per_s']:.1f} (target {res['read_rate_target']:g}; {r['counts'].get('skipped_saturated', 0)} skipped, saturated)"),
+        ("read latency p50/p99", f"{r['latency_p50_ms']:.1f} / {r['latency_p99_ms']:.1f} ms (max {r['latency_max_ms']:.0f} ms)"),
+        ("responses by status", ", ".join(f"{k}: {v}" for k, v in sorted(r["by_status"].items()))),
+        ("5xx", str(f["5xx"])),
+        ('"database is locked"', str(f["database_is_locked"])),
+        ("503 with Retry-After", str(res["status_503_retry_after"])),
+        ("other HTTP/transport errors", f"{f['unexpected_status']} / {f['transport_errors']}"),
+        ("writer exceptions", str(f["writer_exceptions"])),
+        ("store retries (busy/locked)", f"{res['writer_store_retries']} in writers (retried, not errors)"),
+        ("integrity_check", res["integrity_check"] or "n/a (PostgreSQL)"),
+        ("consistency", "ok" if res["consistency"]["ok"] else f"{res['consistency']['problem_count']} problems"),
+        ("server log", f"{res['server_log']['tracebacks']} tracebacks, {res['server_log']['locked_mentions']} 'locked' mentions, "
+                       f"{res['server_log']['store_unavailable_lines']} 'store unavailable'"),
+        ("result", "OK" if res["ok"] else "FAIL"),
+    ]
+    rows[-1:-1] = [("warning", w) for w in res["warnings"]]
+    width = max(len(k) for k, _ in rows)
+    print()
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+    for e in res["writer_exceptions"][:5]:
+        print(f"\n  writer exception x{e['count']} in {e['call']}: {e['type']}: {e['message']}\n{e['traceback']}")
+    for e in r["examples"][:5]:
+        print(f"\n  read {e['kind']}: {e['detail'][:600]}")
+    for p in res["consistency"]["problems"][:10]:
+        print(f"  consistency: {p}")
+    if res["server_log"]["first_traceback"] and not res["ok"]:
+        print(f"\n  first server traceback:\n{res['server_log']['first_traceback'][:3000]}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=300.0, help="seconds of load (default 300)")
+    p.add_argument("--smoke", action="store_true", help="30 s")
+    p.add_argument("--database-url", default=None,
+                   help="default: SQLite in the temp data dir; a postgresql:// admin URL: a fresh caviar_bench_* database, dropped after")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--writers", type=int, default=8)
+    p.add_argument("--read-rate", type=float, default=50.0, help="reads per second")
+    p.add_argument("--interval-min-ms", type=float, default=20.0)
+    p.add_argument("--interval-max-ms", type=float, default=50.0)
+    p.add_argument("--max-in-flight", type=int, default=64, help="concurrent reads; a read due beyond it is skipped and counted")
+    p.add_argument("--keep", action="store_true", help="keep the data dir (kept anyway on failure)")
+    args = p.parse_args()
+
+    data_dir = Path(tempfile.mkdtemp(prefix="caviar-store-load-"))
+    (data_dir / "datasets").mkdir()
+    admin = args.database_url if args.database_url and args.database_url.startswith("postgresql") else None
+    database_url = args.database_url or f"sqlite:///{data_dir / 'caviar.db'}"
+    res: dict[str, Any] | None = None
+    try:
+        if admin:
+            database_url = create_pg_database(admin)
+        res = run(args, data_dir, database_url)
+    finally:
+        if admin:
+            drop_pg_database(admin, database_url)
+        if res is not None and res["ok"] and not args.keep:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        else:
+            print(f"\n  data dir kept: {data_dir}")
+    assert res is not None
+    print_table(res)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2, default=str))
+    sys.exit(0 if res["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()
