@@ -33,6 +33,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import queue
 import random
 import shutil
 import signal
@@ -285,6 +286,7 @@ async def read_load(server: str, study_ids: list[str], rate: float, duration: fl
     by_status: Counter[str] = Counter()
     by_endpoint: Counter[str] = Counter()
     latencies: list[float] = []
+    per_endpoint: dict[str, list[float]] = defaultdict(list)
     errors: list[dict[str, Any]] = []
     counts = Counter[str]()
     in_flight = 0
@@ -313,6 +315,7 @@ async def read_load(server: str, study_ids: list[str], rate: float, duration: fl
         finally:
             in_flight -= 1
         latencies.append(time.perf_counter() - t)
+        per_endpoint[kind].append(latencies[-1])
         by_status[str(r.status_code)] += 1
         body = r.text
         if LOCKED in body.lower():
@@ -348,7 +351,9 @@ async def read_load(server: str, study_ids: list[str], rate: float, duration: fl
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
     return {"elapsed_s": elapsed, "scheduled": i, "responses": len(latencies), "by_status": dict(by_status),
-            "by_endpoint": dict(by_endpoint), "latencies": latencies, "counts": dict(counts), "errors": errors}
+            "by_endpoint": dict(by_endpoint), "latencies": latencies,
+            "latency_by_endpoint_ms": {k: {"n": len(v), "p50": (pct(v, 0.5) or 0) * 1000, "p99": (pct(v, 0.99) or 0) * 1000}
+                                       for k, v in sorted(per_endpoint.items())}, "counts": dict(counts), "errors": errors}
 
 
 # -- checks ------------------------------------------------------------------------------------------
@@ -501,11 +506,14 @@ def run(args: argparse.Namespace, data_dir: Path, database_url: str) -> dict[str
     duration = 30.0 if args.smoke else args.duration
     load_before = os.getloadavg()[0]
     print(f"store_load: {args.writers} writers, {args.read_rate:g} reads/s, {duration:g} s, {database_url.rpartition('@')[2]}", flush=True)
+    t = time.perf_counter()
     server = Server(data_dir, database_url, args.writers)
+    print(f"  caviar serve up in {time.perf_counter() - t:.1f} s at {server.url}", flush=True)
     ctx = mp.get_context("spawn")
     procs: list[Any] = []
     reports: list[dict[str, Any]] = []
     api_counts: dict[str, Any] = {}
+    finished = False
     try:
         ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
         progress = ctx.Array("q", 2 * args.writers, lock=False)
@@ -515,9 +523,14 @@ def run(args: argparse.Namespace, data_dir: Path, database_url: str) -> dict[str
             p.start()
             procs.append(p)
         setup_t = time.perf_counter()
-        started = []
-        for _ in procs:
-            started.append(ready.get(timeout=180))
+        started: list[tuple[int, str, float, list[str]]] = []
+        while len(started) < len(procs):
+            try:
+                started.append(ready.get(timeout=1))
+            except queue.Empty:
+                dead = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode is not None]
+                if dead or time.perf_counter() - setup_t > 300:
+                    raise RuntimeError(f"writers did not get ready (exited: {dead}); see the output above") from None
         setup_s = time.perf_counter() - setup_t
         study_ids = [s[1] for s in sorted(started)]
         imports = [s[2] for s in started]
@@ -541,7 +554,7 @@ def run(args: argparse.Namespace, data_dir: Path, database_url: str) -> dict[str
         while len(reports) < len(procs) and time.time() < deadline:
             try:
                 reports.append(results.get(timeout=1))
-            except Exception:
+            except queue.Empty:
                 if not any(p.is_alive() for p in procs) and results.empty():
                     break
         for sid in study_ids:  # the API's view of the counts, for the consistency check
@@ -550,11 +563,13 @@ def run(args: argparse.Namespace, data_dir: Path, database_url: str) -> dict[str
                 api_counts[sid] = resp.json()["trial_counts"] if resp.status_code == 200 else f"{resp.status_code}: {resp.text[:300]}"
             except Exception as exc:
                 api_counts[sid] = f"{type(exc).__name__}: {exc}"
+        finished = True
     finally:
         for p in procs:
-            p.join(timeout=10)
+            p.join(timeout=10 if finished else 0)
             if p.is_alive():
                 p.terminate()
+                p.join(timeout=5)
         server.stop()
     missing_writers = sorted(set(range(args.writers)) - {r["index"] for r in reports})
 
@@ -610,6 +625,7 @@ def run(args: argparse.Namespace, data_dir: Path, database_url: str) -> dict[str
         "writer_store_retry_examples": sorted({m for r in reports for m in r.get("store_retry_examples", [])})[:5],
         "reads": {"responses": reads["responses"], "per_s": reads["responses"] / reads["elapsed_s"], "scheduled": reads["scheduled"],
                   "by_status": reads["by_status"], "by_endpoint": reads["by_endpoint"],
+                  "latency_by_endpoint_ms": reads["latency_by_endpoint_ms"],
                   "latency_p50_ms": (pct(reads["latencies"], 0.5) or 0) * 1000,
                   "latency_p99_ms": (pct(reads["latencies"], 0.99) or 0) * 1000,
                   "latency_max_ms": (max(reads["latencies"]) if reads["latencies"] else 0) * 1000,
@@ -630,6 +646,7 @@ def print_table(res: dict[str, Any]) -> None:
         ("write latency p50/p99/max", f"{w['latency_p50_ms']:.1f} / {w['latency_p99_ms']:.1f} / {w['latency_max_ms']:.0f} ms"),
         ("reads/s achieved", f"{r['per_s']:.1f} (target {res['read_rate_target']:g}; {r['counts'].get('skipped_saturated', 0)} skipped, saturated)"),
         ("read latency p50/p99", f"{r['latency_p50_ms']:.1f} / {r['latency_p99_ms']:.1f} ms (max {r['latency_max_ms']:.0f} ms)"),
+        ("read p50/p99 by endpoint", "; ".join(f"{k} {v['p50']:.0f}/{v['p99']:.0f} ms" for k, v in r["latency_by_endpoint_ms"].items())),
         ("responses by status", ", ".join(f"{k}: {v}" for k, v in sorted(r["by_status"].items()))),
         ("5xx", str(f["5xx"])),
         ('"database is locked"', str(f["database_is_locked"])),
@@ -673,6 +690,10 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the data dir (kept anyway on failure)")
     args = p.parse_args()
 
+    def _terminate(signum: int, _frame: Any) -> None:  # SIGTERM: clean up like Ctrl-C (server, writers, database)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _terminate)
     data_dir = Path(tempfile.mkdtemp(prefix="caviar-store-load-"))
     (data_dir / "datasets").mkdir()
     admin = args.database_url if args.database_url and args.database_url.startswith("postgresql") else None
@@ -697,4 +718,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("store_load: interrupted", file=sys.stderr)
+        sys.exit(130)

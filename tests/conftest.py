@@ -49,39 +49,60 @@ class RayHead:
     env: dict[str, str] = field(default_factory=dict)
 
 
+class HeadProcess:
+    """``ray start --head --block`` on fixed loopback ports; ``stop()`` (SIGTERM) stops only its own
+    processes, and ``start()`` brings a fresh head up on the same ports (a restarted cluster)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.gcs, self.dash = free_port(), free_port()
+        self.ports = [free_port() for _ in range(4)]
+        self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(16),
+                    "RAY_USAGE_STATS_ENABLED": "0"}
+        os.environ.update(self.env)  # this process talks to the head too (Jobs API, ray.init)
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.head = RayHead(gcs_address=f"127.0.0.1:{self.gcs}", dashboard=f"http://127.0.0.1:{self.dash}", env=self.env)
+
+    def start(self) -> RayHead:
+        agent, grpc, metrics, client = self.ports
+        log = open(self.log_dir / f"head-{time.time_ns()}.log", "w")
+        self.proc = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", f"--port={self.gcs}", "--node-ip-address=127.0.0.1",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash}", "--include-dashboard=true", "--num-cpus=2",
+             "--disable-usage-stats",
+             # own agent ports too, so a Ray head the user already runs on this machine cannot collide
+             f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={grpc}",
+             f"--metrics-export-port={metrics}", f"--ray-client-server-port={client}"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **self.env},
+        )
+        from service.ray_adapter import RayJobs
+
+        deadline = time.time() + 90
+        while not RayJobs(self.head.dashboard).ping():
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"the test Ray head did not start; see {log.name}")
+            time.sleep(1)
+        return self.head
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        try:
+            self.proc.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
-    gcs, dash = free_port(), free_port()
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"}
-    os.environ.update(env)  # this process talks to the head too (Jobs API, ray.init)
-    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
-    proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=2",
-         "--disable-usage-stats",
-         # own agent ports too, so a Ray head the user already runs on this machine cannot collide
-         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-         f"--metrics-export-port={free_port()}", f"--ray-client-server-port={free_port()}"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **env},
-    )
-    head = RayHead(gcs_address=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dash}", env=env)
-    from service.ray_adapter import RayJobs
-
-    deadline = time.time() + 90
-    while not RayJobs(head.dashboard).ping():
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError(f"the test Ray head did not start; see {log.name}")
-        time.sleep(1)
+    head = HeadProcess(tmp_path_factory.mktemp("ray"))
     try:
-        yield head
+        yield head.start()
     finally:
-        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
-        try:
-            proc.wait(timeout=45)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        head.stop()
 
 
 @pytest.fixture(scope="session")
