@@ -47,10 +47,17 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _request(method: str, url: str, **kw: Any) -> Any:
-    try:
-        r = httpx.request(method, url, timeout=30, **{**kw, "headers": {**_auth, **kw.get("headers", {})}})
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach Caviar at {url}: {exc}")
+    headers = {**_auth, **kw.pop("headers", {})}
+    for attempt in range(6):
+        try:
+            r = httpx.request(method, url, timeout=30, headers=headers, **kw)
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach Caviar at {url}: {exc}")
+        # 503 (store busy) and 409 for an Idempotency-Key still in flight are safe to retry
+        retry = r.status_code == 503 or (r.status_code == 409 and "Idempotency-Key" in headers)
+        if not retry or attempt == 5:
+            break
+        time.sleep(min(float(r.headers.get("Retry-After", "1")), 10.0))
     if r.status_code >= 400:
         try:
             body = r.json()
