@@ -29,6 +29,8 @@ MAX_PARAMETERS = 64
 DEFAULT_MAX_GRID_POINTS = 10_000
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
+MAX_INT = 2**53  # integers beyond this do not survive JSON round trips (and no knob needs them)
+MAX_STEPS = 1e9
 ChoiceValue = bool | int | float | str  # bool first: pydantic must not coerce True to 1
 
 
@@ -52,6 +54,9 @@ class _Param(BaseModel):
 
     def distribution(self) -> BaseDistribution:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def grid_size(self) -> int:
+        return len(self.grid_values())
 
     def grid_values(self) -> list[Any]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -77,8 +82,17 @@ class FloatParam(_Param):
             raise ValueError(f"low must be < high (got low={self.low}, high={self.high})")
         if self.log and self.step is not None:
             raise ValueError("log and step are mutually exclusive")
-        self.distribution()  # Optuna's own checks: log needs low > 0, step > 0
+        if self.step is not None and not (math.isfinite(self.step) and self.step > 0):
+            raise ValueError(f"step must be a finite number > 0 (got {self.step})")
+        if self.step is not None and (self.high - self.low) / self.step > MAX_STEPS:
+            raise ValueError(f"step is too small: (high - low) / step must be at most {MAX_STEPS:.0e}")
+        self.distribution()  # Optuna's own checks: log needs low > 0
         return self
+
+    def grid_size(self) -> int:
+        if self.step is None:
+            raise ValueError("grid sampling needs a finite parameter: give this float a step")
+        return math.floor((self.high - self.low) / self.step + 1e-9) + 1
 
     def distribution(self) -> FloatDistribution:
         return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
@@ -106,6 +120,10 @@ class IntParam(_Param):
 
     @model_validator(mode="after")
     def _check(self) -> IntParam:
+        if max(abs(self.low), abs(self.high)) > MAX_INT:
+            raise ValueError(f"low and high must be within ±2**53 (got low={self.low}, high={self.high})")
+        if self.step is not None and self.step < 1:
+            raise ValueError(f"step must be >= 1 (got {self.step})")
         if not self.low < self.high:
             raise ValueError(f"low must be < high (got low={self.low}, high={self.high})")
         if self.log and self.step is not None:
@@ -115,6 +133,9 @@ class IntParam(_Param):
 
     def distribution(self) -> IntDistribution:
         return IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
+
+    def grid_size(self) -> int:
+        return (self.high - self.low) // (self.step or 1) + 1
 
     def grid_values(self) -> list[Any]:
         return list(range(self.low, self.high + 1, self.step or 1))
@@ -133,6 +154,8 @@ class CategoricalParam(_Param):
     def _check(self) -> CategoricalParam:
         if not self.choices:
             raise ValueError("choices must not be empty")
+        if any(isinstance(c, float) and not math.isfinite(c) for c in self.choices):
+            raise ValueError("choices must be finite numbers (no NaN or infinity)")
         seen: list[tuple[type, Any]] = []
         for choice in self.choices:
             key = (type(choice), choice)
@@ -254,19 +277,17 @@ class SearchSpace(RootModel[dict[str, Parameter]]):
 
     def grid(self, max_points: int = DEFAULT_MAX_GRID_POINTS) -> dict[str, list[Any]]:
         """Values per parameter for grid sampling; refuses continuous parameters and huge grids."""
-        grid: dict[str, list[Any]] = {}
         points = 1
-        for name, param in self.root.items():
+        for name, param in self.root.items():  # count first: a huge range is never materialized
             try:
-                grid[name] = param.grid_values()
+                points *= param.grid_size()
             except ValueError as exc:
                 raise SearchSpaceError(name, str(exc)) from None
-            points *= len(grid[name])
         if points > max_points:
             raise SearchSpaceError(
                 None, f"the grid has {points} points, more than the limit of {max_points}"
             )
-        return grid
+        return {name: param.grid_values() for name, param in self.root.items()}
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {n: p.model_dump(exclude_none=True, exclude_defaults=False) for n, p in self.root.items()}

@@ -6,15 +6,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.utils import get_openapi
 
 from service import problems, studies
 from service.limits import Limits
 from service.ray_adapter import RayJobs
 from service.routes import catalog, health
 from service.routes import studies as study_routes
+from service.schemas import StudyDefinition
 from service.settings import Settings
 from service.store import Store, migrate
 
@@ -54,6 +57,18 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         "parallel (Optuna samplers, ASHA early stopping), read the best back.",
         lifespan=lifespan,
     )
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, plus StudyDefinition (the submit route reads its body by hand, for YAML)."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            definition = StudyDefinition.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(definition.pop("$defs", {}))
+            components["StudyDefinition"] = definition
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.ctx = ctx
     app.state.draining = False  # set on SIGTERM (service.cli): /readyz turns 503 before the server stops
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from search_spaces import SearchSpace, SearchSpaceError, resolve_space
+from search_spaces import CategoricalParam, FloatParam, IntParam, SearchSpace, SearchSpaceError, resolve_space
 from trainables import UnknownTrainable, get_trainable
 from trainables.datasets import DatasetError, DatasetSpec, FileSpec, resolve_file
 
@@ -39,7 +39,7 @@ class Objective(BaseModel):
 class Sampler(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["tpe", "random", "grid", "cmaes", "qmc", "gp"] = "tpe"
-    seed: int | None = Field(0, ge=0)
+    seed: int | None = Field(0, ge=0, le=2**32 - 1)
 
 
 class Scheduler(BaseModel):
@@ -132,9 +132,18 @@ def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[
     except SearchSpaceError as exc:
         raise _space_error(exc) from None
     knobs = spec.config_model.model_fields
-    for name in space:
+    for name, param in space.items():
         if name not in knobs:
             raise DefinitionError(f"search_space.{name}", f"'{d.trainable}' has no knob '{name}'")
+        # every value the parameter can take must be a valid value of the knob (e.g. width <= 8192)
+        ends: list[Any] = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high] if isinstance(param, (FloatParam, IntParam)) else []
+        for value in ends:
+            try:
+                spec.config_model.model_validate({**d.fixed, name: value, "dataset": d.dataset.model_dump()})
+            except ValidationError as exc:
+                err = next((e for e in exc.errors(include_url=False) if e["loc"][:1] == (name,)), None)
+                if err is not None:
+                    raise DefinitionError(f"search_space.{name}", f"{value!r} is not a valid '{name}': {err['msg']}") from None
     for name in d.fixed:
         if name == "dataset":
             raise DefinitionError("fixed.dataset", "set the dataset with the top-level `dataset` key")

@@ -14,8 +14,12 @@ from service.deps import ContextDep, OwnerDep
 from service.problems import ERRORS, PROBLEM, problem
 from service.schemas import BestOut, StudyOut, StudyPage, StudyStatus, TrialDetail, TrialOut
 
-router = APIRouter(prefix="/v1/studies", tags=["studies"], responses={401: ERRORS[401], 503: ERRORS[503]})
+router = APIRouter(prefix="/v1/studies", tags=["studies"], responses={401: ERRORS[401], 422: ERRORS[422], 503: ERRORS[503]})
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,255}$"  # printable ASCII, no spaces: a UUID, a commit SHA, ...
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not JSON (numbers must be finite)")
 
 
 @router.post(
@@ -52,9 +56,11 @@ async def submit_study(  # type: ignore[no-untyped-def]
     raw = await request.body()  # the size limit (413) is enforced while reading, by service.limits
     kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
     try:
-        data = yaml.safe_load(raw) if kind in ("application/yaml", "application/x-yaml", "text/yaml") else json.loads(raw or b"null")
+        data = yaml.safe_load(raw) if kind in ("application/yaml", "application/x-yaml", "text/yaml") else json.loads(raw or b"null", parse_constant=_no_constants)
     except (ValueError, yaml.YAMLError) as exc:
         return problem(422, "Invalid definition", f"the body is not valid {'YAML' if 'yaml' in kind else 'JSON'}: {str(exc).splitlines()[0]}", field="body")
+    except RecursionError:
+        return problem(422, "Invalid definition", "the body is nested too deeply", field="body")
     if not isinstance(data, dict):
         return problem(422, "Invalid definition", "the body must be a mapping (a study definition)", field="body")
     study, created = await run_in_threadpool(studies.submit, ctx, data, owner, idempotency_key)
@@ -69,7 +75,7 @@ async def list_studies(
     ctx: ContextDep,
     owner: OwnerDep,
     status_filter: Annotated[StudyStatus | None, Query(alias="status")] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> StudyPage:
     items, total = await run_in_threadpool(studies.list_page, ctx, status_filter, offset, limit, owner)

@@ -33,7 +33,12 @@ F = {"type": "float", "low": 0.1, "high": 1.0}
         ({"width": {"type": "int", "low": 0, "high": 512, "log": True}}, "width", "low >= 1"),
         ({"lr": {"type": "float", "low": 0.1, "high": 1.0, "log": True, "step": 0.1}}, "lr", "log and step are mutually exclusive"),
         ({"width": {"type": "int", "low": 1, "high": 9, "log": True, "step": 2}}, "width", "log and step are mutually exclusive"),
-        ({"lr": {"type": "float", "low": 0.1, "high": 1.0, "step": 0.0}}, "lr", "step > 0"),
+        ({"lr": {"type": "float", "low": 0.1, "high": 1.0, "step": 0.0}}, "lr", "step must be a finite number > 0"),
+        ({"lr": {"type": "float", "low": 0.1, "high": 1.0, "step": float("nan")}}, "lr", "step must be a finite number > 0"),
+        ({"lr": {"type": "float", "low": 1e-3, "high": 0.1, "step": 1e-300}}, "lr", "step is too small"),
+        ({"width": {"type": "int", "low": 1, "high": 10**32}}, "width", "within ±2**53"),
+        ({"width": {"type": "int", "low": 1, "high": 9, "step": 0}}, "width", "step must be >= 1"),
+        ({"lr": {"type": "categorical", "choices": [float("nan"), 0.1]}}, "lr", "choices must be finite numbers"),
         ({"opt": {"type": "categorical", "choices": []}}, "opt", "choices must not be empty"),
         ({"opt": {"type": "categorical", "choices": ["adam", "adam"]}}, "opt", "choices must be unique"),
         ({"Lr": F}, "Lr", "parameter names must match [a-z][a-z0-9_]{0,63}"),
@@ -70,6 +75,8 @@ def test_at_most_64_parameters() -> None:
 
 
 def test_grid_needs_finite_parameters_and_a_bounded_product() -> None:
+    with pytest.raises(SearchSpaceError, match="the grid has 4503599627370496 points"):  # counted, never built
+        parse_space({"width": {"type": "int", "low": 1, "high": 2**52}}).grid()
     with pytest.raises(SearchSpaceError, match="lr: grid sampling needs a finite parameter"):
         parse_space({"lr": F}).grid()
     space = parse_space(

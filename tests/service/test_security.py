@@ -217,6 +217,19 @@ def test_input_limits(tmp_path: Path, server: Any) -> None:
         ("search_space", "../presets/seven_key", "search_space"),
     ]:
         assert_problem(httpx.post(url, json={**GOOD, path: value}), 422, field)
+    # what a fuzzer or a hostile client sends: a clear 422, never a 500
+    for content, kind in [("[" * 100_000, "application/json"), ("[" * 100_000, "application/yaml"),
+                          ('{"name": NaN}', "application/json")]:
+        assert_problem(httpx.post(url, content=content, headers={"Content-Type": kind}), 422, "body")
+    for space, rule in [
+        ({"lr": {"type": "float", "low": 0.001, "high": 0.1, "step": 1e-300}}, "step is too small"),
+        ({"width": {"type": "int", "low": 1, "high": 10**32}}, "within ±2**53"),
+        ({"width": {"type": "int", "low": 1, "high": 100_000}}, "100000 is not a valid 'width': Input should be less than or equal to 8192"),
+        ({"optimizer": {"type": "categorical", "choices": ["adam", "lbfgs"]}}, "'lbfgs' is not a valid 'optimizer'"),
+    ]:
+        body = assert_problem(httpx.post(url, json={**GOOD, "search_space": space}), 422, f"search_space.{next(iter(space))}")
+        assert rule in body["detail"], body
+    assert_problem(httpx.post(url, json={**GOOD, "sampler": {"seed": 2**40}}), 422, "sampler.seed")
     (tmp_path / "outside.csv").write_text("a,label\n1,0\n")
     (tmp_path / "datasets" / "link.csv").symlink_to(tmp_path / "outside.csv")
     body = assert_problem(httpx.post(url, json={**GOOD, "dataset": {"name": "file", "path": "link.csv"}}), 422, "dataset.path")

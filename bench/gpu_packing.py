@@ -1,0 +1,88 @@
+"""Trials packed on one GPU: 1, 2, 4 and 8 concurrent `cnn_bn_softmax` trials on MNIST-1D, trials per minute.
+
+What Ray does with ``resources_per_trial: {gpu: 1/k}`` is start k trial processes that share the
+device; this benchmark starts the same trial processes (``python -m trainables``, the code path a
+Ray trial runs, with the same model, data and engine) k at a time on one GPU and times them, so it
+runs where Ray itself cannot be installed (the lent GPU machine has no package index, and Ray's
+wheel is larger than what can be carried there).
+
+    python -m bench.gpu_packing                 # on a machine with a GPU
+    python -m bench.gpu_packing --smoke          # CI: CPU, tiny, proves it still works
+
+Reports, per level k: wall time for k trials started together, trials/min, the ratio to k=1,
+mean samples/s per trial and the test accuracy each reached (so packing is not buying speed with
+wrong results). Goal (issue 5): k=4 gives at least 3x the trials/min of k=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def run_level(k: int, epochs: int, device: str, threads: int, config: dict[str, Any]) -> dict[str, Any]:
+    cfg = json.dumps({**config, "device": device, "num_threads": threads})
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "trainables", "cnn_bn_softmax", "--dataset", "mnist1d", "--epochs", str(epochs), "--config", cfg]
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(k)]
+    outs = [p.communicate() for p in procs]
+    wall = time.perf_counter() - t0
+    speeds, accs = [], []
+    for p, (out, err) in zip(procs, outs, strict=True):
+        if p.returncode != 0:
+            raise SystemExit(f"a trial failed (k={k}): {err[-2000:]}")
+        rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        speeds.append(statistics.mean(r["samples_per_s"] for r in rows if "samples_per_s" in r))
+        accs.append(rows[-1]["test_accuracy"])
+    return {"k": k, "wall_s": wall, "trials_per_min": 60 * k / wall, "samples_per_s_per_trial": statistics.mean(speeds),
+            "test_accuracy_min": min(accs), "test_accuracy_max": max(accs)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--levels", default="1,2,4,8")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=2, help="runs per level; the median is reported")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per trial (default: cores / largest level)")
+    ap.add_argument("--smoke", action="store_true", help="CPU, 1 epoch, levels 1,2, one repeat")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.levels, args.epochs, args.repeats, args.device = "1,2", 1, 1, "cpu"
+    levels = [int(x) for x in args.levels.split(",")]
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(levels))
+    config = {"channels": 32, "batch_size": 32, "lr": 0.01}
+    if args.device == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+        print(f"device: {name}; torch {torch.__version__}; {os.cpu_count()} CPUs; {threads} threads per trial")
+    run_level(1, 1, args.device, threads, config)  # warm the file cache and the MNIST-1D cache
+    results = []
+    for k in levels:
+        runs = [run_level(k, args.epochs, args.device, threads, config) for _ in range(args.repeats)]
+        best = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
+        best["wall_s_all"] = [round(r["wall_s"], 2) for r in runs]
+        results.append(best)
+    base = results[0]["trials_per_min"]
+    print(f"{'k':>3} {'wall s (runs)':>22} {'trials/min':>11} {'x k=1':>7} {'samples/s/trial':>16} {'test acc':>13}")
+    for r in results:
+        r["speedup_vs_1"] = r["trials_per_min"] / base
+        print(f"{r['k']:>3} {r['wall_s']:>8.1f} {r['wall_s_all']!s:>13} {r['trials_per_min']:>11.1f} {r['speedup_vs_1']:>7.2f} "
+              f"{r['samples_per_s_per_trial']:>16.0f} {r['test_accuracy_min']:.3f}-{r['test_accuracy_max']:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps({"device": args.device, "epochs": args.epochs, "threads": threads, "config": config, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
