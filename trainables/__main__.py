@@ -37,8 +37,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.epochs is not None:
             config["epochs"] = args.epochs
         cfg = cast(TrainConfig, spec.config_model.model_validate(config))
-        if spec.build_model is None:
-            raise ValueError(f"{args.name}: runs only inside Caviar (it has no model builder)")
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         loc = ".".join(str(x) for x in err["loc"])
@@ -48,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     reporter = StdoutReporter(args.checkpoint_dir, args.resume_from)
+    if spec.build_model is None:  # a trainable without a model (busy_work, plug-ins): its own function, on stdout
+        spec.train(cfg.model_dump())
+        return 0
     final = fit(cfg, spec.build_model, reporter, test=True)
     print(json.dumps({"final": True, **{k: final[k] for k in ("epoch", "val_accuracy", "test_loss", "test_accuracy")}}))
     return 0

@@ -70,3 +70,15 @@ class CNNConfig(TrainConfig):
     depth: int = Field(3, ge=1, le=8)
     channels: int = Field(32, ge=1, le=1024)
     kernel_size: int = Field(5, ge=1, le=31)
+
+
+class BusyWorkConfig(BaseModel):
+    """Knobs of ``busy_work``: fixed work per epoch, and a score that depends on ``x`` and ``y`` only."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: DatasetSpec = Field(default_factory=lambda: DigitsSpec(name="digits"), description="Unused: busy_work reads no data.")
+    epochs: int = Field(20, ge=1, le=1000)
+    seconds_per_epoch: float = Field(0.1, ge=0.0, le=60.0, description="CPU time spun per epoch (a busy loop).")
+    checkpoint: bool = Field(False, description="Checkpoint every epoch (a few bytes), to time Tune's checkpointing.")
+    x: float = Field(0.5, ge=0.0, le=1.0)
+    y: float = Field(0.5, ge=0.0, le=1.0)

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from trainables import builtin
-from trainables.config import CNNConfig, MLPConfig
+from trainables.config import BusyWorkConfig, CNNConfig, MLPConfig
 from trainables.engine import ModelBuilder
 from trainables.models import build_cnn, build_mlp
 
@@ -50,6 +50,7 @@ BUILTIN = {
     for spec in (
         TrainableSpec("mlp_bn_softmax", builtin.mlp_bn_softmax, MLPConfig, builtin.mlp_bn_softmax.__doc__ or "", build_mlp),
         TrainableSpec("cnn_bn_softmax", builtin.cnn_bn_softmax, CNNConfig, builtin.cnn_bn_softmax.__doc__ or "", build_cnn),
+        TrainableSpec("busy_work", builtin.busy_work, BusyWorkConfig, builtin.busy_work.__doc__ or ""),
     )
 }
 

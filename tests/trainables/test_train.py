@@ -199,3 +199,21 @@ def test_stdout_reporter_writes_null_for_nan() -> None:
     buf = io.StringIO()
     StdoutReporter(stream=buf).report({"train_loss": float("nan"), "epoch": 1})
     assert json.loads(buf.getvalue()) == {"train_loss": None, "epoch": 1}
+
+
+def test_busy_work_spins_its_time_and_scores_by_x_and_y(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import time
+
+    from trainables import get_trainable
+
+    spec = get_trainable("busy_work")
+    t0 = time.process_time()
+    spec.train({"epochs": 4, "seconds_per_epoch": 0.05, "x": 0.3, "y": 0.7})
+    assert time.process_time() - t0 >= 0.18  # CPU time, not sleep
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["val_accuracy"] == pytest.approx(1 - 0.5**4)
+    spec.train({"epochs": 1, "seconds_per_epoch": 0, "x": 1.0, "y": 0.0})
+    worse = json.loads(capsys.readouterr().out)
+    assert worse["val_accuracy"] < rows[0]["val_accuracy"]
