@@ -28,8 +28,13 @@ unit: setup
 
 test: lint unit bench-smoke
 
+# each benchmark in its smoke form (see bench/README in the README's Benchmarks section);
+# the store-under-load smoke runs on PostgreSQL too when CAVIAR_TEST_POSTGRES_URL is set (CI sets it)
 bench-smoke: setup
 	$(BIN)/python -m bench.trainable_throughput --smoke
+	$(BIN)/python -m bench.gpu_packing --smoke
+	$(BIN)/python -m bench.store_load --smoke
+	if [ -n "$$CAVIAR_TEST_POSTGRES_URL" ]; then $(BIN)/python -m bench.store_load --smoke --database-url "$$CAVIAR_TEST_POSTGRES_URL"; fi
 
 demo: setup
 	bash examples/quickstart.sh

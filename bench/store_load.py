@@ -119,7 +119,7 @@ def stored_form(metrics: dict[str, Any]) -> dict[str, Any]:
 def writer(index: int, server: str, database_url: str, duration: float, interval_ms: tuple[float, float],
            ready: Any, go: Any, results: Any, progress: Any) -> None:
     t0 = time.perf_counter()
-    from service.schemas import StudyDefinition, StudyStatus
+    from service.states import StudyStatus
     from service.store import Store, now
 
     import_s = time.perf_counter() - t0
@@ -167,6 +167,8 @@ def writer(index: int, server: str, database_url: str, duration: float, interval
         key = ("POST /v1/studies", type(exc).__name__, str(exc).splitlines()[0][:300])
         errors[key] += 1
         tracebacks.setdefault(key, traceback.format_exc()[-3000:])
+        from service.schemas import StudyDefinition  # only on this fallback path: it imports torch
+
         study_id = store.create_study(defn["name"], StudyDefinition.model_validate(defn).model_dump(mode="json")).id
         created_via = "store"
     ready.put((index, study_id, import_s, heavy))
@@ -310,7 +312,8 @@ async def read_load(server: str, study_ids: list[str], rate: float, duration: fl
         try:
             r = await client.get(path)
         except httpx.HTTPError as exc:
-            note("transport", f"GET {path}: {type(exc).__name__}: {exc}")
+            note("transport", f"GET {path} at {time.perf_counter() - start:.1f} s, after {time.perf_counter() - t:.3f} s: "
+                              f"{type(exc).__name__}: {exc!r}")
             return
         finally:
             in_flight -= 1
@@ -331,8 +334,11 @@ async def read_load(server: str, study_ids: list[str], rate: float, duration: fl
             if ids:
                 known[sid] = ids
 
-    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    # idle connections expire before uvicorn's 5 s keep-alive timeout closes them: reusing one the
+    # server is closing at that moment is a client-side race (ReadError), not the store's doing
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight, keepalive_expiry=2.0)
     tasks: set[asyncio.Task[None]] = set()
+    start = time.perf_counter()
     async with httpx.AsyncClient(base_url=server, timeout=30, limits=limits) as client:
         start = time.perf_counter()
         i = 0

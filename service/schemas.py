@@ -9,13 +9,13 @@ details.
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from search_spaces import CategoricalParam, FloatParam, IntParam, SearchSpace, SearchSpaceError, resolve_space
+from service.states import StudyStatus, TrialState
 from trainables import UnknownTrainable, get_trainable
 from trainables.datasets import DatasetError, DatasetSpec, FileSpec, resolve_file
 
@@ -184,25 +184,6 @@ def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[
 
 
 # -- responses -----------------------------------------------------------------------------------
-
-
-class StudyStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINISHED = {StudyStatus.COMPLETED, StudyStatus.FAILED, StudyStatus.CANCELLED}
-
-
-class TrialState(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    STOPPED_EARLY = "stopped_early"
-    FAILED = "failed"
 
 
 class TrialOut(BaseModel):

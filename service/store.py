@@ -42,7 +42,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from service.schemas import FINISHED, StudyStatus, TrialState
+from service.states import FINISHED, StudyStatus, TrialState
 
 VERSION_TABLE = "caviar_alembic_version"  # Optuna keeps its own alembic_version beside ours
 LOCAL_OWNER = "local"  # who owns what unauthenticated loopback requests create

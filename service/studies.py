@@ -11,7 +11,6 @@ from typing import Any
 
 from service.ray_adapter import TERMINAL_JOB_STATES, RayJobs
 from service.schemas import (
-    FINISHED,
     BestEntry,
     BestOut,
     StudyDefinition,
@@ -22,6 +21,7 @@ from service.schemas import (
     check_definition,
 )
 from service.settings import Settings
+from service.states import FINISHED
 from service.store import LOCAL_OWNER, Store, StudyRow, TrialRow, now
 
 log = logging.getLogger("caviar.studies")
