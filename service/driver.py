@@ -36,8 +36,20 @@ def main(study_id: str) -> int:
         return 0
     except BaseException as exc:
         traceback.print_exc()
+        if _lost_cluster(exc):
+            # the Ray cluster went away under us (head stopped or restarted): not the study's fault.
+            # Leave it running; the API's reconciler sees the job end and resumes the study from
+            # Tune's saved state.
+            print(f"caviar: lost the Ray cluster ({type(exc).__name__}); the service will resume study {study_id}", file=sys.stderr)
+            return 3
         store.finish_study(study_id, StudyStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
         return 1
+
+
+def _lost_cluster(exc: BaseException) -> bool:
+    import ray.exceptions
+
+    return isinstance(exc, (ConnectionError, ray.exceptions.RaySystemError, ray.exceptions.GetTimeoutError))
 
 
 if __name__ == "__main__":

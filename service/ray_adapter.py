@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -209,7 +210,9 @@ def run_tune(study_id: str, d: StudyDefinition, space: SearchSpace, data_dir: Pa
             store_for(database_url).upsert_trial(study_id, trial.trial_id, config=self._config(trial), state="running", started_at=now(), finished_at=None)
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            store_for(database_url).add_epoch(study_id, trial.trial_id, {k: result[k] for k in REPORTED if k in result}, metric, mode)
+            metrics = {k: result[k] for k in REPORTED if k in result}
+            metrics["reported_at"] = time.time()  # when the driver heard of it: learning curves against wall time
+            store_for(database_url).add_epoch(study_id, trial.trial_id, metrics, metric, mode)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             outcome = trial_outcome(trial.last_result, epochs)

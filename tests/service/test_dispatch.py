@@ -154,3 +154,21 @@ def test_a_running_study_with_a_live_job_is_left_alone(ctx: studies.Context) -> 
     ctx.ray.statuses["job-z"] = "RUNNING"  # type: ignore[attr-defined]
     studies.dispatch_once(ctx)
     assert ctx.store.get_study(sid).status == "running"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("error", "rc", "status"), [(ConnectionError("Failed to connect to Ray cluster"), 3, "running"),
+                                                     (ValueError("a bug"), 1, "failed")])
+def test_a_driver_that_loses_the_cluster_leaves_the_study_to_be_resumed(
+    ctx: studies.Context, monkeypatch: pytest.MonkeyPatch, error: Exception, rc: int, status: str
+) -> None:
+    from service import driver, ray_adapter
+
+    sid = ctx.store.create_study("s", {"name": "s", "trainable": "mlp_bn_softmax", "dataset": {"name": "digits"}, "search_space": "seven_key"}).id
+    monkeypatch.setenv("CAVIAR_DATABASE_URL", ctx.store.url)
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(ray_adapter, "run_tune", boom)
+    assert driver.main(sid) == rc
+    assert ctx.store.get_study(sid).status == status  # type: ignore[union-attr]

@@ -122,7 +122,7 @@ def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: He
         own_head.stop()
         own_head.start()
         api.start()
-        s = wait_for(lambda: (x := study(api, sid))["resumes"] == 2 and x, timeout=60)
+        s = wait_for(lambda: (x := study(api, sid))["resumes"] == 2 and x, timeout=120)
 
         # the end: exactly num_trials trials, all measured to the last epoch, no duplicates
         s = wait_for(lambda: (x := study(api, sid))["status"] in ("completed", "failed") and x, timeout=420, every=2)

@@ -1,0 +1,362 @@
+"""Search efficiency: Caviar against random search, a plain Ray Tune script and Optuna alone.
+
+Workload: ``mlp_bn_softmax`` (or ``--trainable cnn_bn_softmax``) on MNIST-1D, the ``seven_key`` +
+``batchnorm`` space (``cnn`` + ``batchnorm`` for the CNN), at most ``--epochs`` epochs a trial, the
+same number of configurations for every method, ``--seeds`` seeds each:
+
+  random  (a) random search, no early stopping: Optuna's RandomSampler in one process
+  tune    (b) the peer: a plain Ray Tune script as a user writes it: Tuner + OptunaSearch(TPESampler)
+              + ASHAScheduler(max_t=epochs, Tune's defaults otherwise), run directly on the same Ray head
+  caviar  (c) Caviar's defaults (TPE + ASHA), submitted through the REST API of `caviar serve`
+  optuna  (d) Optuna alone in one process: TPESampler + SuccessiveHalvingPruner, n_jobs = cores
+
+Per method: the anytime curve (best validation accuracy so far against cumulative trial-epochs, in
+the order the epochs were reported), the trial-epochs needed to reach the target (the median over
+seeds of random search's final best), wall time, and the held-out test accuracy of the best
+configuration. Writes a JSON file and the anytime plot (PNG).
+
+    python -m bench.search_efficiency                                # MLP: 32 configs x 5 seeds
+    python -m bench.search_efficiency --trainable cnn_bn_softmax --seeds 3 --configs 16
+    python -m bench.search_efficiency --smoke                        # CI: tiny, proves it still works
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench._cluster import CaviarServer, LocalHead
+
+METHODS = ("random", "tune", "caviar", "optuna")
+LABELS = {
+    "random": "(a) random, no early stopping",
+    "tune": "(b) plain Ray Tune: Tuner + OptunaSearch(TPE) + ASHA",
+    "caviar": "(c) Caviar REST (TPE + ASHA defaults)",
+    "optuna": "(d) Optuna alone: TPE + SuccessiveHalving, n_jobs=cores",
+}
+Event = tuple[float, str, int, float]  # (time, trial id, epoch, val_accuracy)
+
+
+def spaces_for(trainable: str) -> list[str]:
+    return ["cnn", "batchnorm"] if trainable.startswith("cnn") else ["seven_key", "batchnorm"]
+
+
+def constants(trainable: str, epochs: int) -> dict[str, Any]:
+    return {"epochs": epochs, "dataset": {"name": "mnist1d"}}
+
+
+# -- (a) and (d): Optuna in this process -------------------------------------------------------------
+
+
+class _Recorder:
+    """A trainables Reporter that records each epoch and (for (d)) lets Optuna prune."""
+
+    def __init__(self, trial: Any, events: list[Event], lock: threading.Lock, prune: bool) -> None:
+        self.trial, self.events, self.lock, self.prune = trial, events, lock, prune
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+        import optuna
+
+        value = float(metrics["val_accuracy"])
+        with self.lock:
+            self.events.append((time.time(), str(self.trial.number), int(metrics["epoch"]), value))
+        self.trial.report(value, int(metrics["epoch"]))
+        if self.prune and self.trial.should_prune():
+            raise optuna.TrialPruned()
+
+    def restore(self) -> dict[str, Any] | None:
+        return None
+
+    def num_cpus(self) -> int:
+        return 1
+
+
+def run_optuna(trainable: str, configs: int, epochs: int, seed: int, *, tpe: bool, jobs: int) -> dict[str, Any]:
+    import optuna
+
+    from search_spaces import resolve_space, suggest
+    from trainables import get_trainable
+    from trainables.engine import fit
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = get_trainable(trainable)
+    space = resolve_space(spaces_for(trainable))
+    fixed = constants(trainable, epochs)
+    events: list[Event] = []
+    lock = threading.Lock()
+    finals: dict[int, dict[str, Any]] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, space)
+        cfg = spec.config_model.model_validate({**fixed, **params, "num_threads": 1})
+        metrics = fit(cfg, spec.build_model, _Recorder(trial, events, lock, prune=tpe), test=True)  # type: ignore[arg-type]
+        finals[trial.number] = metrics
+        return float(metrics["val_accuracy"])
+
+    if tpe:
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+                                    pruner=optuna.pruners.SuccessiveHalvingPruner())
+    else:
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed),
+                                    pruner=optuna.pruners.NopPruner())
+    t0 = time.time()
+    study.optimize(objective, n_trials=configs, n_jobs=jobs, catch=(Exception,))
+    wall = time.time() - t0
+    best = _best_trial(events)
+    test = finals.get(int(best), {}).get("test_accuracy") if best is not None else None
+    return {"events": events, "wall_s": wall, "t0": t0, "test_accuracy": test}
+
+
+def _best_trial(events: list[Event]) -> str | None:
+    best: dict[str, float] = {}
+    for _, trial, _, value in events:
+        if math.isfinite(value):
+            best[trial] = max(best.get(trial, -1.0), value)
+    return max(best, key=lambda t: best[t]) if best else None
+
+
+# -- (b): a plain Ray Tune script ---------------------------------------------------------------
+
+
+def run_tune(head: LocalHead, trainable: str, configs: int, epochs: int, seed: int, storage: Path) -> dict[str, Any]:
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search_spaces import define_by_run, resolve_space
+    from trainables import get_trainable
+    from trainables.engine import evaluate_checkpoint
+    from trainables.report import load_state
+
+    if not ray.is_initialized():
+        ray.init(address=head.gcs_address, logging_level="ERROR", log_to_driver=False)
+    spec = get_trainable(trainable)
+    fixed = constants(trainable, epochs)
+    events: list[Event] = []
+
+    class Record(tune.Callback):  # type: ignore[misc]  # instrumentation only: when each epoch was heard of
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            events.append((time.time(), trial.trial_id, int(result["epoch"]), float(result["val_accuracy"])))
+
+    search = OptunaSearch(space=define_by_run(resolve_space(spaces_for(trainable)), fixed), metric="val_accuracy", mode="max",
+                          sampler=optuna.samplers.TPESampler(seed=seed))
+    tuner = tune.Tuner(
+        tune.with_resources(spec.train, {"cpu": 1}),
+        tune_config=tune.TuneConfig(metric="val_accuracy", mode="max", search_alg=search,
+                                    scheduler=ASHAScheduler(max_t=epochs), num_samples=configs, max_concurrent_trials=2),
+        run_config=tune.RunConfig(storage_path=str(storage), callbacks=[Record()], verbose=0),
+    )
+    t0 = time.time()
+    grid = tuner.fit()
+    wall = time.time() - t0
+    best = _best_trial(events)
+    test = None
+    for r in (grid[i] for i in range(len(grid))):
+        if r.metrics and r.metrics.get("trial_id") == best and r.checkpoint is not None:
+            with r.checkpoint.as_directory() as d:
+                state = load_state(d)
+            cfg = spec.config_model.model_validate({k: v for k, v in r.config.items() if k in spec.config_model.model_fields})
+            test = evaluate_checkpoint(cfg, spec.build_model, state)["test_accuracy"]  # type: ignore[arg-type]
+    return {"events": events, "wall_s": wall, "t0": t0, "test_accuracy": test}
+
+
+# -- (c): Caviar over REST ----------------------------------------------------------------------
+
+
+def run_caviar(server: CaviarServer, trainable: str, configs: int, epochs: int, seed: int) -> dict[str, Any]:
+    definition = {
+        "name": f"bench-{trainable}-{seed}", "trainable": trainable, "dataset": {"name": "mnist1d"},
+        "search_space": spaces_for(trainable), "fixed": {"epochs": epochs},
+        "sampler": {"type": "tpe", "seed": seed},
+        "budget": {"num_trials": configs, "max_concurrent_trials": 2},
+    }
+    t0 = time.time()
+    r = httpx.post(f"{server.url}/v1/studies", json=definition, timeout=60)
+    r.raise_for_status()
+    sid = r.json()["id"]
+    while True:
+        s = httpx.get(f"{server.url}/v1/studies/{sid}", timeout=60).json()
+        if s["status"] in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(0.25)
+    wall = time.time() - t0
+    if s["status"] != "completed":
+        raise SystemExit(f"caviar study {sid} {s['status']}: {s['error']}")
+    events: list[Event] = []
+    for t in httpx.get(f"{server.url}/v1/studies/{sid}/trials", timeout=60).json():
+        history = httpx.get(f"{server.url}/v1/studies/{sid}/trials/{t['trial_id']}", timeout=60).json()["history"]
+        events += [(h["reported_at"], t["trial_id"], int(h["epoch"]), float(h["val_accuracy"] if h["val_accuracy"] is not None else "nan"))
+                   for h in history]
+    best = httpx.get(f"{server.url}/v1/studies/{sid}/best", params={"k": 1}, timeout=60).json()
+    return {"events": events, "wall_s": wall, "t0": t0, "test_accuracy": (best.get("test_metrics") or {}).get("test_accuracy"),
+            "study_id": sid}
+
+
+# -- analysis ---------------------------------------------------------------------------------------
+
+
+def anytime(events: list[Event]) -> list[tuple[int, float]]:
+    """(cumulative trial-epochs, best val_accuracy so far), in the order epochs were reported."""
+    out, best = [], 0.0
+    for i, (_, _, _, value) in enumerate(sorted(events), start=1):
+        if math.isfinite(value):
+            best = max(best, value)
+        out.append((i, best))
+    return out
+
+
+def epochs_to(curve: list[tuple[int, float]], target: float) -> int | None:
+    return next((n for n, best in curve if best >= target), None)
+
+
+def best_at(curve: list[tuple[int, float]], n: int) -> float:
+    value = 0.0
+    for k, best in curve:
+        if k > n:
+            break
+        value = best
+    return value
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    target = statistics.median(r["final_best"] for r in runs["random"]) if runs.get("random") else None
+    table: dict[str, Any] = {"target": target, "methods": {}}
+    for method, rs in runs.items():
+        reach = [epochs_to(r["curve"], target) if target is not None else None for r in rs]
+        got = [x for x in reach if x is not None]
+        tests = [r["test_accuracy"] for r in rs if r["test_accuracy"] is not None]
+        table["methods"][method] = {
+            "seeds": len(rs),
+            "trial_epochs_total": _stats([r["curve"][-1][0] if r["curve"] else 0 for r in rs]),
+            "final_best": _stats([r["final_best"] for r in rs]),
+            "epochs_to_target": _stats(got) if got else None,
+            "reached_target": f"{len(got)}/{len(rs)}",
+            "epochs_to_target_all": reach,
+            "wall_s": _stats([r["wall_s"] for r in rs]),
+            "test_accuracy": _stats(tests) if tests else None,
+        }
+    return table
+
+
+def _stats(xs: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+
+
+def plot(runs: dict[str, list[dict[str, Any]]], target: float | None, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for method, rs in runs.items():
+        longest = max(r["curve"][-1][0] for r in rs if r["curve"])
+        grid = list(range(1, longest + 1))
+        med = [statistics.median(best_at(r["curve"], n) for r in rs) for n in grid]
+        lo = [min(best_at(r["curve"], n) for r in rs) for n in grid]
+        hi = [max(best_at(r["curve"], n) for r in rs) for n in grid]
+        (line,) = ax.plot(grid, med, label=LABELS[method])
+        ax.fill_between(grid, lo, hi, alpha=0.15, color=line.get_color())
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.3f} (median final best of (a))")
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative trial-epochs")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.set_title(title)
+    ax.set_ylim(bottom=max(0.0, min(0.9 * (target or 0.5), 0.5)))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trainable", default="mlp_bn_softmax", choices=["mlp_bn_softmax", "cnn_bn_softmax"])
+    ap.add_argument("--configs", type=int, default=32, help="configurations per method and seed")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--out", type=Path, default=Path("docs/bench"), help="where the JSON and the PNG go")
+    ap.add_argument("--smoke", action="store_true", help="2 configs, 2 epochs, 1 seed: proves it still works")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.configs, args.epochs, args.seeds = 2, 2, 1
+        args.out = Path(tempfile.mkdtemp(prefix="caviar-bench-"))
+    methods = args.methods.split(",")
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="caviar-search-"))
+    os.environ["CAVIAR_DATA_DIR"] = str(work / "data")
+    (work / "data" / "datasets").mkdir(parents=True)
+    from trainables.datasets import Mnist1dSpec, load_dataset
+
+    load_dataset(Mnist1dSpec(name="mnist1d"))  # generate MNIST-1D once, before anything is timed
+    cores = os.cpu_count() or 1
+    head = LocalHead(work) if {"tune", "caviar"} & set(methods) else None
+    server = CaviarServer(work / "data", head) if head and "caviar" in methods else None
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    try:
+        for seed in range(args.seeds):
+            for method in methods:  # interleaved: every seed runs every method back to back
+                if method == "random":
+                    r = run_optuna(args.trainable, args.configs, args.epochs, seed, tpe=False, jobs=cores)
+                elif method == "optuna":
+                    r = run_optuna(args.trainable, args.configs, args.epochs, seed, tpe=True, jobs=cores)
+                elif method == "tune":
+                    assert head is not None
+                    r = run_tune(head, args.trainable, args.configs, args.epochs, seed, work / "tune")
+                else:
+                    assert server is not None
+                    r = run_caviar(server, args.trainable, args.configs, args.epochs, seed)
+                r["curve"] = anytime(r["events"])
+                r["final_best"] = r["curve"][-1][1] if r["curve"] else 0.0
+                r["seed"] = seed
+                runs[method].append(r)
+                print(f"seed {seed} {method:>7}: best {r['final_best']:.4f}, {len(r['events'])} trial-epochs, "
+                      f"{r['wall_s']:.1f} s, test {r['test_accuracy']}", flush=True)
+    finally:
+        if server:
+            server.stop()
+        if head:
+            import ray
+
+            ray.shutdown()
+            head.stop()
+    summary = summarize(runs)
+    stem = f"search_efficiency_{args.trainable}"
+    (args.out / f"{stem}.json").write_text(json.dumps(
+        {"args": {k: str(v) for k, v in vars(args).items()}, "cores": cores, "summary": summary,
+         "runs": {m: [{k: v for k, v in r.items() if k != "events"} for r in rs] for m, rs in runs.items()}}, indent=1))
+    plot(runs, summary["target"], args.out / f"{stem}.png",
+         f"{args.trainable} on MNIST-1D: {args.configs} configs, <= {args.epochs} epochs, {args.seeds} seeds (median, min-max)")
+    target = summary["target"]
+    print(f"\ntarget: {target}" + (" (median over seeds of (a)'s final best)" if target is not None else ""))
+    print(f"{'method':>8} {'final best':>22} {'trial-epochs to target':>26} {'reached':>8} {'total trial-epochs':>20} {'wall s':>20} {'test acc':>8}")
+    for m, t in summary["methods"].items():
+        e = t["epochs_to_target"]
+        print(f"{m:>8} {_fmt(t['final_best'], 4):>22} {(_fmt(e, 0) if e else '-'):>26} {t['reached_target']:>8} "
+              f"{_fmt(t['trial_epochs_total'], 0):>20} {_fmt(t['wall_s'], 1):>20} "
+              f"{(t['test_accuracy']['median'] if t['test_accuracy'] else float('nan')):>8.4f}")
+    print(f"written: {args.out / (stem + '.json')}, {args.out / (stem + '.png')}")
+    return 0
+
+
+def _fmt(s: dict[str, float], digits: int) -> str:
+    return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
