@@ -31,6 +31,7 @@ trial, i.e. <= 100 ms.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import logging
 import math
@@ -58,7 +59,7 @@ from service.store import MetricRow, Store, TrialRow, migrate, now, sqlalchemy_u
 GOAL_MS = 100.0  # 2% of a 5 s trial
 GOAL_N = 1000
 OBJECTIVE, MODE = "val_accuracy", "max"
-PARTS = ("suggest", "tell", "store", "total")
+PARTS = ("suggest", "tell", "store", "total", "cpu")
 SAMPLERS = ("tpe", "random")
 STORAGES = ("inmemory", "sqlite", "postgres")
 
@@ -146,6 +147,7 @@ class Bench:
         """One trial as the driver runs it; returns seconds per part."""
         t = {"suggest": 0.0, "tell": 0.0, "store": 0.0}
         store = self.store
+        c0 = time.process_time()
         t0 = time.perf_counter()
         trial = self.study.ask()  # OptunaSearch.suggest: ask, then the define-by-run function
         self.fn(trial)
@@ -173,6 +175,7 @@ class Bench:
             store.upsert_trial(self.study_id, tid, state="completed", error=None, finished_at=now())
             t["store"] += time.perf_counter() - t5
         t["total"] = t["suggest"] + t["tell"] + t["store"]
+        t["cpu"] = time.process_time() - c0  # this process's CPU: what a busy machine does not inflate
         return t
 
     # -- prefill ----------------------------------------------------------------------------
@@ -237,9 +240,9 @@ def summarize(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]:
                    "p90_ms": round(pct([s[part] for s in samples], 0.9) * 1e3, 2)} for part in PARTS}
 
 
-def measure(b: Bench, sizes: list[int], window: int, warmup: int, grown: bool) -> list[dict[str, Any]]:
+def measure(b: Bench, sizes: list[int], window: int, warmup: int, grown: bool, profile: Path | None = None) -> list[dict[str, Any]]:
     """Grow ``b``'s study through ``sizes`` (prefilled, or by real trials when ``grown``) and time a
-    window of trials at each size."""
+    window of trials at each size (with ``profile``, a cProfile of each window is written there)."""
     rows = []
     for n in sizes:
         have = b.size()
@@ -253,7 +256,14 @@ def measure(b: Bench, sizes: list[int], window: int, warmup: int, grown: bool) -
                 b.run_trial()
         grow_s = time.perf_counter() - t0
         at = b.size()
+        prof = cProfile.Profile() if profile else None
+        if prof:
+            prof.enable()
         samples = [b.run_trial() for _ in range(window)]
+        if prof and profile:
+            prof.disable()
+            profile.mkdir(parents=True, exist_ok=True)
+            prof.dump_stats(profile / f"{b.sampler_kind}_{b.storage_kind}_{n}_{'grown' if grown else 'prefilled'}.prof")
         row: dict[str, Any] = {
             "sampler": b.sampler_kind, "storage": b.storage_kind, "n": n, "trials_before_window": at,
             "growth": "grown" if grown else "prefilled", "window": window, "epochs": b.epochs,
@@ -351,6 +361,7 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=None, help="where the SQLite files go (default: a temporary directory)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write every figure (and per-trial samples) here")
+    p.add_argument("--profile", type=Path, default=None, help="write a cProfile (.prof) of each timed window into this folder")
     args = p.parse_args()
     if args.smoke:
         args.sizes, args.grown_sizes, args.window, args.warmup = [20, 100], [20], 3, 1
@@ -381,7 +392,7 @@ def main() -> None:
                     with database(storage, workdir, args.postgres_url) as url:
                         b = Bench(sampler, storage, url, space, args.epochs, args.seed)
                         try:
-                            rows.extend(measure(b, sizes, args.window, args.warmup, grown))
+                            rows.extend(measure(b, sizes, args.window, args.warmup, grown, args.profile))
                         finally:
                             b.close()
     elapsed = time.perf_counter() - t_start

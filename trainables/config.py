@@ -29,7 +29,12 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["none", "bf16"] = Field("none", description="bf16 autocast; used on CUDA only.")
-    checkpoint_every: int = Field(1, ge=0, le=1000, description="Checkpoint every N epochs (0: only at the end).")
+    checkpoint_every: int = Field(0, ge=0, le=1000, description="Also checkpoint every N epochs (0: by time only).")
+    checkpoint_interval_s: float = Field(
+        10.0, ge=0.0, le=86_400.0,
+        description="Checkpoint when this much training time has passed since the last checkpoint, and at the end "
+        "(0: never by time). What a retry or a resume can lose; checkpointing every short epoch costs more than it saves.",
+    )
     num_threads: int | None = Field(None, ge=1, le=256, description="Torch threads; default: the trial's CPUs.")
     # 1 learning rate, 2 batch size, 3 weight init, 4 optimizer
     lr: float = Field(0.01, gt=0.0, le=10.0)

@@ -136,6 +136,7 @@ def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: 
     n = len(tensors.x_train)
     bs = min(cfg.batch_size, n)
     metrics: dict[str, Any] = {}
+    last_checkpoint = time.perf_counter()
     for epoch in range(start, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         model.train()
@@ -174,8 +175,13 @@ def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: 
         last = epoch == cfg.epochs or diverged
         if diverged:
             metrics["diverged"] = True
-        keep = not diverged and (last or (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0))
+        due = bool(cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or (
+            cfg.checkpoint_interval_s > 0 and time.perf_counter() - last_checkpoint >= cfg.checkpoint_interval_s
+        )
+        keep = not diverged and (last or due)
         reporter.report(metrics, _state(model, optimizer, schedule, shuffle, epoch) if keep else None)
+        if keep:
+            last_checkpoint = time.perf_counter()
         if diverged:  # a diverged configuration ends here; the service records it as failed
             break
     if test:

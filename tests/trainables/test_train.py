@@ -96,7 +96,7 @@ def test_same_config_and_seed_give_identical_metrics() -> None:
     {"optimizer": "adamw", "lr_schedule": "step", "step_size": 2, "bn_placement": "after_activation", "use_l1": True, "l1": 1e-5},
 ])
 def test_checkpoint_resume_equals_an_uninterrupted_run(knobs: dict) -> None:
-    cfg = MLPConfig.model_validate({"epochs": 5, "batch_size": 32, **knobs})
+    cfg = MLPConfig.model_validate({"epochs": 5, "batch_size": 32, "checkpoint_every": 1, **knobs})
     whole = Recorder()
     fit(cfg, build_mlp, whole)
     crashed = Recorder(crash_after=2)
@@ -217,3 +217,18 @@ def test_busy_work_spins_its_time_and_scores_by_x_and_y(capsys: pytest.CaptureFi
     spec.train({"epochs": 1, "seconds_per_epoch": 0, "x": 1.0, "y": 0.0})
     worse = json.loads(capsys.readouterr().out)
     assert worse["val_accuracy"] < rows[0]["val_accuracy"]
+
+
+def test_checkpoints_by_time_by_default_and_always_at_the_end() -> None:
+    """Short epochs are not checkpointed one by one (it costs more than a retry would lose)."""
+    from trainables.config import MLPConfig
+    from trainables.engine import fit
+    from trainables.models import build_mlp
+
+    cfg = MLPConfig.model_validate({"epochs": 4, "dataset": {"name": "digits"}})
+    rec = Recorder()
+    fit(cfg, build_mlp, rec)
+    assert len(rec.states) == 1 and rec.states[0]["epoch"] == 4  # only the end: each epoch takes far less than 10 s
+    every = Recorder()
+    fit(cfg.model_copy(update={"checkpoint_interval_s": 1e-9}), build_mlp, every)
+    assert [s["epoch"] for s in every.states] == [1, 2, 3, 4]

@@ -44,7 +44,7 @@ def test_failed_trial_is_retried_from_its_last_checkpoint(ray_cluster: None, tmp
     from trainables.report import load_state
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    config = {"epochs": 4, "lr": 0.01, "dropout": 0.1, "optimizer": "momentum", "lr_schedule": "cosine"}
+    config = {"epochs": 4, "lr": 0.01, "dropout": 0.1, "optimizer": "momentum", "lr_schedule": "cosine", "checkpoint_every": 1}
     tuner = tune.Tuner(
         tune.with_resources(flaky_mlp, {"cpu": 1}),
         param_space={**config, "crash_marker": str(tmp_path / "crashed")},
