@@ -10,8 +10,9 @@ What runs (all started here on loopback and free ports, and stopped at the end; 
               same service.cli._run_server (same uvicorn.Config: one process, log level info) in a
               subprocess: the baseline
   study     - `busy_work` (spins the CPU seconds_per_epoch per epoch, no data), search space x, y in
-              [0, 1], TPE, no early stopping, one trial at a time; the load starts once trials have
-              metrics, and the study is cancelled at the end if it still runs
+              [0, 1], TPE, no early stopping, one trial at a time, 20 epochs x 0.1 s, enough trials to
+              outlast the load (at least 40); the load starts once 3 trials have metrics, and the study
+              is cancelled at the end (it still runs: the run says so, or warns)
   load      - wrk -t2 -c32 --latency per endpoint, interleaved in rounds (ping, study, trials, ping,
               ...) so drift on a shared machine hits all three alike; each endpoint gets --duration
               seconds in all. A Lua done() hook dumps wrk's latency histogram, so the rounds'
@@ -391,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (ping, study, trials) per endpoint")
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2, help="wrk threads")
-    ap.add_argument("--trials", type=int, default=40, help="num_trials of the study")
+    ap.add_argument("--trials", type=int, default=0, help="num_trials of the study (default: enough to outlast the load, at least 40)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seconds-per-epoch", type=float, default=0.1)
     ap.add_argument("--warm-trials", type=int, default=3, help="trials with metrics before the load starts")
@@ -408,7 +409,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.smoke:
         args.duration, args.rounds, args.connections = 5.0, 1, 8
-        args.trials, args.epochs, args.warm_trials = 30, 5, 1
+        args.epochs, args.warm_trials = 5, 1
+    if not args.trials:  # one trial at a time, each at least epochs x seconds_per_epoch: twice the load's length
+        load_s = 3 * args.duration + 3 * args.rounds * 2.0
+        args.trials = max(40, math.ceil(2 * load_s / max(args.epochs * args.seconds_per_epoch, 0.05)))
     wrk = shutil.which("wrk")
     if wrk is None:
         print("error: wrk is not on PATH; install it (Debian/Ubuntu: `apt-get install -y wrk`; macOS: `brew install wrk`)", file=sys.stderr)

@@ -183,7 +183,8 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        # a pool as large as the API's thread pool (40): connections are kept, not opened per request
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=40, max_overflow=8)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -416,29 +417,54 @@ class Store:
             history = [m.values for m in s.scalars(select(MetricRow).where(MetricRow.trial_pk == row.pk).order_by(MetricRow.epoch))]
             return row, history
 
+    @staticmethod
+    def _counts(s: Session, study_id: str) -> dict[str, int]:
+        counts = {state.value: 0 for state in TrialState}
+        for state, n in s.execute(select(TrialRow.state, func.count()).where(TrialRow.study_id == study_id).group_by(TrialRow.state)):
+            counts[state] = n
+        return counts
+
+    @staticmethod
+    def _best(s: Session, study_id: str, mode: str, k: int) -> list[TrialRow]:
+        order = TrialRow.best_value.desc() if mode == "max" else TrialRow.best_value.asc()
+        return list(
+            s.scalars(
+                select(TrialRow)
+                .where(TrialRow.study_id == study_id, TrialRow.best_value.is_not(None), TrialRow.state != TrialState.FAILED.value)
+                .order_by(order, TrialRow.pk)
+                .limit(k)
+            )
+        )
+
     @retry_locked
     def trial_counts(self, study_id: str) -> dict[str, int]:
-        counts = {state.value: 0 for state in TrialState}
         with self.session() as s:
-            for state, n in s.execute(
-                select(TrialRow.state, func.count()).where(TrialRow.study_id == study_id).group_by(TrialRow.state)
-            ):
-                counts[state] = n
-        return counts
+            return self._counts(s, study_id)
 
     @retry_locked
     def best_trials(self, study_id: str, mode: str, k: int) -> list[TrialRow]:
-        order = TrialRow.best_value.desc() if mode == "max" else TrialRow.best_value.asc()
         with self.session() as s:
-            return list(
-                s.scalars(
-                    select(TrialRow)
-                    .where(TrialRow.study_id == study_id, TrialRow.best_value.is_not(None), TrialRow.state != TrialState.FAILED.value)
-                    .order_by(order, TrialRow.pk)
-                    .limit(k)
-                )
-            )
+            return self._best(s, study_id, mode, k)
 
+    @retry_locked
+    def study_view(self, study_id: str) -> tuple[StudyRow, dict[str, int], TrialRow | None] | None:
+        """A study with its trial counts and best trial so far, in one read transaction (what GET
+        /v1/studies/{id} shows: one session instead of three)."""
+        with self.session() as s:
+            row = s.get(StudyRow, study_id)
+            if row is None:
+                return None
+            best = self._best(s, study_id, row.definition.get("objective", {}).get("mode", "max"), 1)
+            return row, self._counts(s, study_id), best[0] if best else None
+
+    @retry_locked
+    def study_trials(self, study_id: str) -> tuple[StudyRow | None, list[TrialRow]]:
+        """A study and its trials in one read transaction."""
+        with self.session() as s:
+            row = s.get(StudyRow, study_id)
+            if row is None:
+                return None, []
+            return row, list(s.scalars(select(TrialRow).where(TrialRow.study_id == study_id).order_by(TrialRow.pk)))
 
     @retry_locked
     def trial_recovered(self, study_id: str, trial_id: str) -> None:

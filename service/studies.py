@@ -102,21 +102,34 @@ def submit(ctx: Context, data: dict[str, Any], owner: str = LOCAL_OWNER, idempot
 def get(ctx: Context, study_id: str, owner: str | None = None) -> StudyRow:
     """A study by id; with ``owner``, another owner's study is NotFound (as if it did not exist)."""
     row = ctx.store.get_study(study_id)
+    _check_owner(row, study_id, owner)
+    return row  # type: ignore[return-value]
+
+
+def _check_owner(row: StudyRow | None, study_id: str, owner: str | None) -> None:
     if row is None or (owner is not None and row.owner != owner):
         raise NotFound(f"no study '{study_id}'")
-    return row
+
+
+def view(ctx: Context, study_id: str, owner: str | None = None) -> StudyOut:
+    """GET /v1/studies/{id}: one read of the store."""
+    found = ctx.store.study_view(study_id)
+    _check_owner(found[0] if found else None, study_id, owner)
+    assert found is not None
+    return _out(ctx, *found)
 
 
 def study_out(ctx: Context, row: StudyRow) -> StudyOut:
+    found = ctx.store.study_view(row.id)
+    return _out(ctx, *found) if found else _out(ctx, row, {}, None)
+
+
+def _out(ctx: Context, row: StudyRow, counts: dict[str, int], b: TrialRow | None) -> StudyOut:
     d = row.definition
-    best_rows = ctx.store.best_trials(row.id, d["objective"]["mode"], 1)
-    best = None
-    if best_rows:
-        b = best_rows[0]
-        best = {"trial_id": b.trial_id, "value": b.best_value, "config": b.config}
+    best = {"trial_id": b.trial_id, "value": b.best_value, "config": b.config} if b is not None else None
     return StudyOut(
         id=row.id, name=row.name, status=StudyStatus(row.status), trainable=d["trainable"], objective=d["objective"],
-        trial_counts=ctx.store.trial_counts(row.id), best=best, ray_job_id=row.ray_job_id,
+        trial_counts=counts, best=best, ray_job_id=row.ray_job_id,
         dashboard_url=f"{ctx.settings.dashboard_url}/#/jobs/{row.ray_job_id}" if row.ray_job_id else None,
         created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at, error=row.error,
         definition=d, owner=row.owner, resumes=row.resumes,
@@ -137,8 +150,9 @@ def trial_out(row: TrialRow) -> dict[str, Any]:
 
 
 def trials(ctx: Context, study_id: str, owner: str | None = None) -> list[TrialOut]:
-    get(ctx, study_id, owner)
-    return [TrialOut(**trial_out(r)) for r in ctx.store.trials(study_id)]
+    row, rows = ctx.store.study_trials(study_id)
+    _check_owner(row, study_id, owner)
+    return [TrialOut(**trial_out(r)) for r in rows]
 
 
 def trial(ctx: Context, study_id: str, trial_id: str, owner: str | None = None) -> TrialDetail:

@@ -84,8 +84,7 @@ async def list_studies(
 
 @router.get("/{study_id}", response_model=StudyOut, responses={404: ERRORS[404]}, summary="A study: status, trial counts, best so far, Ray job")
 async def get_study(study_id: str, ctx: ContextDep, owner: OwnerDep) -> StudyOut:
-    row = await run_in_threadpool(studies.get, ctx, study_id, owner)
-    return await run_in_threadpool(studies.study_out, ctx, row)
+    return await run_in_threadpool(studies.view, ctx, study_id, owner)
 
 
 @router.get("/{study_id}/trials", response_model=list[TrialOut], responses={404: ERRORS[404]}, summary="The study's trials")
