@@ -202,7 +202,8 @@ def dispatch_once(ctx: Context) -> None:
         n = ctx.store.mark_zombies(row.id, f"no process behind this trial: its study is {row.status}")
         if n:
             log.warning("study %s (%s): %d zombie trials marked failed", row.id, row.status, n)
-    env = {"CAVIAR_DATABASE_URL": ctx.store.url, "CAVIAR_DATA_DIR": str(ctx.settings.data_dir), "TUNE_GLOBAL_CHECKPOINT_S": "2"}
+    env = {"CAVIAR_DATABASE_URL": ctx.store.url, "CAVIAR_DATA_DIR": str(ctx.settings.data_dir), "TUNE_GLOBAL_CHECKPOINT_S": "2",
+           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
     for row in ctx.store.studies_with_status(StudyStatus.QUEUED.value, StudyStatus.RUNNING.value):
         if row.ray_job_id:
             continue
