@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -33,6 +33,10 @@ test: lint unit bench-smoke
 bench-smoke: setup
 	$(BIN)/python -m bench.trainable_throughput --smoke
 	$(BIN)/python -m bench.gpu_packing --smoke
+	$(BIN)/python -m bench.search_efficiency --smoke
+	$(BIN)/python -m bench.service_overhead --smoke
+	$(BIN)/python -m bench.sampler_store_cost --smoke
+	$(BIN)/python -m bench.api_load --smoke
 	$(BIN)/python -m bench.store_load --smoke
 	if [ -n "$$CAVIAR_TEST_POSTGRES_URL" ]; then $(BIN)/python -m bench.store_load --smoke --database-url "$$CAVIAR_TEST_POSTGRES_URL"; fi
 
