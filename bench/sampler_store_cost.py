@@ -1,40 +1,45 @@
-"""Sampler and store cost as studies grow (issue §5): ms per trial of suggest + report/tell + store writes.
+"""Sampler and store cost as studies grow (issue §5): ms per trial of suggest + tell + store writes.
 
-A study's driver does this per trial (Ray Tune's OptunaSearch + Caviar's StoreCallback, see
-service/ray_adapter.py); here it is done in one process with a simulated objective and no training:
+A study's driver does this per trial (Ray Tune's OptunaSearch subclassed as CaviarOptunaSearch, and
+Caviar's StoreCallback, in service/ray_adapter.py); here it is done in one process, as the driver
+does it, with a simulated objective and no training:
   suggest  - ``study.ask()`` and the study's define-by-run function (``search_spaces.define_by_run``
              on the ``seven_key`` preset): the sampler's work and Optuna's per-parameter writes
-  report   - ``trial.report(value, epoch)`` per epoch (OptunaSearch.on_trial_result)
-  tell     - ``study.tell(trial, value)`` at the end (OptunaSearch.on_trial_complete)
-  store    - Caviar's Store: ``upsert_trial(state="running")``, ``add_epoch`` per epoch,
-             ``upsert_trial(state="completed")`` (StoreCallback)
+  report   - ``trial.report(value, epoch)``: none for a completed trial since CaviarOptunaSearch
+             stopped reporting per epoch (commit ec56fe5); with ``--per-epoch-reports`` one per
+             epoch, as Ray's stock OptunaSearch (and Caviar before ec56fe5) does
+  tell     - ``study.tell(trial, value)`` at the end
+  store    - Caviar's Store: ``upsert_trial(state="running")``, ``add_epoch`` per epoch (with
+             ``reported_at``), ``upsert_trial(state="completed")``, as StoreCallback writes them
   cpu      - this process's CPU time for all of it (a loaded machine inflates wall time, less so this)
 for samplers tpe (as make_sampler builds it: multivariate, group, constant_liar) and random, on
   inmemory  - Optuna's InMemoryStorage and no Caviar store (the floor: the sampler alone)
   sqlite    - RDBStorage + Store on one SQLite file (WAL), exactly as run_tune builds them
   postgres  - the same on a fresh PostgreSQL database caviar_bench_<random>, dropped after
-and, to measure fixes (the ``+fix`` rows; nothing in service/ is changed):
-  sqlite+fix   - Optuna's SQLite connections get the store's pragmas (synchronous=NORMAL: no fsync per
-                 commit in WAL mode; Optuna's default is FULL) and Optuna is told only the last
-                 epoch's value, once, just before tell (all TPE reads of intermediate values)
-  postgres+fix - the last-value-only reporting on PostgreSQL
-  journal+fix  - Optuna's JournalStorage (a log file beside the SQLite database) instead of
-                 RDBStorage, last-value-only reporting; the Caviar store stays on SQLite
+and, to measure fixes (nothing in service/ is changed; these are what a patch would do):
+  sqlite-normal    - Optuna's SQLite connections get the store's pragmas: synchronous=NORMAL, no
+                     fsync per commit in WAL mode (Optuna's connections default to FULL)
+  sqlite-journal   - Optuna's JournalStorage (an append-only log file in the data dir) instead of
+                     RDBStorage; the Caviar store stays on SQLite
+  postgres-journal - the same with the Caviar store on PostgreSQL
 Sampler ``tpe-scipy`` (opt-in) is tpe with Optuna's pure-Python log_ndtr swapped for SciPy's.
 
 The study is grown to N trials, then a window of trials is timed at that size; all configurations
 are grown together and their windows interleaved trial by trial (the grown-by-real-trials checks
-included), so that load from other work on the machine falls on all of them alike. To reach 5,000 trials without running 5,000 TPE trials one
-by one, the study is prefilled: completed trials (random configurations of the search space with
-simulated per-epoch values) are written in bulk (Optuna's own tables through its ORM models, or
-``study.add_trials`` for in-memory and journal storages; the store's rows with one INSERT each),
-checked, then a few untimed warm-up trials run (the first ask after a prefill loads every trial
-into Optuna's cache once) and then the timed window. ``--grown-sizes`` repeats sizes with studies
-grown by real trials, to check that prefilling does not bias the figures.
+included), so that load from other work on the machine falls on all of them alike. To reach 5,000
+trials without running 5,000 TPE trials one by one, the study is prefilled: completed trials
+(random configurations of the search space with simulated per-epoch values) are written in bulk
+(Optuna's own tables through its ORM models, or ``study.add_trials`` for in-memory and journal
+storages; the store's rows with one INSERT each), checked, then a few untimed warm-up trials run
+(the first ask after a prefill loads every trial into Optuna's cache once) and then the timed
+window. ``--grown-sizes`` repeats sizes with studies grown by real trials, to check that
+prefilling does not bias the figures.
 
     python -m bench.sampler_store_cost                 # full: N = 100, 1000, 5000; window 20
     python -m bench.sampler_store_cost --smoke         # CI: N = 20, 100; window 3; inmemory, sqlite, postgres
-    python -m bench.sampler_store_cost --storages sqlite sqlite+fix --sizes 1000 --profile /tmp/prof
+    python -m bench.sampler_store_cost --per-epoch-reports --storages sqlite postgres --sizes 1000
+    python -m bench.sampler_store_cost --storages sqlite sqlite-normal --sizes 1000 --profile /tmp/prof
+                                                       # cProfile per window (it inflates the timings)
 
 PostgreSQL is used when ``--postgres-url`` (default $CAVIAR_TEST_POSTGRES_URL) names a reachable
 server (an admin URL: the benchmark creates and drops its own databases); otherwise its rows are
@@ -78,7 +83,7 @@ GOAL_N = 1000
 OBJECTIVE, MODE = "val_accuracy", "max"
 PARTS = ("suggest", "report", "tell", "store", "total", "cpu")
 SAMPLERS = ("tpe", "random", "tpe-scipy")
-STORAGES = ("inmemory", "sqlite", "postgres", "sqlite+fix", "postgres+fix", "journal+fix")
+STORAGES = ("inmemory", "sqlite", "postgres", "sqlite-normal", "sqlite-journal", "postgres-journal")
 DEFAULT_STORAGES = STORAGES
 SMOKE_STORAGES = ("inmemory", "sqlite", "postgres")  # the fixes on request: --smoke --storages ...
 
@@ -163,7 +168,8 @@ class Bench:
     space: SearchSpace
     epochs: int
     seed: int
-    journal: Path | None = None
+    journal: Path | None = None  # the journal file of the *-journal storages
+    per_epoch_reports: bool = False
     grown: bool = False  # grown by real trials (the check), else prefilled
     sizes: list[int] = field(default_factory=list)  # the sizes at which it is timed
     store: Store | None = None
@@ -175,10 +181,6 @@ class Bench:
     scratch: optuna.Study = field(init=False)
     profile: cProfile.Profile | None = None
     samples: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def fixed(self) -> bool:
-        return self.storage_kind.endswith("+fix")
 
     @property
     def name(self) -> str:
@@ -198,13 +200,13 @@ class Bench:
             self.study_id, name = row.id, f"caviar-{row.id}"
         if self.storage_kind == "inmemory":
             storage = optuna.storages.InMemoryStorage()
-        elif self.storage_kind == "journal+fix":
+        elif self.storage_kind.endswith("-journal"):
             assert self.journal is not None
             storage = optuna.storages.JournalStorage(JournalFileBackend(str(self.journal)))
         else:  # as run_tune builds it; create_study wraps it in Optuna's _CachedStorage, as OptunaSearch does
             assert self.url is not None
             sqlite = self.url.startswith("sqlite")
-            cls = SqliteTunedRDBStorage if self.storage_kind == "sqlite+fix" else optuna.storages.RDBStorage
+            cls = SqliteTunedRDBStorage if self.storage_kind == "sqlite-normal" else optuna.storages.RDBStorage
             storage = cls(sqlalchemy_url(self.url), engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else {})
         self.study = optuna.create_study(
             storage=storage, sampler=sampler, pruner=optuna.pruners.NopPruner(), study_name=name,
@@ -253,24 +255,20 @@ class Bench:
         history = simulate(params, self.seed * 1_000_003 + trial.number, self.epochs)
         for metrics in history:
             t2 = time.perf_counter()
-            if not self.fixed:
-                trial.report(metrics[OBJECTIVE], metrics["epoch"])  # OptunaSearch.on_trial_result
+            if self.per_epoch_reports:  # Ray's OptunaSearch.on_trial_result (a no-op in CaviarOptunaSearch)
+                trial.report(metrics[OBJECTIVE], metrics["epoch"])
             t3 = time.perf_counter()
             t["report"] += t3 - t2
             if store is not None:  # StoreCallback.on_trial_result
-                store.add_epoch(self.study_id, tid, metrics, OBJECTIVE, MODE)
+                store.add_epoch(self.study_id, tid, {**metrics, "reported_at": time.time()}, OBJECTIVE, MODE)
                 t["store"] += time.perf_counter() - t3
         t4 = time.perf_counter()
-        if self.fixed:  # the fix: only the last value, once (what TPE reads of a pruned trial)
-            trial.report(history[-1][OBJECTIVE], history[-1]["epoch"])
-        t5 = time.perf_counter()
-        t["report"] += t5 - t4
         self.study.tell(trial, history[-1][OBJECTIVE], state=TrialState.COMPLETE)  # OptunaSearch.on_trial_complete
-        t6 = time.perf_counter()
-        t["tell"] += t6 - t5
+        t5 = time.perf_counter()
+        t["tell"] += t5 - t4
         if store is not None:  # StoreCallback.on_trial_complete
             store.upsert_trial(self.study_id, tid, state="completed", error=None, finished_at=now())
-            t["store"] += time.perf_counter() - t6
+            t["store"] += time.perf_counter() - t5
         t["total"] = t["suggest"] + t["report"] + t["tell"] + t["store"]
         t["cpu"] = time.process_time() - c0
         return t
@@ -294,7 +292,7 @@ class Bench:
                 history = simulate(params, self.seed * 1_000_003 + start + done + i, self.epochs)
                 frozen.append(optuna.trial.create_trial(
                     state=TrialState.COMPLETE, value=history[-1][OBJECTIVE], params=params, distributions=dists,
-                    intermediate_values={m["epoch"]: m[OBJECTIVE] for m in history},
+                    intermediate_values={m["epoch"]: m[OBJECTIVE] for m in history} if self.per_epoch_reports else None,
                 ))
                 histories.append((params, history))
             backend = getattr(self.study._storage, "_backend", None)  # _CachedStorage(RDBStorage)
@@ -413,7 +411,7 @@ def measure(benches: list[Bench], window: int, warmup: int, profile: Path | None
                 **summarize(b.samples), "samples_ms": [{k: round(v * 1e3, 2) for k, v in s.items()} for s in b.samples],
             }
             rows.append(row)
-            print(f"  {b.sampler_kind:9} {b.storage_kind:12} N={n:<5} {growth:9} total median {row['total']['median_ms']:7.1f} ms"
+            print(f"  {b.sampler_kind:9} {b.storage_kind:16} N={n:<5} {growth:9} total median {row['total']['median_ms']:7.1f} ms"
                   f"  p90 {row['total']['p90_ms']:7.1f} ms  cpu {row['cpu']['median_ms']:7.1f} ms  (grown in {grow_s[id(b)]:.1f} s)", flush=True)
     rows.sort(key=lambda r: (r["growth"] != "prefilled", r["n"], STORAGES.index(r["storage"]), SAMPLERS.index(r["sampler"])))
     return rows
@@ -454,7 +452,7 @@ def database(kind: str, workdir: Path, admin: str | None) -> Iterator[str | None
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    else:  # sqlite, sqlite+fix, journal+fix (whose store is on SQLite)
+    else:  # sqlite, sqlite-normal, sqlite-journal
         path = workdir / f"caviar_{uuid.uuid4().hex[:8]}.db"
         try:
             yield f"sqlite:///{path}"
@@ -464,7 +462,7 @@ def database(kind: str, workdir: Path, admin: str | None) -> Iterator[str | None
 
 
 def open_benches(stack: ExitStack, plans: list[tuple[bool, list[int], list[str]]], samplers: list[str], workdir: Path,
-                 admin: str | None, space: SearchSpace, epochs: int, seed: int) -> list[Bench]:
+                 admin: str | None, space: SearchSpace, epochs: int, seed: int, per_epoch_reports: bool) -> list[Bench]:
     """One bench per (growth, storage, sampler) of ``plans`` (grown?, sizes, storages), each on a fresh database."""
     benches = []
     for grown, sizes, storages in plans:
@@ -473,8 +471,9 @@ def open_benches(stack: ExitStack, plans: list[tuple[bool, list[int], list[str]]
                 if not sizes:
                     continue
                 url = stack.enter_context(database(storage, workdir, admin))
-                journal = workdir / f"optuna_{uuid.uuid4().hex[:8]}.journal" if storage == "journal+fix" else None
-                b = Bench(sampler, storage, url, space, epochs, seed, journal=journal, grown=grown, sizes=sorted(sizes))
+                journal = workdir / f"optuna_{uuid.uuid4().hex[:8]}.journal" if storage.endswith("-journal") else None
+                b = Bench(sampler, storage, url, space, epochs, seed, journal=journal, per_epoch_reports=per_epoch_reports,
+                          grown=grown, sizes=sorted(sizes))
                 stack.callback(b.close)
                 benches.append(b)
     return benches
@@ -484,11 +483,11 @@ def open_benches(stack: ExitStack, plans: list[tuple[bool, list[int], list[str]]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'sampler':9} {'storage':12} {'N':>5} {'growth':9} " + " ".join(f"{p:>15}" for p in PARTS)
+    head = f"{'sampler':9} {'storage':16} {'N':>5} {'growth':9} " + " ".join(f"{p:>15}" for p in PARTS)
     lines = [head, "-" * len(head)]
     for r in rows:
         cells = " ".join(f"{r[p]['median_ms']:>7.1f}/{r[p]['p90_ms']:<7.1f}" for p in PARTS)
-        lines.append(f"{r['sampler']:9} {r['storage']:12} {r['n']:>5} {r['growth']:9} {cells}")
+        lines.append(f"{r['sampler']:9} {r['storage']:16} {r['n']:>5} {r['growth']:9} {cells}")
     return "\n".join(lines)
 
 
@@ -498,7 +497,7 @@ def verdicts(rows: list[dict[str, Any]], n: int) -> list[str]:
         if r["n"] == n and r["growth"] == "prefilled":
             med, p90 = r["total"]["median_ms"], r["total"]["p90_ms"]
             r["meets_goal"] = med <= GOAL_MS
-            out.append(f"  {r['sampler']:9} {r['storage']:12} median {med:7.1f} ms (p90 {p90:7.1f}, cpu {r['cpu']['median_ms']:6.1f}): "
+            out.append(f"  {r['sampler']:9} {r['storage']:16} median {med:7.1f} ms (p90 {p90:7.1f}, cpu {r['cpu']['median_ms']:6.1f}): "
                        f"{'meets' if r['meets_goal'] else 'MISSES'} the goal")
     return out
 
@@ -513,7 +512,9 @@ def main() -> None:
                    help="the same check at larger sizes, in-memory configurations only (default: 1000)")
     p.add_argument("--window", type=int, default=20, help="timed trials per configuration and size")
     p.add_argument("--warmup", type=int, default=2, help="untimed real trials after a prefill")
-    p.add_argument("--epochs", type=int, default=10, help="epochs (reports and add_epoch writes) per trial")
+    p.add_argument("--epochs", type=int, default=10, help="epochs (add_epoch writes) per trial")
+    p.add_argument("--per-epoch-reports", action="store_true",
+                   help="report every epoch to Optuna, as Ray's stock OptunaSearch does (CaviarOptunaSearch does not since ec56fe5)")
     p.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=["tpe", "random"])
     p.add_argument("--storages", nargs="+", choices=STORAGES, default=list(DEFAULT_STORAGES))
     p.add_argument("--postgres-url", default=os.environ.get("CAVIAR_TEST_POSTGRES_URL"),
@@ -553,14 +554,16 @@ def main() -> None:
             (True, sorted(set(args.grown_sizes) | set(args.grown_inmemory_sizes)), inmemory),
         ]
         with ExitStack() as stack:
-            benches = open_benches(stack, plans, args.samplers, workdir, args.postgres_url, space, args.epochs, args.seed)
+            benches = open_benches(stack, plans, args.samplers, workdir, args.postgres_url, space, args.epochs, args.seed,
+                                   args.per_epoch_reports)
             print(f"{len(benches)} studies; timed at N = {sorted({n for b in benches for n in b.sizes})}", flush=True)
             rows.extend(measure(benches, args.window, args.warmup, args.profile))
     elapsed = time.perf_counter() - t_start
 
     print()
+    reports = f"{args.epochs} per trial" if args.per_epoch_reports else "none (as CaviarOptunaSearch)"
     print(f"ms per trial, median/p90 over {args.window} trials at each N ({args.epochs} epochs; suggest = ask + define-by-run; "
-          f"report = Optuna reports; tell = tell; store = 2 upsert_trial + {args.epochs} add_epoch; cpu = this process's CPU)")
+          f"report = Optuna reports, {reports}; tell = tell; store = 2 upsert_trial + {args.epochs} add_epoch; cpu = this process's CPU)")
     print(table(rows))
     goal_n = GOAL_N if GOAL_N in args.sizes else max(args.sizes)
     print(f"\ngoal at N={goal_n}: median total <= {GOAL_MS:.0f} ms (2% of a 5 s trial)")
@@ -576,13 +579,14 @@ def main() -> None:
     if checks:
         print("\nprefilled vs grown by real trials, ratio of medians (total, cpu):")
         for g in checks:
-            print(f"  {g['sampler']:9} {g['storage']:12} N={g['n']:<5} {g['prefilled_over_grown']:.2f}x  {g['prefilled_over_grown_cpu']:.2f}x")
+            print(f"  {g['sampler']:9} {g['storage']:16} N={g['n']:<5} {g['prefilled_over_grown']:.2f}x  {g['prefilled_over_grown_cpu']:.2f}x")
     for name, reason in skipped.items():
         print(f"\n{name}: skipped ({reason})")
     print(f"\n{elapsed:.0f} s in all, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
     if args.json:
         args.json.write_text(json.dumps({
-            "goal_ms": GOAL_MS, "goal_n": goal_n, "epochs": args.epochs, "window": args.window, "warmup": args.warmup,
+            "goal_ms": GOAL_MS, "goal_n": goal_n, "epochs": args.epochs, "per_epoch_reports": args.per_epoch_reports,
+            "window": args.window, "warmup": args.warmup,
             "sizes": args.sizes, "grown_sizes": args.grown_sizes, "grown_inmemory_sizes": args.grown_inmemory_sizes,
             "seed": args.seed, "skipped": skipped, "optuna": optuna.__version__, "cpus": os.cpu_count(),
             "loadavg_end": os.getloadavg(), "elapsed_s": round(elapsed, 1), "rows": rows,
