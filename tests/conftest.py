@@ -85,6 +85,13 @@ class HeadProcess:
             time.sleep(1)
         return self.head
 
+    def crash(self) -> None:
+        """kill -9 the head's whole process group, as a crash would (SIGTERM lets Ray drain for up to
+        30 s, during which a nearly finished study may simply finish)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return

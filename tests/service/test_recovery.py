@@ -61,6 +61,11 @@ def tune_epochs(data_dir: Path, sid: str) -> dict[str, list[int]]:
     return out
 
 
+def study_row(data: Path, sid: str) -> tuple[str, int]:
+    with sqlite3.connect(data / "caviar.db") as db:
+        return db.execute("SELECT status, resumes FROM caviar_studies WHERE id = ?", (sid,)).fetchone()  # type: ignore[no-any-return]
+
+
 def drivers(sid: str) -> list[psutil.Process]:
     """The study's driver processes (the Python one, not the shell Ray's job runs it under)."""
     found = []
@@ -115,11 +120,16 @@ def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: He
         job = s["ray_job_id"]
         wait_for(lambda: drivers(sid), timeout=60)
 
-        # 4. stop the whole Ray head (and the API), start both again: the study resumes the same way
+        # 4. the whole Ray head goes down (kill -9 of its processes and of the driver, as a crash of
+        # the machine's Ray would), and the API with it; start both again: the study resumes the same way
         wait_for(lambda: httpx.get(f"{api.url}/v1/studies/{sid}").json()["trial_counts"]["running"] >= 1, timeout=120)
-        time.sleep(3)
+        time.sleep(2)
         api.kill()
-        own_head.stop()
+        own_head.crash()
+        for p in drivers(sid):
+            p.kill()
+        assert study_row(data, sid) == ("running", 1)  # not finished: there is work left to resume
+        time.sleep(2)
         own_head.start()
         api.start()
         s = wait_for(lambda: (x := study(api, sid))["resumes"] == 2 and x, timeout=120)
