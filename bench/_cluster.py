@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -64,16 +65,19 @@ class LocalHead:
 
 
 class CaviarServer:
-    """``caviar serve`` on a free port against ``head``, with its own data directory."""
+    """``caviar serve`` on a free port with its own data directory, against ``head`` or, with
+    ``head=None``, with no Ray at all (a Ray address where nothing listens: studies stay queued)."""
 
-    def __init__(self, data_dir: Path, head: LocalHead, **env: str) -> None:
+    def __init__(self, data_dir: Path, head: LocalHead | None, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (data_dir / "datasets").mkdir(parents=True, exist_ok=True)
-        self.log = open(data_dir / "caviar-serve.log", "w")
+        self.log_path = data_dir / "caviar-serve.log"
+        self.log = open(self.log_path, "w")
+        ray = head.dashboard if head else f"http://127.0.0.1:{free_port()}"
         self.proc = subprocess.Popen(
-            [str(BIN / "caviar"), "serve", "--port", str(self.port), "--ray-address", head.dashboard],
-            env={**os.environ, **head.env, "CAVIAR_DATA_DIR": str(data_dir), "CAVIAR_DRAIN_S": "0", **env},
+            [str(BIN / "caviar"), "serve", "--port", str(self.port), "--ray-address", ray],
+            env={**os.environ, **(head.env if head else {}), "CAVIAR_DATA_DIR": str(data_dir), "CAVIAR_DRAIN_S": "0", **env},
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.time() + 60
@@ -85,8 +89,25 @@ class CaviarServer:
                 pass
             if self.proc.poll() is not None or time.time() > deadline:
                 self.stop()
-                raise SystemExit(f"caviar serve did not start; see {self.log.name}")
+                raise SystemExit(f"caviar serve did not start:\n{self.log_path.read_text()[-3000:]}")
             time.sleep(0.2)
+
+    def submit_and_wait(self, definition: dict[str, Any], poll_s: float = 0.25) -> tuple[str, dict[str, Any], float, float]:
+        """POST a study and poll until it ends: (study id, final study, submit time, wall seconds).
+        A study that does not complete ends the benchmark with its error."""
+        t0 = time.time()
+        r = httpx.post(f"{self.url}/v1/studies", json=definition, timeout=60)
+        r.raise_for_status()
+        sid = r.json()["id"]
+        while True:
+            study = httpx.get(f"{self.url}/v1/studies/{sid}", timeout=60).json()
+            if study["status"] in ("completed", "failed", "cancelled"):
+                break
+            time.sleep(poll_s)
+        wall = time.time() - t0
+        if study["status"] != "completed":
+            raise SystemExit(f"study {sid} {study['status']}: {study['error']}")
+        return sid, study, t0, wall
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -48,7 +48,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from bench._cluster import free_port
 
 BIN = Path(sys.executable).parent
 HZ = os.sysconf("SC_CLK_TCK")
@@ -79,12 +80,6 @@ done = function(summary, latency, requests)
   f:close()
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:

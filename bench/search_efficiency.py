@@ -182,18 +182,7 @@ def run_caviar(server: CaviarServer, trainable: str, configs: int, epochs: int, 
         "sampler": {"type": "tpe", "seed": seed},
         "budget": {"num_trials": configs, "max_concurrent_trials": 2},
     }
-    t0 = time.time()
-    r = httpx.post(f"{server.url}/v1/studies", json=definition, timeout=60)
-    r.raise_for_status()
-    sid = r.json()["id"]
-    while True:
-        s = httpx.get(f"{server.url}/v1/studies/{sid}", timeout=60).json()
-        if s["status"] in ("completed", "failed", "cancelled"):
-            break
-        time.sleep(0.25)
-    wall = time.time() - t0
-    if s["status"] != "completed":
-        raise SystemExit(f"caviar study {sid} {s['status']}: {s['error']}")
+    sid, _, t0, wall = server.submit_and_wait(definition)
     events: list[Event] = []
     for t in httpx.get(f"{server.url}/v1/studies/{sid}/trials", timeout=60).json():
         history = httpx.get(f"{server.url}/v1/studies/{sid}/trials/{t['trial_id']}", timeout=60).json()["history"]

@@ -67,18 +67,7 @@ def run_caviar(server: CaviarServer, trials: int, reports: int, seconds: float) 
         "sampler": {"type": "random", "seed": 0}, "scheduler": {"type": "none"},
         "budget": {"num_trials": trials, "max_concurrent_trials": 2},
     }
-    t0 = time.time()
-    r = httpx.post(f"{server.url}/v1/studies", json=definition, timeout=60)
-    r.raise_for_status()
-    sid = r.json()["id"]
-    while True:
-        s = httpx.get(f"{server.url}/v1/studies/{sid}", timeout=60).json()
-        if s["status"] in ("completed", "failed", "cancelled"):
-            break
-        time.sleep(0.1)
-    wall = time.time() - t0
-    if s["status"] != "completed":
-        raise SystemExit(f"study {sid} {s['status']}: {s['error']}")
+    sid, s, t0, wall = server.submit_and_wait(definition, poll_s=0.1)
     rows = httpx.get(f"{server.url}/v1/studies/{sid}/trials", timeout=60).json()
     assert len(rows) == trials and all(t["state"] == "completed" for t in rows), [t["state"] for t in rows]
     starts = sorted(_ts(t["started_at"]) for t in rows)

@@ -37,9 +37,7 @@ import queue
 import random
 import shutil
 import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +49,8 @@ from typing import Any
 
 import httpx
 
-BIN = Path(sys.executable).parent
+from bench._cluster import CaviarServer
+
 LOCKED = "database is locked"
 MAX_EPOCHS = 30  # fixed.epochs of the benchmark's studies; ASHA-like rungs below cut most trials short
 RUNGS = (2, 6, 18)  # grace 2, reduction factor 3: a trial stops at a rung with probability 2/3
@@ -227,45 +226,13 @@ def writer(index: int, server: str, database_url: str, duration: float, interval
 # -- the server --------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Server(CaviarServer):
+    """`caviar serve` with no Ray (the writers play the study drivers)."""
 
-
-class Server:
     def __init__(self, data_dir: Path, database_url: str, writers: int) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = data_dir / "api.log"
-        env = {**os.environ, "CAVIAR_DATA_DIR": str(data_dir), "CAVIAR_DATABASE_URL": database_url,
-               "RAY_ADDRESS": f"http://127.0.0.1:{free_port()}",  # closed: `caviar serve` starts no Ray head
-               # one active study per writer must fit the per-owner quota (all writers are owner "local")
-               "CAVIAR_QUOTA_ACTIVE_STUDIES": str(max(writers, int(os.environ.get("CAVIAR_QUOTA_ACTIVE_STUDIES", "8"))))}
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([str(BIN / "caviar"), "serve", "--port", str(self.port)], env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise RuntimeError(f"caviar serve did not start:\n{self.log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        # one active study per writer must fit the per-owner quota (all writers are owner "local")
+        quota = max(writers, int(os.environ.get("CAVIAR_QUOTA_ACTIVE_STUDIES", "8")))
+        super().__init__(data_dir, None, CAVIAR_DATABASE_URL=database_url, CAVIAR_QUOTA_ACTIVE_STUDIES=str(quota))
 
     def log_findings(self) -> dict[str, Any]:
         text = self.log_path.read_text(errors="replace")

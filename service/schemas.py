@@ -200,7 +200,9 @@ class TrialOut(BaseModel):
 
 
 class TrialDetail(TrialOut):
-    history: list[dict[str, Any]] = Field(description="One entry per epoch: the learning curve.")
+    history: list[dict[str, Any]] = Field(
+        description="One entry per epoch: the learning curve; `reported_at` is when the study's driver received it (Unix seconds)."
+    )
 
 
 class StudyOut(BaseModel):

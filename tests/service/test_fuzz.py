@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -52,7 +51,7 @@ from schemathesis.checks import (
 )
 from schemathesis.errors import FailureGroup, NoLinksFound
 
-from tests.conftest import BIN, free_port
+from tests.conftest import BIN, Api, no_ray
 
 MIN_CASES = 1000
 TARGET = int(os.environ.get("CAVIAR_FUZZ_CASES") or 1500)
@@ -183,43 +182,19 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`caviar serve` on a fresh data dir and SQLite, RAY_ADDRESS on a closed port (no Ray at all)."""
+    """`caviar serve` on a fresh data dir and SQLite, with no Ray at all (studies stay queued)."""
     data = tmp_path_factory.mktemp("fuzz-data")
     (data / "datasets").mkdir()
-    env = {
-        **os.environ, "CAVIAR_DATA_DIR": str(data), "CAVIAR_DATABASE_URL": f"sqlite:///{data / 'caviar.db'}",
-        "RAY_ADDRESS": f"http://127.0.0.1:{free_port()}",  # nothing listens: Ray calls fail fast, studies stay queued
-        "CAVIAR_QUOTA_ACTIVE_STUDIES": "1000000", "CAVIAR_QUOTA_CONCURRENT_TRIALS": "1000000000", "CAVIAR_DRAIN_S": "0",
-    }
-    made = subprocess.run([str(BIN / "caviar"), "token", "create", "--owner", "fuzz"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    env = {"CAVIAR_QUOTA_ACTIVE_STUDIES": "1000000", "CAVIAR_QUOTA_CONCURRENT_TRIALS": "1000000000", "CAVIAR_DRAIN_S": "0"}
+    made = subprocess.run([str(BIN / "caviar"), "token", "create", "--owner", "fuzz"], env={**os.environ, "CAVIAR_DATA_DIR": str(data)},
+                          capture_output=True, text=True, timeout=120)
     assert made.returncode == 0 and made.stdout.strip(), made.stderr
-    port = free_port()
-    log_path = data / "serve.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([str(BIN / "caviar"), "serve", "--port", str(port)], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    api = Api(data, no_ray(), env=env)
+    api.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"caviar serve did not start: {log_path.read_text()[-2000:]}")
-            time.sleep(0.3)
-        yield Server(url=url, token=made.stdout.strip(), log=log_path)
+        yield Server(url=api.url, token=made.stdout.strip(), log=Path(api.log.name))
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        api.stop()
 
 
 # -- the schema itself -----------------------------------------------------------------------------
