@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def ray_temp_dir() -> str:
+    """A Ray temp dir of the head's own. Ray's jobs find their cluster through <temp dir>/ray_current_cluster,
+    which in the shared /tmp/ray names whichever head started last on this machine (another
+    benchmark's, the tests', the user's). Short, as Ray's socket paths must fit 107 bytes."""
+    return tempfile.mkdtemp(prefix="ray-", dir="/tmp")
 
 
 class LocalHead:
@@ -42,7 +50,8 @@ class LocalHead:
             [str(BIN / "ray"), "start", "--head", "--block", f"--port={self.gcs}", "--node-ip-address=127.0.0.1",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash}", "--include-dashboard=true", "--disable-usage-stats",
              f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-             f"--metrics-export-port={free_port()}", f"--ray-client-server-port={free_port()}", *cpus],
+             f"--metrics-export-port={free_port()}", f"--ray-client-server-port={free_port()}", *cpus,
+             f"--temp-dir={ray_temp_dir()}"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **self.env},
         )
         from service.ray_adapter import RayJobs

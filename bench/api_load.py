@@ -56,7 +56,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench._cluster import free_port
+from bench._cluster import free_port, ray_temp_dir
 
 BIN = Path(sys.executable).parent
 HZ = os.sysconf("SC_CLK_TCK")
@@ -297,7 +297,8 @@ def run(args: argparse.Namespace, wrk: str, work: Path) -> dict[str, Any]:
             str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", f"--num-cpus={args.ray_cpus}",
             "--disable-usage-stats", f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={grpc}",
-            f"--metrics-export-port={metrics}", f"--ray-client-server-port={client_port}"], env, work / "ray-head.log"))
+            f"--metrics-export-port={metrics}", f"--ray-client-server-port={client_port}",
+            f"--temp-dir={ray_temp_dir()}"], env, work / "ray-head.log"))
         procs.append(Proc("caviar serve", [str(BIN / "caviar"), "serve", "--port", str(api_port), "--ray-address", f"http://127.0.0.1:{dash}"],
                           env, work / "caviar-serve.log"))
         procs.append(Proc("minimal", [sys.executable, "-m", "bench.api_load", "--serve-minimal", str(ping_port)], env, work / "minimal.log"))

@@ -12,17 +12,21 @@ does it, with a simulated objective and no training:
   store    - Caviar's Store: ``upsert_trial(state="running")``, ``add_epoch`` per epoch (with
              ``reported_at``), ``upsert_trial(state="completed")``, as StoreCallback writes them
   cpu      - this process's CPU time for all of it (a loaded machine inflates wall time, less so this)
-for samplers tpe (as make_sampler builds it: multivariate, group, constant_liar) and random, on
-  inmemory  - Optuna's InMemoryStorage and no Caviar store (the floor: the sampler alone)
-  sqlite    - RDBStorage + Store on one SQLite file (WAL), exactly as run_tune builds them
-  postgres  - the same on a fresh PostgreSQL database caviar_bench_<random>, dropped after
-and, to measure fixes (nothing in service/ is changed; these are what a patch would do):
-  sqlite-normal    - Optuna's SQLite connections get the store's pragmas: synchronous=NORMAL, no
-                     fsync per commit in WAL mode (Optuna's connections default to FULL)
-  sqlite-journal   - Optuna's JournalStorage (an append-only log file in the data dir) instead of
-                     RDBStorage; the Caviar store stays on SQLite
-  postgres-journal - the same with the Caviar store on PostgreSQL
-Sampler ``tpe-scipy`` (opt-in) is tpe with Optuna's pure-Python log_ndtr swapped for SciPy's.
+for samplers
+  tpe              - as make_sampler builds it (multivariate, group, constant_liar), with SciPy's
+                     log_ndtr in Optuna's TPE math (search_spaces.fast_tpe_math)
+  random
+  tpe-optuna-ndtr  - tpe with Optuna's own pure-Python log_ndtr (Caviar before the §5 fix)
+on
+  inmemory      - Optuna's InMemoryStorage and no Caviar store (the floor: the sampler alone)
+  sqlite        - as run_tune builds them by default: Optuna's JournalStorage (a file in the data
+                  directory, store.optuna_storage) + Caviar's Store on one SQLite file (WAL)
+  postgres      - the same with the Store on a fresh PostgreSQL database caviar_bench_<random>, dropped after
+  sqlite-rdb    - Optuna's RDBStorage in the same SQLite database (CAVIAR_OPTUNA_STORAGE=database;
+                  Caviar's default before the §5 fix)
+  postgres-rdb  - the same on PostgreSQL
+  sqlite-normal - sqlite-rdb with the store's pragmas on Optuna's connections (synchronous=NORMAL:
+                  no fsync per commit in WAL mode); a fix measured and not adopted
 
 The study is grown to N trials, then a window of trials is timed at that size; all configurations
 are grown together and their windows interleaved trial by trial (the grown-by-real-trials checks
@@ -38,6 +42,7 @@ prefilling does not bias the figures.
     python -m bench.sampler_store_cost                 # full: N = 100, 1000, 5000; window 20
     python -m bench.sampler_store_cost --smoke         # CI: N = 20, 100; window 3; inmemory, sqlite, postgres
     python -m bench.sampler_store_cost --per-epoch-reports --storages sqlite postgres --sizes 1000
+    python -m bench.sampler_store_cost --storages sqlite sqlite-rdb --samplers tpe tpe-optuna-ndtr --sizes 1000
     python -m bench.sampler_store_cost --storages sqlite sqlite-normal --sizes 1000 --profile /tmp/prof
                                                        # cProfile per window (it inflates the timings)
 
@@ -71,19 +76,19 @@ from typing import Any
 
 import optuna
 from optuna.distributions import distribution_to_json
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event, insert
 
 from search_spaces import SearchSpace, define_by_run, make_sampler, resolve_space
-from service.store import MetricRow, Store, TrialRow, migrate, now, sqlalchemy_url
+from search_spaces import _optuna as caviar_optuna
+from service.store import MetricRow, Store, TrialRow, migrate, now, optuna_storage, sqlalchemy_url
 
 GOAL_MS = 100.0  # 2% of a 5 s trial
 GOAL_N = 1000
 OBJECTIVE, MODE = "val_accuracy", "max"
 PARTS = ("suggest", "report", "tell", "store", "total", "cpu")
-SAMPLERS = ("tpe", "random", "tpe-scipy")
-STORAGES = ("inmemory", "sqlite", "postgres", "sqlite-normal", "sqlite-journal", "postgres-journal")
+SAMPLERS = ("tpe", "random", "tpe-optuna-ndtr")
+STORAGES = ("inmemory", "sqlite", "postgres", "sqlite-rdb", "postgres-rdb", "sqlite-normal")
 DEFAULT_STORAGES = STORAGES
 SMOKE_STORAGES = ("inmemory", "sqlite", "postgres")  # the fixes on request: --smoke --storages ...
 
@@ -138,21 +143,20 @@ class SqliteTunedRDBStorage(optuna.storages.RDBStorage):
 
 
 @contextmanager
-def scipy_log_ndtr(enabled: bool) -> Iterator[None]:
-    """Optuna's TPE computes log Φ with np.frompyfunc over a pure-Python function; SciPy's is vectorized."""
+def optuna_log_ndtr(enabled: bool) -> Iterator[None]:
+    """Optuna's own log_ndtr (np.frompyfunc over a pure-Python function) in place of SciPy's, which
+    make_sampler("tpe") installs."""
     if not enabled:
         yield
         return
-    import numpy as np
-    import scipy.special
     from optuna.samplers._tpe import _truncnorm
 
-    original = _truncnorm._log_ndtr
-    _truncnorm._log_ndtr = lambda a: scipy.special.log_ndtr(np.asarray(a, dtype=float))
+    assert caviar_optuna.fast_tpe_math() and caviar_optuna._optuna_log_ndtr is not None
+    _truncnorm._log_ndtr = caviar_optuna._optuna_log_ndtr
     try:
         yield
     finally:
-        _truncnorm._log_ndtr = original
+        caviar_optuna.fast_tpe_math()
 
 
 # -- one study on one storage -------------------------------------------------------------------
@@ -168,7 +172,7 @@ class Bench:
     space: SearchSpace
     epochs: int
     seed: int
-    journal: Path | None = None  # the journal file of the *-journal storages
+    data_dir: Path | None = None  # where the journal storages keep their files
     per_epoch_reports: bool = False
     grown: bool = False  # grown by real trials (the check), else prefilled
     sizes: list[int] = field(default_factory=list)  # the sizes at which it is timed
@@ -189,7 +193,7 @@ class Bench:
     def __post_init__(self) -> None:
         self.constants = {"epochs": self.epochs, "dataset": {"name": "mnist1d"}}
         self.fn = define_by_run(self.space, self.constants)
-        sampler = make_sampler("tpe" if self.sampler_kind == "tpe-scipy" else self.sampler_kind, self.space, self.seed, max_grid_points=10**9)
+        sampler = make_sampler("tpe" if self.sampler_kind == "tpe-optuna-ndtr" else self.sampler_kind, self.space, self.seed, max_grid_points=10**9)
         storage: optuna.storages.BaseStorage
         name = "caviar-inmemory"
         if self.url is not None:
@@ -200,14 +204,13 @@ class Bench:
             self.study_id, name = row.id, f"caviar-{row.id}"
         if self.storage_kind == "inmemory":
             storage = optuna.storages.InMemoryStorage()
-        elif self.storage_kind.endswith("-journal"):
-            assert self.journal is not None
-            storage = optuna.storages.JournalStorage(JournalFileBackend(str(self.journal)))
-        else:  # as run_tune builds it; create_study wraps it in Optuna's _CachedStorage, as OptunaSearch does
+        elif self.storage_kind == "sqlite-normal":
             assert self.url is not None
-            sqlite = self.url.startswith("sqlite")
-            cls = SqliteTunedRDBStorage if self.storage_kind == "sqlite-normal" else optuna.storages.RDBStorage
-            storage = cls(sqlalchemy_url(self.url), engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else {})
+            storage = SqliteTunedRDBStorage(sqlalchemy_url(self.url), engine_kwargs={"connect_args": {"timeout": 30}})
+        else:  # as run_tune builds it (create_study wraps an RDBStorage in Optuna's _CachedStorage, as OptunaSearch does)
+            assert self.url is not None and self.data_dir is not None
+            kind = "database" if self.storage_kind.endswith("-rdb") else "journal"
+            storage = optuna_storage(kind, self.url, self.data_dir, self.study_id)
         self.study = optuna.create_study(
             storage=storage, sampler=sampler, pruner=optuna.pruners.NopPruner(), study_name=name,
             load_if_exists=True, direction="maximize" if MODE == "max" else "minimize",
@@ -232,7 +235,7 @@ class Bench:
         if self.profile is not None:
             self.profile.enable()
         try:
-            with scipy_log_ndtr(self.sampler_kind == "tpe-scipy"):
+            with optuna_log_ndtr(self.sampler_kind == "tpe-optuna-ndtr"):
                 return self._trial()
         finally:
             if self.profile is not None:
@@ -452,7 +455,7 @@ def database(kind: str, workdir: Path, admin: str | None) -> Iterator[str | None
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    else:  # sqlite, sqlite-normal, sqlite-journal
+    else:  # sqlite, sqlite-rdb, sqlite-normal
         path = workdir / f"caviar_{uuid.uuid4().hex[:8]}.db"
         try:
             yield f"sqlite:///{path}"
@@ -471,8 +474,7 @@ def open_benches(stack: ExitStack, plans: list[tuple[bool, list[int], list[str]]
                 if not sizes:
                     continue
                 url = stack.enter_context(database(storage, workdir, admin))
-                journal = workdir / f"optuna_{uuid.uuid4().hex[:8]}.journal" if storage.endswith("-journal") else None
-                b = Bench(sampler, storage, url, space, epochs, seed, journal=journal, per_epoch_reports=per_epoch_reports,
+                b = Bench(sampler, storage, url, space, epochs, seed, data_dir=workdir / "data", per_epoch_reports=per_epoch_reports,
                           grown=grown, sizes=sorted(sizes))
                 stack.callback(b.close)
                 benches.append(b)

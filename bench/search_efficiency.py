@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import tempfile
 import threading
@@ -44,6 +45,14 @@ LABELS = {
     "caviar": "(c) Caviar REST (TPE + ASHA defaults)",
     "optuna": "(d) Optuna alone: TPE + SuccessiveHalving, n_jobs=cores",
 }
+
+
+def label(method: str) -> str:
+    if method.startswith("caviar@"):
+        return f"(c') Caviar REST, TPE + ASHA {method.split('@')[1]}"
+    return LABELS[method]
+
+
 Event = tuple[float, str, int, float]  # (time, trial id, epoch, val_accuracy)
 
 
@@ -175,13 +184,26 @@ def run_tune(head: LocalHead, trainable: str, configs: int, epochs: int, seed: i
 # -- (c): Caviar over REST ----------------------------------------------------------------------
 
 
-def run_caviar(server: CaviarServer, trainable: str, configs: int, epochs: int, seed: int) -> dict[str, Any]:
-    definition = {
+def caviar_variant(method: str) -> dict[str, Any] | None:
+    """``caviar`` is Caviar's defaults; ``caviar@g1r4`` overrides ASHA's grace period and reduction factor."""
+    if "@" not in method:
+        return None
+    m = re.fullmatch(r"caviar@g(\d+)r(\d+(?:\.\d+)?)", method)
+    if not m:
+        raise SystemExit(f"--methods: '{method}' is not caviar@g<grace>r<reduction factor>, e.g. caviar@g1r4")
+    return {"type": "asha", "grace_period": int(m[1]), "reduction_factor": float(m[2])}
+
+
+def run_caviar(server: CaviarServer, trainable: str, configs: int, epochs: int, seed: int,
+               scheduler: dict[str, Any] | None = None) -> dict[str, Any]:
+    definition: dict[str, Any] = {
         "name": f"bench-{trainable}-{seed}", "trainable": trainable, "dataset": {"name": "mnist1d"},
         "search_space": spaces_for(trainable), "fixed": {"epochs": epochs},
         "sampler": {"type": "tpe", "seed": seed},
         "budget": {"num_trials": configs, "max_concurrent_trials": 2},
     }
+    if scheduler:
+        definition["scheduler"] = scheduler
     sid, _, t0, wall = server.submit_and_wait(definition)
     events: list[Event] = []
     for t in httpx.get(f"{server.url}/v1/studies/{sid}/trials", timeout=60).json():
@@ -256,7 +278,7 @@ def plot(runs: dict[str, list[dict[str, Any]]], target: float | None, path: Path
         med = [statistics.median(best_at(r["curve"], n) for r in rs) for n in grid]
         lo = [min(best_at(r["curve"], n) for r in rs) for n in grid]
         hi = [max(best_at(r["curve"], n) for r in rs) for n in grid]
-        (line,) = ax.plot(grid, med, label=LABELS[method])
+        (line,) = ax.plot(grid, med, label=label(method))
         ax.fill_between(grid, lo, hi, alpha=0.15, color=line.get_color())
     if target is not None:
         ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.3f} (median final best of (a))")
@@ -278,14 +300,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", type=int, default=32, help="configurations per method and seed")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="comma-separated; caviar@g1r4 is Caviar with ASHA grace period 1, reduction factor 4")
     ap.add_argument("--out", type=Path, default=Path("docs/bench"), help="where the JSON and the PNG go")
+    ap.add_argument("--tag", default="", help="suffix of the output files' names, e.g. _32configs")
     ap.add_argument("--smoke", action="store_true", help="2 configs, 2 epochs, 1 seed: proves it still works")
     args = ap.parse_args(argv)
     if args.smoke:
         args.configs, args.epochs, args.seeds = 2, 2, 1
         args.out = Path(tempfile.mkdtemp(prefix="caviar-bench-"))
     methods = args.methods.split(",")
+    for m in methods:
+        if m.startswith("caviar@"):
+            caviar_variant(m)
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="caviar-search-"))
     os.environ["CAVIAR_DATA_DIR"] = str(work / "data")
@@ -294,8 +321,9 @@ def main(argv: list[str] | None = None) -> int:
 
     load_dataset(Mnist1dSpec(name="mnist1d"))  # generate MNIST-1D once, before anything is timed
     cores = os.cpu_count() or 1
-    head = LocalHead(work) if {"tune", "caviar"} & set(methods) else None
-    server = CaviarServer(work / "data", head) if head and "caviar" in methods else None
+    uses_caviar = any(m.startswith("caviar") for m in methods)
+    head = LocalHead(work) if uses_caviar or "tune" in methods else None
+    server = CaviarServer(work / "data", head) if head and uses_caviar else None
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     try:
         for seed in range(args.seeds):
@@ -307,15 +335,18 @@ def main(argv: list[str] | None = None) -> int:
                 elif method == "tune":
                     assert head is not None
                     r = run_tune(head, args.trainable, args.configs, args.epochs, seed, work / "tune")
-                else:
+                elif method.startswith("caviar"):
                     assert server is not None
-                    r = run_caviar(server, args.trainable, args.configs, args.epochs, seed)
+                    r = run_caviar(server, args.trainable, args.configs, args.epochs, seed, caviar_variant(method))
+                else:
+                    raise SystemExit(f"--methods: unknown method '{method}' (expected {', '.join(METHODS)} or caviar@g<n>r<n>)")
                 r["curve"] = anytime(r["events"])
                 r["final_best"] = r["curve"][-1][1] if r["curve"] else 0.0
                 r["seed"] = seed
                 runs[method].append(r)
-                print(f"seed {seed} {method:>7}: best {r['final_best']:.4f}, {len(r['events'])} trial-epochs, "
+                print(f"seed {seed} {method:>11}: best {r['final_best']:.4f}, {len(r['events'])} trial-epochs, "
                       f"{r['wall_s']:.1f} s, test {r['test_accuracy']}", flush=True)
+            save(args, cores, runs)  # after every seed: a long run that is cut short keeps what it measured
     finally:
         if server:
             server.stop()
@@ -324,23 +355,31 @@ def main(argv: list[str] | None = None) -> int:
 
             ray.shutdown()
             head.stop()
-    summary = summarize(runs)
-    stem = f"search_efficiency_{args.trainable}"
-    (args.out / f"{stem}.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "cores": cores, "summary": summary,
-         "runs": {m: [{k: v for k, v in r.items() if k != "events"} for r in rs] for m, rs in runs.items()}}, indent=1))
-    plot(runs, summary["target"], args.out / f"{stem}.png",
-         f"{args.trainable} on MNIST-1D: {args.configs} configs, <= {args.epochs} epochs, {args.seeds} seeds (median, min-max)")
+    summary, stem = save(args, cores, runs)
     target = summary["target"]
     print(f"\ntarget: {target}" + (" (median over seeds of (a)'s final best)" if target is not None else ""))
-    print(f"{'method':>8} {'final best':>22} {'trial-epochs to target':>26} {'reached':>8} {'total trial-epochs':>20} {'wall s':>20} {'test acc':>8}")
+    print(f"{'method':>11} {'final best':>22} {'trial-epochs to target':>26} {'reached':>8} {'total trial-epochs':>20} {'wall s':>20} {'test acc':>8}")
     for m, t in summary["methods"].items():
         e = t["epochs_to_target"]
-        print(f"{m:>8} {_fmt(t['final_best'], 4):>22} {(_fmt(e, 0) if e else '-'):>26} {t['reached_target']:>8} "
+        print(f"{m:>11} {_fmt(t['final_best'], 4):>22} {(_fmt(e, 0) if e else '-'):>26} {t['reached_target']:>8} "
               f"{_fmt(t['trial_epochs_total'], 0):>20} {_fmt(t['wall_s'], 1):>20} "
               f"{(t['test_accuracy']['median'] if t['test_accuracy'] else float('nan')):>8.4f}")
     print(f"written: {args.out / (stem + '.json')}, {args.out / (stem + '.png')}")
     return 0
+
+
+def save(args: argparse.Namespace, cores: int, runs: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any], str]:
+    """The JSON (summary and per-run curves) and the anytime plot, for the seeds run so far."""
+    runs = {m: rs for m, rs in runs.items() if rs}
+    summary = summarize(runs)
+    stem = f"search_efficiency_{args.trainable}{args.tag}"
+    (args.out / f"{stem}.json").write_text(json.dumps(
+        {"args": {k: str(v) for k, v in vars(args).items()}, "cores": cores, "summary": summary,
+         "runs": {m: [{k: v for k, v in r.items() if k != "events"} for r in rs] for m, rs in runs.items()}}, indent=1))
+    seeds = max((len(rs) for rs in runs.values()), default=0)
+    plot(runs, summary["target"], args.out / f"{stem}.png",
+         f"{args.trainable} on MNIST-1D: {args.configs} configs, <= {args.epochs} epochs, {seeds} seeds (median, min-max)")
+    return summary, stem
 
 
 def _fmt(s: dict[str, float], digits: int) -> str:

@@ -144,7 +144,10 @@ def serve(
             # loopback only: whoever reaches Ray's ports can run code on it
             subprocess.run(
                 [ray_bin, "start", "--head", f"--port={ray_port}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-                 f"--dashboard-port={dashboard_port}", "--include-dashboard=true", "--disable-usage-stats"],
+                 f"--dashboard-port={dashboard_port}", "--include-dashboard=true", "--disable-usage-stats",
+                 # a temp dir of its own: Ray's jobs find their cluster through <temp dir>/ray_current_cluster,
+                 # which in the shared /tmp/ray names whichever head started last on this machine
+                 f"--temp-dir=/tmp/ray-caviar-{ray_port}"],
                 check=True,
             )
             for _ in range(60):

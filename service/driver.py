@@ -30,7 +30,8 @@ def main(study_id: str) -> int:
 
     try:
         definition = StudyDefinition.model_validate(row.definition)
-        test = run_tune(study_id, definition, definition.space(), settings.data_dir, settings.database_url, resumed=row.resumes > 0)
+        test = run_tune(study_id, definition, definition.space(), settings.data_dir, settings.database_url,
+                        resumed=row.resumes > 0, optuna_storage_kind=settings.optuna_storage)
         store.update_study(study_id, test_metrics=test or None)
         store.finish_study(study_id, StudyStatus.COMPLETED)
         return 0

@@ -137,7 +137,8 @@ def store_for(url: str) -> Store:
     return _STORES[url]
 
 
-def run_tune(study_id: str, d: StudyDefinition, space: SearchSpace, data_dir: Path, database_url: str, resumed: bool = False) -> dict[str, Any]:
+def run_tune(study_id: str, d: StudyDefinition, space: SearchSpace, data_dir: Path, database_url: str, resumed: bool = False,
+             optuna_storage_kind: str = "journal") -> dict[str, Any]:
     """Run the study's trials on the Ray cluster this job belongs to; returns the best trial's test metrics.
 
     With Tune's saved experiment state on disk (an earlier driver of this study died), the run is
@@ -154,7 +155,7 @@ def run_tune(study_id: str, d: StudyDefinition, space: SearchSpace, data_dir: Pa
     from ray.tune.search.optuna import OptunaSearch
 
     from search_spaces import define_by_run, make_sampler
-    from service.store import now, sqlalchemy_url
+    from service.store import now, optuna_storage
     from trainables import get_trainable
 
     epochs = d.epochs()
@@ -232,11 +233,9 @@ def run_tune(study_id: str, d: StudyDefinition, space: SearchSpace, data_dir: Pa
         ray.init(address="auto", log_to_driver=True)
     spec = get_trainable(d.trainable)
     sampler = make_sampler(d.sampler.type, space, d.sampler.seed, max_grid_points=10**9)
-    # the Optuna study lives in the same database as Caviar's tables: optuna-dashboard <url> opens it
-    storage = optuna.storages.RDBStorage(
-        sqlalchemy_url(database_url),
-        engine_kwargs={"connect_args": {"timeout": 30}} if database_url.startswith("sqlite") else {},
-    )
+    # the Optuna study caviar-<id>: in a journal file beside Tune's results, or in the database;
+    # either way optuna-dashboard opens it
+    storage = optuna_storage(optuna_storage_kind, database_url, data_dir, study_id)
     search = CaviarOptunaSearch(
         space=define_by_run(space, constants), metric=metric, mode=mode, sampler=sampler,
         storage=storage, study_name=f"caviar-{study_id}",

@@ -23,6 +23,11 @@ class Settings:
     quota_concurrent_trials: int = 64  # per owner: summed max_concurrent_trials of those studies
     max_resumes: int = 3  # times a study whose Ray job died is resumed from Tune's saved state
     drain_s: float = 2.0  # on SIGTERM: seconds /readyz reports draining before the server stops
+    # where a study's Optuna sampler keeps its trials: "journal" (a file under data_dir/optuna on
+    # the driver's node) or "database" (Optuna's tables in database_url); see store.optuna_storage
+    optuna_storage: str = "journal"
+    # seconds GET /v1/studies/{id} and /trials are served from memory (service.readcache); 0: off
+    read_cache_s: float = 0.5
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -42,4 +47,13 @@ class Settings:
             quota_concurrent_trials=int(os.environ.get("CAVIAR_QUOTA_CONCURRENT_TRIALS", "64")),
             max_resumes=int(os.environ.get("CAVIAR_MAX_RESUMES", "3")),
             drain_s=float(os.environ.get("CAVIAR_DRAIN_S", "2")),
+            read_cache_s=float(os.environ.get("CAVIAR_READ_CACHE_S", "0.5")),
+            optuna_storage=_choice("CAVIAR_OPTUNA_STORAGE", "journal", ("journal", "database")),
         )
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name) or default
+    if value not in choices:
+        raise SystemExit(f"caviar: {name} must be one of {', '.join(choices)}, not {value!r}")
+    return value

@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from service.ray_adapter import TERMINAL_JOB_STATES, RayJobs
+from service.readcache import ReadCache
 from service.schemas import (
     BestEntry,
     BestOut,
@@ -53,6 +56,10 @@ class Context:
     settings: Settings
     store: Store
     ray: RayJobs
+    reads: ReadCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reads = ReadCache(self.settings.read_cache_s)
 
 
 def body_hash(data: Any) -> str:
@@ -119,6 +126,11 @@ def view(ctx: Context, study_id: str, owner: str | None = None) -> StudyOut:
     return _out(ctx, *found)
 
 
+async def view_json(ctx: Context, study_id: str, owner: str) -> bytes:
+    """GET /v1/studies/{id} as JSON, through the read cache."""
+    return await ctx.reads.get((study_id, owner, "study"), lambda: view(ctx, study_id, owner).model_dump_json().encode())
+
+
 def study_out(ctx: Context, row: StudyRow) -> StudyOut:
     found = ctx.store.study_view(row.id)
     return _out(ctx, *found) if found else _out(ctx, row, {}, None)
@@ -153,6 +165,14 @@ def trials(ctx: Context, study_id: str, owner: str | None = None) -> list[TrialO
     row, rows = ctx.store.study_trials(study_id)
     _check_owner(row, study_id, owner)
     return [TrialOut(**trial_out(r)) for r in rows]
+
+
+_TRIALS = TypeAdapter(list[TrialOut])
+
+
+async def trials_json(ctx: Context, study_id: str, owner: str) -> bytes:
+    """GET /v1/studies/{id}/trials as JSON, through the read cache."""
+    return await ctx.reads.get((study_id, owner, "trials"), lambda: _TRIALS.dump_json(trials(ctx, study_id, owner)))
 
 
 def trial(ctx: Context, study_id: str, trial_id: str, owner: str | None = None) -> TrialDetail:
@@ -203,7 +223,7 @@ def dispatch_once(ctx: Context) -> None:
         if n:
             log.warning("study %s (%s): %d zombie trials marked failed", row.id, row.status, n)
     env = {"CAVIAR_DATABASE_URL": ctx.store.url, "CAVIAR_DATA_DIR": str(ctx.settings.data_dir), "TUNE_GLOBAL_CHECKPOINT_S": "2",
-           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "CAVIAR_OPTUNA_STORAGE": ctx.settings.optuna_storage}
     for row in ctx.store.studies_with_status(StudyStatus.QUEUED.value, StudyStatus.RUNNING.value):
         if row.ray_job_id:
             continue

@@ -15,9 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +62,7 @@ class HeadProcess:
                     "RAY_USAGE_STATS_ENABLED": "0"}
         os.environ.update(self.env)  # this process talks to the head too (Jobs API, ray.init)
         self.log_dir = log_dir
+        self.temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
         self.proc: subprocess.Popen[bytes] | None = None
         self.head = RayHead(gcs_address=f"127.0.0.1:{self.gcs}", dashboard=f"http://127.0.0.1:{self.dash}", env=self.env)
 
@@ -72,7 +75,10 @@ class HeadProcess:
              "--disable-usage-stats",
              # own agent ports too, so a Ray head the user already runs on this machine cannot collide
              f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={grpc}",
-             f"--metrics-export-port={metrics}", f"--ray-client-server-port={client}"],
+             f"--metrics-export-port={metrics}", f"--ray-client-server-port={client}",
+             # and its own temp dir: Ray's jobs find "their" cluster through <temp dir>/ray_current_cluster,
+             # which in the shared /tmp/ray names whichever head started last on this machine
+             f"--temp-dir={self.temp_dir}"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **self.env},
         )
         from service.ray_adapter import RayJobs
@@ -183,9 +189,9 @@ def api(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory, caviar_data
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh database on the PostgreSQL named by CAVIAR_TEST_POSTGRES_URL (an admin URL), dropped afterwards."""
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new database on the PostgreSQL named by CAVIAR_TEST_POSTGRES_URL (an admin URL), dropped afterwards."""
     admin = os.environ.get("CAVIAR_TEST_POSTGRES_URL")
     if not admin:
         pytest.skip("PostgreSQL tests need CAVIAR_TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1:5432/postgres); .ci/run sets it")
@@ -200,3 +206,10 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """One fresh PostgreSQL database for the session's store tests."""
+    with fresh_postgres_database() as url:
+        yield url

@@ -83,13 +83,13 @@ async def list_studies(
 
 
 @router.get("/{study_id}", response_model=StudyOut, responses={404: ERRORS[404]}, summary="A study: status, trial counts, best so far, Ray job")
-async def get_study(study_id: str, ctx: ContextDep, owner: OwnerDep) -> StudyOut:
-    return await run_in_threadpool(studies.view, ctx, study_id, owner)
+async def get_study(study_id: str, ctx: ContextDep, owner: OwnerDep) -> Response:
+    return Response(await studies.view_json(ctx, study_id, owner), media_type="application/json")
 
 
 @router.get("/{study_id}/trials", response_model=list[TrialOut], responses={404: ERRORS[404]}, summary="The study's trials")
-async def list_trials(study_id: str, ctx: ContextDep, owner: OwnerDep) -> list[TrialOut]:
-    return await run_in_threadpool(studies.trials, ctx, study_id, owner)
+async def list_trials(study_id: str, ctx: ContextDep, owner: OwnerDep) -> Response:
+    return Response(await studies.trials_json(ctx, study_id, owner), media_type="application/json")
 
 
 @router.get("/{study_id}/trials/{trial_id}", response_model=TrialDetail, responses={404: ERRORS[404]}, summary="One trial with its per-epoch history")
@@ -108,4 +108,7 @@ async def best(study_id: str, ctx: ContextDep, owner: OwnerDep, k: Annotated[int
     summary="Stop the study's Ray job and its trials; what was measured stays readable",
 )
 async def cancel(study_id: str, ctx: ContextDep, owner: OwnerDep) -> StudyOut:
-    return await run_in_threadpool(studies.cancel, ctx, study_id, owner)
+    try:
+        return await run_in_threadpool(studies.cancel, ctx, study_id, owner)
+    finally:
+        ctx.reads.invalidate(study_id)  # the next read shows the cancel

@@ -17,9 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import optuna
 import psutil
 import pytest
+from optuna.storages.journal import JournalFileBackend
 
+from service.store import optuna_journal
 from tests.conftest import Api, HeadProcess, RayHead
 from tests.service.test_studies_e2e import study, wait_for
 
@@ -156,6 +159,11 @@ def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: He
         assert best["test_metrics"] and best["test_metrics"]["test_accuracy"] > 0.3
         with sqlite3.connect(data / "caviar.db") as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        # the sampler's Optuna study (a journal file) went through both resumes: every stored trial is
+        # a COMPLETE Optuna trial with the same lr (trials orphaned by a crash may stay RUNNING there)
+        journal = optuna.storages.JournalStorage(JournalFileBackend(str(optuna_journal(data, sid))))
+        complete = [t for t in optuna.load_study(study_name=f"caviar-{sid}", storage=journal).trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert sorted(t.params["lr"] for t in complete) == sorted(t["config"]["lr"] for t in trials)
     finally:
         api.stop()
 

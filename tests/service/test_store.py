@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import inspect
 
 from service.schemas import StudyStatus
-from service.store import Store, migrate, sqlalchemy_url
+from service.store import Store, migrate, optuna_journal, optuna_storage, sqlalchemy_url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -64,3 +64,15 @@ def test_optuna_tables_live_beside_ours(store: Store) -> None:
     assert {"studies", "trials", "alembic_version"} <= tables
     migrate(store.url)  # our migrations still run with Optuna's alembic_version present
     assert len(optuna.load_study(study_name="beside", storage=storage).trials) == 2
+
+
+@pytest.mark.parametrize("kind", ["journal", "database"])
+def test_optuna_storage_keeps_a_study_where_it_says(store: Store, tmp_path: Path, kind: str) -> None:
+    storage = optuna_storage(kind, store.url, tmp_path / "data", "s1")
+    study = optuna.create_study(storage=storage, study_name="caviar-s1", direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    assert optuna_journal(tmp_path / "data", "s1").exists() == (kind == "journal")
+    again = optuna_storage(kind, store.url, tmp_path / "data", "s1")  # a resumed driver opens it again
+    assert [t.params for t in optuna.load_study(study_name="caviar-s1", storage=again).trials] == [t.params for t in study.trials]
+    with pytest.raises(ValueError, match="CAVIAR_OPTUNA_STORAGE"):
+        optuna_storage("memory", store.url, tmp_path, "s1")

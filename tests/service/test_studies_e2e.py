@@ -13,8 +13,10 @@ import httpx
 import optuna
 import pytest
 import yaml
+from optuna.storages.journal import JournalFileBackend
 
-from tests.conftest import Api, RayHead
+from service.store import optuna_journal
+from tests.conftest import Api, RayHead, fresh_postgres_database
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,8 +68,9 @@ def test_a_12_trial_tpe_asha_study_on_digits(api: Api, ray_head: RayHead) -> Non
     values = [b["value"] for b in best["items"]]
     assert values == sorted(values, reverse=True) and values[0] == s["best"]["value"]
     assert 0.9 <= best["test_metrics"]["test_accuracy"] <= 1.0
-    # the Optuna study in the same database: same trials, ASHA-stopped ones as PRUNED (with intermediate values)
-    ot = optuna.load_study(study_name=f"caviar-{sid}", storage=f"sqlite:///{api.data_dir / 'caviar.db'}")
+    # the Optuna study in its journal: same trials, ASHA-stopped ones as PRUNED (with intermediate values)
+    journal = optuna_journal(api.data_dir, sid)
+    ot = optuna.load_study(study_name=f"caviar-{sid}", storage=optuna.storages.JournalStorage(JournalFileBackend(str(journal))))
     states = [t.state for t in ot.trials]
     assert len(ot.trials) == 12
     assert states.count(optuna.trial.TrialState.PRUNED) == counts["stopped_early"]
@@ -118,6 +121,32 @@ def test_restart_api_mid_study_then_cancel(api: Api, ray_head: RayHead) -> None:
     assert _epochs(api, sid) == frozen  # nothing runs any more; what was measured stays readable
     assert study(api, sid)["status"] == "cancelled"
     assert httpx.post(f"{api.url}/v1/studies/{sid}/cancel").status_code == 409
+
+
+def test_a_study_on_postgresql_with_optuna_in_the_database(ray_head: RayHead, tmp_path: Path) -> None:
+    """Caviar's store and Optuna's tables both on PostgreSQL (CAVIAR_OPTUNA_STORAGE=database)."""
+    with fresh_postgres_database() as url:
+        data = tmp_path / "data"
+        (data / "datasets").mkdir(parents=True)
+        server = Api(data, ray_head, database_url=url, env={"CAVIAR_OPTUNA_STORAGE": "database"})
+        server.start()
+        try:
+            definition = {
+                "name": "pg", "trainable": "mlp_bn_softmax", "dataset": {"name": "digits"},
+                "search_space": {"lr": {"type": "float", "low": 0.01, "high": 0.1, "log": True}},
+                "fixed": {"epochs": 3}, "sampler": {"type": "tpe", "seed": 1},
+                "scheduler": {"type": "none"}, "budget": {"num_trials": 3, "max_concurrent_trials": 2},
+            }
+            sid = httpx.post(f"{server.url}/v1/studies", json=definition, timeout=30).json()["id"]
+            s = wait_for(lambda: finished(server, sid), timeout=300, every=1)
+            assert s["status"] == "completed", s
+            ot = optuna.load_study(study_name=f"caviar-{sid}", storage=url.replace("postgresql://", "postgresql+psycopg://"))
+            assert [t.state for t in ot.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+            stored = {t["config"]["lr"] for t in httpx.get(f"{server.url}/v1/studies/{sid}/trials").json()}
+            assert {t.params["lr"] for t in ot.trials} == stored
+            assert not optuna_journal(data, sid).exists()
+        finally:
+            server.stop()
 
 
 def _cli(api: Api, *args: str) -> subprocess.CompletedProcess[str]:
