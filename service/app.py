@@ -35,12 +35,15 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def dispatcher() -> None:
             while True:
+                ctx.dispatch_now.clear()
                 try:
                     await asyncio.to_thread(studies.dispatch_once, ctx)
                 except Exception as exc:  # Ray down or restarting: try again next tick
                     log.warning("dispatch: %s", exc)
                     ctx.ray.reset()
-                await asyncio.sleep(DISPATCH_INTERVAL_S)
+                # every second, and at once when a study is submitted (no tick to wait for)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ctx.dispatch_now.wait(), DISPATCH_INTERVAL_S)
 
         task = asyncio.create_task(dispatcher())
         try:

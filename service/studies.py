@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -57,6 +58,7 @@ class Context:
     store: Store
     ray: RayJobs
     reads: ReadCache = field(init=False)
+    dispatch_now: asyncio.Event = field(default_factory=asyncio.Event, init=False)  # wakes the dispatcher loop
 
     def __post_init__(self) -> None:
         self.reads = ReadCache(self.settings.read_cache_s)

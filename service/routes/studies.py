@@ -64,6 +64,7 @@ async def submit_study(  # type: ignore[no-untyped-def]
     if not isinstance(data, dict):
         return problem(422, "Invalid definition", "the body must be a mapping (a study definition)", field="body")
     study, created = await run_in_threadpool(studies.submit, ctx, data, owner, idempotency_key)
+    ctx.dispatch_now.set()  # hand it to Ray now, not at the dispatcher's next tick
     if not created:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"

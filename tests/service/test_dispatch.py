@@ -54,6 +54,7 @@ def test_queued_studies_are_submitted_once_with_the_store_location(ctx: studies.
     assert [s for s, _ in fake.submitted] == [sid]
     env = fake.submitted[0][1]
     assert env["CAVIAR_DATABASE_URL"] == ctx.store.url and env["CAVIAR_DATA_DIR"] == str(ctx.settings.data_dir)
+    assert env["CAVIAR_OPTUNA_STORAGE"] == "journal"  # the driver keeps the sampler's study where the API was told to
     assert float(env["TUNE_GLOBAL_CHECKPOINT_S"]) <= 5  # Tune saves its experiment state often: resumes lose little
     assert ctx.store.get_study(sid).ray_job_id == f"job-{sid}"  # type: ignore[union-attr]
 
@@ -172,3 +173,36 @@ def test_a_driver_that_loses_the_cluster_leaves_the_study_to_be_resumed(
     monkeypatch.setattr(ray_adapter, "run_tune", boom)
     assert driver.main(sid) == rc
     assert ctx.store.get_study(sid).status == status  # type: ignore[union-attr]
+
+
+def test_a_submitted_study_is_handed_to_ray_at_once_not_at_the_next_tick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import time
+
+    import httpx
+
+    from service import app as app_module
+
+    monkeypatch.setattr(app_module, "DISPATCH_INTERVAL_S", 60.0)  # the next tick is a minute away
+    url = f"sqlite:///{tmp_path / 'caviar.db'}"
+    (tmp_path / "datasets").mkdir()
+    settings = Settings(data_dir=tmp_path, database_url=url, ray_address="http://ray", dashboard_url="http://ray")
+    app = app_module.create_app(settings)
+    fake = FakeJobs()
+    app.state.ctx.ray = fake
+    definition = {"name": "now", "trainable": "busy_work", "dataset": {"name": "digits"},
+                  "search_space": {"x": {"type": "float", "low": 0, "high": 1}}, "budget": {"num_trials": 1}}
+
+    async def main() -> str:
+        async with app.router.lifespan_context(app):  # starts the dispatcher loop
+            await asyncio.sleep(0.5)  # its first pass (nothing queued); then it waits
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+                r = await client.post("/v1/studies", json=definition)
+            assert r.status_code == 201, r.text
+            deadline = time.monotonic() + 5
+            while not fake.submitted and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            return str(r.json()["id"])
+
+    sid = asyncio.run(main())
+    assert [s for s, _ in fake.submitted] == [sid]
