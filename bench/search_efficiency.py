@@ -250,6 +250,9 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         tests = [r["test_accuracy"] for r in rs if r["test_accuracy"] is not None]
         table["methods"][method] = {
             "seeds": len(rs),
+            # over all seeds, a seed that never reached the target counting as infinitely many
+            # trial-epochs: finite only when at least half the seeds reached it
+            "epochs_to_target_median_all": _censored_median(reach),
             "trial_epochs_total": _stats([r["curve"][-1][0] if r["curve"] else 0 for r in rs]),
             "final_best": _stats([r["final_best"] for r in rs]),
             "epochs_to_target": _stats(got) if got else None,
@@ -259,6 +262,13 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "test_accuracy": _stats(tests) if tests else None,
         }
     return table
+
+
+def _censored_median(xs: list[int | None]) -> float | None:
+    if not xs:
+        return None
+    value = statistics.median([math.inf if x is None else float(x) for x in xs])
+    return value if math.isfinite(value) else None
 
 
 def _stats(xs: list[float]) -> dict[str, float]:
@@ -305,7 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("docs/bench"), help="where the JSON and the PNG go")
     ap.add_argument("--tag", default="", help="suffix of the output files' names, e.g. _32configs")
     ap.add_argument("--smoke", action="store_true", help="2 configs, 2 epochs, 1 seed: proves it still works")
+    ap.add_argument("--summarize", type=Path, default=None, metavar="JSON",
+                    help="no runs: recompute the summary and the plot of a results file this benchmark wrote")
     args = ap.parse_args(argv)
+    if args.summarize:
+        return resummarize(args.summarize)
     if args.smoke:
         args.configs, args.epochs, args.seeds = 2, 2, 1
         args.out = Path(tempfile.mkdtemp(prefix="caviar-bench-"))
@@ -380,6 +394,18 @@ def save(args: argparse.Namespace, cores: int, runs: dict[str, list[dict[str, An
     plot(runs, summary["target"], args.out / f"{stem}.png",
          f"{args.trainable} on MNIST-1D: {args.configs} configs, <= {args.epochs} epochs, {seeds} seeds (median, min-max)")
     return summary, stem
+
+
+def resummarize(path: Path) -> int:
+    data = json.loads(path.read_text())
+    saved = data["args"]
+    args = argparse.Namespace(**{**saved, "configs": int(saved["configs"]), "epochs": int(saved["epochs"]),
+                                 "tag": saved.get("tag", ""), "out": path.parent})
+    runs = {m: [{**r, "curve": [tuple(p) for p in r["curve"]]} for r in rs] for m, rs in data["runs"].items()}
+    summary, stem = save(args, int(data["cores"]), runs)
+    print(json.dumps(summary["methods"], indent=1))
+    print(f"written: {path.parent / (stem + '.json')}, {path.parent / (stem + '.png')}")
+    return 0
 
 
 def _fmt(s: dict[str, float], digits: int) -> str:
