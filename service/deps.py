@@ -16,7 +16,8 @@ class Unauthorized(PermissionError):
     pass
 
 
-def get_context(request: Request) -> Context:
+async def get_context(request: Request) -> Context:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a hop per request for a lookup
     return request.app.state.ctx  # type: ignore[no-any-return]
 
 
