@@ -50,6 +50,7 @@ from typing import Any
 import httpx
 
 from bench._cluster import CaviarServer
+from service.readcache import MAX_STALE_S
 
 LOCKED = "database is locked"
 MAX_EPOCHS = 30  # fixed.epochs of the benchmark's studies; ASHA-like rungs below cut most trials short
@@ -530,6 +531,9 @@ def run(args: argparse.Namespace, data_dir: Path, database_url: str) -> dict[str
             except queue.Empty:
                 if not any(p.is_alive() for p in procs) and results.empty():
                     break
+        # the writers are done; the API may serve a study read up to MAX_STALE_S old (service/readcache.py):
+        # past that, a read waits for a fresh one
+        time.sleep(MAX_STALE_S + 0.5)
         for sid in study_ids:  # the API's view of the counts, for the consistency check
             try:
                 resp = httpx.get(f"{server.url}/v1/studies/{sid}", timeout=30)

@@ -13,7 +13,10 @@ endpoint):
   the refresh and see its error;
 - what this API process itself changes (a cancel) drops the study's entries at once, and a refresh
   that was under way then is not kept. What the study's driver writes shows within ``ttl_s`` plus
-  one refresh.
+  one refresh;
+- when a refresh finds a study changed, the study's other entries are dropped too, so the two
+  endpoints never disagree by more than what changed since that refresh (a study read as completed
+  is not followed by a cached trial list from before).
 
 Errors (404, the store's 503) are not cached. ``ttl_s`` = 0 turns the cache off.
 """
@@ -28,10 +31,11 @@ from collections.abc import Callable
 from fastapi.concurrency import run_in_threadpool
 
 Key = tuple[str, str, str]  # (study id, owner, endpoint)
+MAX_STALE_S = 2.0  # an entry older than this is never served: readers wait for its refresh
 
 
 class ReadCache:
-    def __init__(self, ttl_s: float, max_stale_s: float = 2.0, max_entries: int = 4096) -> None:
+    def __init__(self, ttl_s: float, max_stale_s: float = MAX_STALE_S, max_entries: int = 4096) -> None:
         self.ttl_s, self.max_stale_s, self.max_entries = ttl_s, max(max_stale_s, ttl_s), max_entries
         self._entries: OrderedDict[Key, tuple[float, bytes]] = OrderedDict()
         self._refreshing: dict[Key, asyncio.Future[bytes]] = {}
@@ -62,6 +66,11 @@ class ReadCache:
         finally:
             self._refreshing.pop(key, None)
         if self._generation.get(key[0], 0) == generation:  # not invalidated meanwhile
+            previous = self._entries.get(key)
+            if previous is not None and previous[1] != body:
+                # the study changed: its other views (the study, its trials) are older than this one,
+                # so drop them, or a reader could see a completed study beside running trials
+                self.invalidate(key[0])
             self._entries[key] = (started, body)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:

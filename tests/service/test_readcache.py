@@ -91,6 +91,24 @@ def test_invalidate_drops_the_entry_and_a_refresh_under_way_is_not_kept() -> Non
     asyncio.run(main())
 
 
+def test_a_refresh_that_finds_the_study_changed_drops_its_other_views() -> None:
+    async def main() -> None:
+        cache = ReadCache(ttl_s=0.05, max_stale_s=0.06)
+        study, trials = Fill(), Fill()
+        other = Fill()
+        assert await cache.get(("s1", "local", "trials"), trials) == b"v1"
+        assert await cache.get(("s2", "local", "trials"), other) == b"v1"
+        assert await cache.get(KEY, study) == b"v1"
+        await asyncio.sleep(0.1)
+        assert await cache.get(KEY, study) == b"v2"  # too old to serve: refreshed, and it changed
+        cache.ttl_s = 60  # from here on nothing expires by age
+        assert await cache.get(("s1", "local", "trials"), trials) == b"v2"  # dropped with the change: read again
+        assert await cache.get(("s2", "local", "trials"), other) == b"v1"  # another study: kept
+        assert await cache.get(KEY, study) == b"v2" and study.calls == 2
+
+    asyncio.run(main())
+
+
 def test_ttl_zero_turns_it_off() -> None:
     async def main() -> None:
         cache, fill = ReadCache(ttl_s=0), Fill()
