@@ -324,9 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         args.configs, args.epochs, args.seeds = 2, 2, 1
         args.out = Path(tempfile.mkdtemp(prefix="caviar-bench-"))
     methods = args.methods.split(",")
-    for m in methods:
+    for m in methods:  # before anything starts
         if m.startswith("caviar@"):
             caviar_variant(m)
+        elif m not in METHODS:
+            raise SystemExit(f"--methods: unknown method '{m}' (expected {', '.join(METHODS)} or caviar@g<n>r<n>)")
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="caviar-search-"))
     os.environ["CAVIAR_DATA_DIR"] = str(work / "data")
@@ -349,11 +351,9 @@ def main(argv: list[str] | None = None) -> int:
                 elif method == "tune":
                     assert head is not None
                     r = run_tune(head, args.trainable, args.configs, args.epochs, seed, work / "tune")
-                elif method.startswith("caviar"):
+                else:
                     assert server is not None
                     r = run_caviar(server, args.trainable, args.configs, args.epochs, seed, caviar_variant(method))
-                else:
-                    raise SystemExit(f"--methods: unknown method '{method}' (expected {', '.join(METHODS)} or caviar@g<n>r<n>)")
                 r["curve"] = anytime(r["events"])
                 r["final_best"] = r["curve"][-1][1] if r["curve"] else 0.0
                 r["seed"] = seed

@@ -62,29 +62,29 @@ def fast_tpe_math() -> bool:
     function private, so this checks that it is still there and leaves Optuna alone otherwise.
     """
     try:
+        import scipy.special  # noqa: F401
         from optuna.samplers._tpe import _truncnorm
-        from scipy.special import log_ndtr
     except ImportError:  # pragma: no cover - Optuna moved it, or no SciPy: Optuna's own is used
         return False
-    if getattr(_truncnorm, "_log_ndtr", None) is _scipy_log_ndtr:
+    current = getattr(_truncnorm, "_log_ndtr", None)
+    if current is _scipy_log_ndtr:
         return True
-    if not callable(getattr(_truncnorm, "_log_ndtr", None)):  # pragma: no cover
+    if not callable(current):  # pragma: no cover
         return False
-    global _optuna_log_ndtr, _scipy_log_ndtr_impl
-    _optuna_log_ndtr, _scipy_log_ndtr_impl = _truncnorm._log_ndtr, log_ndtr
+    global _optuna_log_ndtr
+    _optuna_log_ndtr = current
     _truncnorm._log_ndtr = _scipy_log_ndtr
     return True
 
 
 _optuna_log_ndtr: Callable[[Any], Any] | None = None  # Optuna's own, kept for tests and the benchmark
-_scipy_log_ndtr_impl: Callable[[Any], Any] | None = None
 
 
 def _scipy_log_ndtr(a: Any) -> Any:
     import numpy as np
+    import scipy.special
 
-    assert _scipy_log_ndtr_impl is not None
-    return _scipy_log_ndtr_impl(np.asarray(a, dtype=float))
+    return scipy.special.log_ndtr(np.asarray(a, dtype=float))
 
 
 def make_sampler(kind: str, space: SearchSpace, seed: int | None, *, max_grid_points: int) -> optuna.samplers.BaseSampler:

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.store import OPTUNA_STORAGES
 from trainables.datasets import data_dir as default_data_dir
 
 
@@ -48,7 +49,7 @@ class Settings:
             max_resumes=int(os.environ.get("CAVIAR_MAX_RESUMES", "3")),
             drain_s=float(os.environ.get("CAVIAR_DRAIN_S", "2")),
             read_cache_s=float(os.environ.get("CAVIAR_READ_CACHE_S", "0.5")),
-            optuna_storage=_choice("CAVIAR_OPTUNA_STORAGE", "journal", ("journal", "database")),
+            optuna_storage=_choice("CAVIAR_OPTUNA_STORAGE", "journal", OPTUNA_STORAGES),
         )
 
 

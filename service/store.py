@@ -192,8 +192,8 @@ def optuna_storage(kind: str, database_url: str, data_dir: Path, study_id: str) 
     ``journal`` (the default): Optuna's JournalStorage, an append-only file in the data directory
     of the node that runs the study's driver. ``database``: Optuna's RDBStorage in Caviar's own
     database. The journal costs a file append per write where the database costs a transaction per
-    suggested parameter: at 1,000 trials a TPE trial's sampler and store cost is 63 ms against
-    111 ms on SQLite and 79 against 155 ms on PostgreSQL (docs/benchmarks.md §5).
+    suggested parameter: at 1,000 trials a TPE trial's sampler and store cost is 80 ms against
+    115 ms on SQLite and 93 against 184 ms on PostgreSQL (docs/benchmarks.md §5).
     """
     import optuna
 

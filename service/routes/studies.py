@@ -83,12 +83,18 @@ async def list_studies(
     return StudyPage(items=items, total=total, offset=offset, limit=limit)
 
 
-@router.get("/{study_id}", response_model=StudyOut, responses={404: ERRORS[404]}, summary="A study: status, trial counts, best so far, Ray job")
+CACHED = ("Served from memory for up to CAVIAR_READ_CACHE_S (default 0.5 s): the study's driver's writes show within "
+          "that, a cancel through this API at once. Polling clients may poll as often as they like.")
+
+
+@router.get("/{study_id}", response_model=StudyOut, responses={404: ERRORS[404]}, summary="A study: status, trial counts, best so far, Ray job",
+            description=CACHED)
 async def get_study(study_id: str, ctx: ContextDep, owner: OwnerDep) -> Response:
     return Response(await studies.view_json(ctx, study_id, owner), media_type="application/json")
 
 
-@router.get("/{study_id}/trials", response_model=list[TrialOut], responses={404: ERRORS[404]}, summary="The study's trials")
+@router.get("/{study_id}/trials", response_model=list[TrialOut], responses={404: ERRORS[404]}, summary="The study's trials",
+            description=CACHED)
 async def list_trials(study_id: str, ctx: ContextDep, owner: OwnerDep) -> Response:
     return Response(await studies.trials_json(ctx, study_id, owner), media_type="application/json")
 

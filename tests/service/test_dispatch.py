@@ -206,3 +206,11 @@ def test_a_submitted_study_is_handed_to_ray_at_once_not_at_the_next_tick(tmp_pat
 
     sid = asyncio.run(main())
     assert [s for s, _ in fake.submitted] == [sid]
+
+
+def test_a_bad_optuna_storage_setting_names_the_variable_and_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAVIAR_OPTUNA_STORAGE", "redis")
+    with pytest.raises(SystemExit, match="CAVIAR_OPTUNA_STORAGE must be one of journal, database, not 'redis'"):
+        Settings.from_env()
+    monkeypatch.setenv("CAVIAR_OPTUNA_STORAGE", "database")
+    assert Settings.from_env().optuna_storage == "database"
