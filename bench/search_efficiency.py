@@ -13,7 +13,10 @@ same number of configurations for every method, ``--seeds`` seeds each:
 Per method: the anytime curve (best validation accuracy so far against cumulative trial-epochs, in
 the order the epochs were reported), the trial-epochs needed to reach the target (the median over
 seeds of random search's final best), wall time, and the held-out test accuracy of the best
-configuration. Writes a JSON file and the anytime plot (PNG).
+configuration. Writes a JSON file (``--json PATH``, default docs/bench/search_efficiency_<trainable><tag>.json)
+and the anytime plot (PNG) beside it.
+
+--smoke asserts, of each Caviar run: ASHA stopped at least one trial early, and no trial failed.
 
     python -m bench.search_efficiency                                # MLP: 32 configs x 5 seeds
     python -m bench.search_efficiency --trainable cnn_bn_softmax --seeds 3 --configs 16
@@ -23,20 +26,22 @@ configuration. Writes a JSON file and the anytime plot (PNG).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import re
 import statistics
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from bench._cluster import CaviarServer, LocalHead
+from bench._common import DOCS_BENCH, Checks, cluster, parser, submit_and_wait, table
+from service.client import Client
+from service.local import LocalHead
 
 METHODS = ("random", "tune", "caviar", "optuna")
 LABELS = {
@@ -99,6 +104,7 @@ def run_optuna(trainable: str, configs: int, epochs: int, seed: int, *, tpe: boo
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = get_trainable(trainable)
+    build = spec.load_model_builder()
     space = resolve_space(spaces_for(trainable))
     fixed = constants(trainable, epochs)
     events: list[Event] = []
@@ -108,7 +114,7 @@ def run_optuna(trainable: str, configs: int, epochs: int, seed: int, *, tpe: boo
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
         cfg = spec.config_model.model_validate({**fixed, **params, "num_threads": 1})
-        metrics = fit(cfg, spec.build_model, _Recorder(trial, events, lock, prune=tpe), test=True)  # type: ignore[arg-type]
+        metrics = fit(cfg, build, _Recorder(trial, events, lock, prune=tpe), test=True)  # type: ignore[arg-type]
         finals[trial.number] = metrics
         return float(metrics["val_accuracy"])
 
@@ -162,7 +168,7 @@ def run_tune(head: LocalHead, trainable: str, configs: int, epochs: int, seed: i
     search = OptunaSearch(space=define_by_run(resolve_space(spaces_for(trainable)), fixed), metric="val_accuracy", mode="max",
                           sampler=optuna.samplers.TPESampler(seed=seed))
     tuner = tune.Tuner(
-        tune.with_resources(spec.train, {"cpu": 1}),
+        tune.with_resources(spec.load_train(), {"cpu": 1}),
         tune_config=tune.TuneConfig(metric="val_accuracy", mode="max", search_alg=search,
                                     scheduler=ASHAScheduler(max_t=epochs), num_samples=configs, max_concurrent_trials=2),
         run_config=tune.RunConfig(storage_path=str(storage), callbacks=[Record()], verbose=0),
@@ -177,7 +183,7 @@ def run_tune(head: LocalHead, trainable: str, configs: int, epochs: int, seed: i
             with r.checkpoint.as_directory() as d:
                 state = load_state(d)
             cfg = spec.config_model.model_validate({k: v for k, v in r.config.items() if k in spec.config_model.model_fields})
-            test = evaluate_checkpoint(cfg, spec.build_model, state)["test_accuracy"]  # type: ignore[arg-type]
+            test = evaluate_checkpoint(cfg, spec.load_model_builder(), state)["test_accuracy"]  # type: ignore[arg-type]
     return {"events": events, "wall_s": wall, "t0": t0, "test_accuracy": test}
 
 
@@ -194,7 +200,7 @@ def caviar_variant(method: str) -> dict[str, Any] | None:
     return {"type": "asha", "grace_period": int(m[1]), "reduction_factor": float(m[2])}
 
 
-def run_caviar(server: CaviarServer, trainable: str, configs: int, epochs: int, seed: int,
+def run_caviar(client: Client, trainable: str, configs: int, epochs: int, seed: int,
                scheduler: dict[str, Any] | None = None) -> dict[str, Any]:
     definition: dict[str, Any] = {
         "name": f"bench-{trainable}-{seed}", "trainable": trainable, "dataset": {"name": "mnist1d"},
@@ -204,15 +210,15 @@ def run_caviar(server: CaviarServer, trainable: str, configs: int, epochs: int, 
     }
     if scheduler:
         definition["scheduler"] = scheduler
-    sid, _, t0, wall = server.submit_and_wait(definition)
+    sid, study, t0, wall = submit_and_wait(client, definition)
     events: list[Event] = []
-    for t in httpx.get(f"{server.url}/v1/studies/{sid}/trials", timeout=60).json():
-        history = httpx.get(f"{server.url}/v1/studies/{sid}/trials/{t['trial_id']}", timeout=60).json()["history"]
+    for t in client.trials(sid):
+        history = client.trial(sid, t["trial_id"])["history"]
         events += [(h["reported_at"], t["trial_id"], int(h["epoch"]), float(h["val_accuracy"] if h["val_accuracy"] is not None else "nan"))
                    for h in history]
-    best = httpx.get(f"{server.url}/v1/studies/{sid}/best", params={"k": 1}, timeout=60).json()
+    best = client.best(sid, k=1)
     return {"events": events, "wall_s": wall, "t0": t0, "test_accuracy": (best.get("test_metrics") or {}).get("test_accuracy"),
-            "study_id": sid}
+            "study_id": sid, "trial_counts": study["trial_counts"]}
 
 
 # -- analysis ---------------------------------------------------------------------------------------
@@ -305,31 +311,31 @@ def plot(runs: dict[str, list[dict[str, Any]]], target: float | None, path: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "6 configs, 3 epochs, 1 seed, the JSON and plot in a temporary directory")
     ap.add_argument("--trainable", default="mlp_bn_softmax", choices=["mlp_bn_softmax", "cnn_bn_softmax"])
     ap.add_argument("--configs", type=int, default=32, help="configurations per method and seed")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--methods", default=",".join(METHODS),
                     help="comma-separated; caviar@g1r4 is Caviar with ASHA grace period 1, reduction factor 4")
-    ap.add_argument("--out", type=Path, default=Path("docs/bench"), help="where the JSON and the PNG go")
+    ap.add_argument("--out", type=Path, default=DOCS_BENCH, help="where the JSON and the PNG go (unless --json says)")
     ap.add_argument("--tag", default="", help="suffix of the output files' names, e.g. _32configs")
-    ap.add_argument("--smoke", action="store_true", help="2 configs, 2 epochs, 1 seed: proves it still works")
     ap.add_argument("--summarize", type=Path, default=None, metavar="JSON",
                     help="no runs: recompute the summary and the plot of a results file this benchmark wrote")
     args = ap.parse_args(argv)
     if args.summarize:
         return resummarize(args.summarize)
     if args.smoke:
-        args.configs, args.epochs, args.seeds = 2, 2, 1
+        # 3 epochs: one ASHA rung (grace 2) a trial can be stopped at; 6 configs: at least one below the cut
+        args.configs, args.epochs, args.seeds = 6, 3, 1
         args.out = Path(tempfile.mkdtemp(prefix="caviar-bench-"))
+    path = args.json or args.out / f"search_efficiency_{args.trainable}{args.tag}.json"
     methods = args.methods.split(",")
     for m in methods:  # before anything starts
         if m.startswith("caviar@"):
             caviar_variant(m)
         elif m not in METHODS:
             raise SystemExit(f"--methods: unknown method '{m}' (expected {', '.join(METHODS)} or caviar@g<n>r<n>)")
-    args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="caviar-search-"))
     os.environ["CAVIAR_DATA_DIR"] = str(work / "data")
     (work / "data" / "datasets").mkdir(parents=True)
@@ -338,10 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     load_dataset(Mnist1dSpec(name="mnist1d"))  # generate MNIST-1D once, before anything is timed
     cores = os.cpu_count() or 1
     uses_caviar = any(m.startswith("caviar") for m in methods)
-    head = LocalHead(work) if uses_caviar or "tune" in methods else None
-    server = CaviarServer(work / "data", head) if head and uses_caviar else None
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-    try:
+    with contextlib.ExitStack() as stack:
+        head, server = stack.enter_context(cluster(work, serve=uses_caviar)) if uses_caviar or "tune" in methods else (None, None)
+        client = stack.enter_context(server.client()) if server else None
         for seed in range(args.seeds):
             for method in methods:  # interleaved: every seed runs every method back to back
                 if method == "random":
@@ -352,59 +358,58 @@ def main(argv: list[str] | None = None) -> int:
                     assert head is not None
                     r = run_tune(head, args.trainable, args.configs, args.epochs, seed, work / "tune")
                 else:
-                    assert server is not None
-                    r = run_caviar(server, args.trainable, args.configs, args.epochs, seed, caviar_variant(method))
+                    assert client is not None
+                    r = run_caviar(client, args.trainable, args.configs, args.epochs, seed, caviar_variant(method))
                 r["curve"] = anytime(r["events"])
                 r["final_best"] = r["curve"][-1][1] if r["curve"] else 0.0
                 r["seed"] = seed
                 runs[method].append(r)
                 print(f"seed {seed} {method:>11}: best {r['final_best']:.4f}, {len(r['events'])} trial-epochs, "
-                      f"{r['wall_s']:.1f} s, test {r['test_accuracy']}", flush=True)
-            save(args, cores, runs)  # after every seed: a long run that is cut short keeps what it measured
-    finally:
-        if server:
-            server.stop()
-        if head:
-            import ray
-
-            ray.shutdown()
-            head.stop()
-    summary, stem = save(args, cores, runs)
+                      f"{r['wall_s']:.1f} s, test {r['test_accuracy']}" + (f", trials {r['trial_counts']}" if "trial_counts" in r else ""),
+                      flush=True)
+            save(args, cores, runs, path)  # after every seed: a long run that is cut short keeps what it measured
+    checks = Checks("search_efficiency")
+    for m in methods:
+        checks.check(all(r["curve"] for r in runs[m]), f"{m}: every seed reported epochs")
+        for r in runs[m] if m.startswith("caviar") else []:
+            counts = r["trial_counts"]
+            checks.check(counts.get("stopped_early", 0) >= 1, f"{m} seed {r['seed']}: ASHA stopped a trial early (trial counts {counts})")
+            checks.check(counts.get("failed", 0) == 0, f"{m} seed {r['seed']}: no failed trial")
+    summary = save(args, cores, runs, path, checks.as_dict())
     target = summary["target"]
     print(f"\ntarget: {target}" + (" (median over seeds of (a)'s final best)" if target is not None else ""))
-    print(f"{'method':>11} {'final best':>22} {'trial-epochs to target':>26} {'reached':>8} {'total trial-epochs':>20} {'wall s':>20} {'test acc':>8}")
-    for m, t in summary["methods"].items():
-        e = t["epochs_to_target"]
-        print(f"{m:>11} {_fmt(t['final_best'], 4):>22} {(_fmt(e, 0) if e else '-'):>26} {t['reached_target']:>8} "
-              f"{_fmt(t['trial_epochs_total'], 0):>20} {_fmt(t['wall_s'], 1):>20} "
-              f"{(t['test_accuracy']['median'] if t['test_accuracy'] else float('nan')):>8.4f}")
-    print(f"written: {args.out / (stem + '.json')}, {args.out / (stem + '.png')}")
-    return 0
+    print(table(["method", "final best", "trial-epochs to target", "reached", "total trial-epochs", "wall s", "test acc"],
+                [[m, _fmt(t["final_best"], 4), _fmt(t["epochs_to_target"], 0) if t["epochs_to_target"] else "-", t["reached_target"],
+                  _fmt(t["trial_epochs_total"], 0), _fmt(t["wall_s"], 1),
+                  f"{t['test_accuracy']['median']:.4f}" if t["test_accuracy"] else "-"] for m, t in summary["methods"].items()]))
+    print(f"written: {path}, {path.with_suffix('.png')}")
+    return checks.exit_code()
 
 
-def save(args: argparse.Namespace, cores: int, runs: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any], str]:
-    """The JSON (summary and per-run curves) and the anytime plot, for the seeds run so far."""
+def save(args: argparse.Namespace, cores: int, runs: dict[str, list[dict[str, Any]]], path: Path,
+         checks: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON (summary and per-run curves) at ``path`` and the anytime plot beside it, for the seeds run so far."""
     runs = {m: rs for m, rs in runs.items() if rs}
     summary = summarize(runs)
-    stem = f"search_efficiency_{args.trainable}{args.tag}"
-    (args.out / f"{stem}.json").write_text(json.dumps(
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(
         {"args": {k: str(v) for k, v in vars(args).items()}, "cores": cores, "summary": summary,
-         "runs": {m: [{k: v for k, v in r.items() if k != "events"} for r in rs] for m, rs in runs.items()}}, indent=1))
+         "runs": {m: [{k: v for k, v in r.items() if k != "events"} for r in rs] for m, rs in runs.items()},
+         **({"checks": checks} if checks is not None else {})}, indent=1))
     seeds = max((len(rs) for rs in runs.values()), default=0)
-    plot(runs, summary["target"], args.out / f"{stem}.png",
+    plot(runs, summary["target"], path.with_suffix(".png"),
          f"{args.trainable} on MNIST-1D: {args.configs} configs, <= {args.epochs} epochs, {seeds} seeds (median, min-max)")
-    return summary, stem
+    return summary
 
 
 def resummarize(path: Path) -> int:
     data = json.loads(path.read_text())
     saved = data["args"]
-    args = argparse.Namespace(**{**saved, "configs": int(saved["configs"]), "epochs": int(saved["epochs"]),
-                                 "tag": saved.get("tag", ""), "out": path.parent})
+    args = argparse.Namespace(**{**saved, "configs": int(saved["configs"]), "epochs": int(saved["epochs"])})
     runs = {m: [{**r, "curve": [tuple(p) for p in r["curve"]]} for r in rs] for m, rs in data["runs"].items()}
-    summary, stem = save(args, int(data["cores"]), runs)
+    summary = save(args, int(data["cores"]), runs, path, data.get("checks"))
     print(json.dumps(summary["methods"], indent=1))
-    print(f"written: {path.parent / (stem + '.json')}, {path.parent / (stem + '.png')}")
+    print(f"written: {path}, {path.with_suffix('.png')}")
     return 0
 
 
@@ -413,4 +418,4 @@ def _fmt(s: dict[str, float], digits: int) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -6,15 +6,17 @@ All three run in one process, interleaved, on the same model and data:
   dataloader  - the same loop fed by torch.utils.data.DataLoader (what in-memory batching saves)
 Figures are medians over repeats of per-epoch samples/s; ratios are to hand_loop.
 
+--smoke asserts: every loop trained at a positive, finite rate, and every metric fit reported is finite.
+
     python -m bench.trainable_throughput            # full: mnist1d, 5 repeats x 5 epochs
-    python -m bench.trainable_throughput --smoke    # CI: proves it still works
+    python -m bench.trainable_throughput --smoke    # CI: digits, 1 epoch
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import math
 import statistics
+import sys
 import tempfile
 import time
 from typing import Any
@@ -22,10 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench._common import Checks, json_path, parser, table, write_json
 from trainables.config import MLPConfig
 from trainables.datasets import load_dataset
 from trainables.engine import fit
-from trainables.models import build_mlp, init_weights
+from trainables.engine.models import build_mlp, init_weights
 from trainables.report import StdoutReporter, save_state
 
 
@@ -33,21 +36,23 @@ class _Quiet(StdoutReporter):
     def __init__(self, directory: str) -> None:
         super().__init__(checkpoint_dir=directory)
         self.rates: list[float] = []
+        self.reports: list[dict[str, Any]] = []
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         if state is not None and self.checkpoint_dir:  # keep the checkpoint cost a trial pays
             save_state(self.checkpoint_dir, state)
         self.rates.append(metrics["samples_per_s"])
+        self.reports.append(metrics)
 
     def num_cpus(self) -> int:
         return torch.get_num_threads()
 
 
-def run_caviar(cfg: MLPConfig) -> list[float]:
+def run_caviar(cfg: MLPConfig) -> tuple[list[float], list[dict[str, Any]]]:
     with tempfile.TemporaryDirectory() as d:
         rep = _Quiet(d)
         fit(cfg, build_mlp, rep)
-        return rep.rates
+        return rep.rates, rep.reports
 
 
 def run_hand(cfg: MLPConfig, dataloader: bool) -> list[float]:
@@ -77,13 +82,12 @@ def run_hand(cfg: MLPConfig, dataloader: bool) -> list[float]:
     return rates
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--smoke", action="store_true")
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__, "digits, 1 repeat x 1 epoch")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch threads (a trial's CPU allocation)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     repeats, epochs = (1, 1) if args.smoke else (args.repeats, args.epochs)
     torch.set_num_threads(args.threads)
     cfg = MLPConfig.model_validate({
@@ -91,9 +95,12 @@ def main() -> None:
         "width": 256, "depth": 2, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "num_threads": args.threads,
     })
     runs: dict[str, list[float]] = {"caviar": [], "hand_loop": [], "dataloader": []}
+    reports: list[dict[str, Any]] = []
     for _ in range(repeats):  # interleaved, so drift on a shared machine hits all three alike
         runs["hand_loop"].append(statistics.median(run_hand(cfg, dataloader=False)))
-        runs["caviar"].append(statistics.median(run_caviar(cfg)))
+        rates, reported = run_caviar(cfg)
+        runs["caviar"].append(statistics.median(rates))
+        reports += reported
         runs["dataloader"].append(statistics.median(run_hand(cfg, dataloader=True)))
     base = statistics.median(runs["hand_loop"])
     result = {
@@ -101,8 +108,19 @@ def main() -> None:
         **{name: {"median_samples_per_s": round(statistics.median(r)), "min": round(min(r)), "max": round(max(r)),
                   "ratio_to_hand_loop": round(statistics.median(r) / base, 3)} for name, r in runs.items()},
     }
-    print(json.dumps(result, indent=2))
+    print(table(["loop", "samples/s (median)", "min", "max", "x hand_loop"],
+                [[name, result[name]["median_samples_per_s"], result[name]["min"], result[name]["max"],
+                  f"{result[name]['ratio_to_hand_loop']:.3f}"] for name in runs]))
+    checks = Checks("trainable_throughput")
+    for name, r in runs.items():
+        checks.check(all(math.isfinite(x) and x > 0 for x in r), f"{name}: samples/s positive and finite ({', '.join(f'{x:.0f}' for x in r)})")
+    bad = [(m["epoch"], k, v) for m in reports for k, v in m.items() if isinstance(v, float) and not math.isfinite(v)]
+    checks.check(len(reports) == repeats * epochs and not bad,
+                 f"fit reported {len(reports)} epochs (expected {repeats * epochs}), every metric finite" + (f"; not finite: {bad[:5]}" if bad else ""))
+    result["checks"] = checks.as_dict()
+    write_json(json_path(args, "trainable_throughput"), result)
+    return checks.exit_code()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

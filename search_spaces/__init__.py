@@ -20,7 +20,7 @@ from search_spaces._model import (
     field_errors,
     parse_space,
 )
-from search_spaces._optuna import SAMPLERS, define_by_run, make_sampler, suggest
+from search_spaces._optuna import SAMPLERS, FastTPESampler, define_by_run, make_sampler, scipy_log_ndtr, suggest
 from search_spaces._presets import list_presets, load_preset, preset_description, resolve_space
 from search_spaces._refine import narrow
 
@@ -29,6 +29,7 @@ __all__ = [
     "MAX_PARAMETERS",
     "SAMPLERS",
     "CategoricalParam",
+    "FastTPESampler",
     "FloatParam",
     "IntParam",
     "SearchSpace",
@@ -42,5 +43,6 @@ __all__ = [
     "parse_space",
     "preset_description",
     "resolve_space",
+    "scipy_log_ndtr",
     "suggest",
 ]

@@ -1,35 +1,43 @@
-"""The one translation of a SearchSpace into Optuna terms.
+"""The one translation of a SearchSpace into Optuna terms, and the samplers by name.
 
-Ray Tune's OptunaSearch accepts a define-by-run function; the service hands it the function
-built here and nothing else translates the space.
+A parameter becomes an Optuna distribution in one place (each parameter's ``distribution()``);
+``suggest`` asks the trial for a value of that distribution. Ray Tune's OptunaSearch accepts a
+define-by-run function; the service hands it the function built here and nothing else
+translates the space. Samplers are a registry: ``SAMPLERS`` is the one list of names, and each
+entry builds its sampler.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from search_spaces._model import CategoricalParam, FloatParam, IntParam, SearchSpace
+from search_spaces._model import SearchSpace
+
+
+def suggest_value(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    """Ask ``trial`` for a value of ``dist`` through Optuna's public suggest API."""
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, list(dist.choices))  # type: ignore[arg-type]
+    raise TypeError(f"{name}: no suggest for {type(dist).__name__}")  # pragma: no cover - the union is closed
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     """Sample one configuration: parents first, conditional parameters only when active."""
     config: dict[str, Any] = {}
     for name in space.order():
-        if not space.is_active(name, config):
-            continue
-        param = space[name]
-        if isinstance(param, FloatParam):
-            config[name] = trial.suggest_float(name, param.low, param.high, log=param.log, step=param.step)
-        elif isinstance(param, IntParam):
-            config[name] = trial.suggest_int(name, param.low, param.high, log=param.log, step=param.step or 1)
-        elif isinstance(param, CategoricalParam):
-            config[name] = trial.suggest_categorical(name, param.choices)
-        else:  # pragma: no cover - the discriminated union is closed
-            raise TypeError(f"{name}: unknown parameter type {type(param).__name__}")
+        if space.is_active(name, config):
+            config[name] = suggest_value(trial, name, space[name].distribution())
     return config
 
 
@@ -44,40 +52,15 @@ class _DefineByRun:
         return dict(self.constants)
 
 
-def define_by_run(
-    space: SearchSpace, fixed: Mapping[str, Any] | None = None
-) -> Callable[[optuna.Trial], dict[str, Any]]:
+def define_by_run(space: SearchSpace, fixed: Mapping[str, Any] | None = None) -> Callable[[optuna.Trial], dict[str, Any]]:
     """A define-by-run function for OptunaSearch: samples ``space``, returns ``fixed`` as constants."""
     return _DefineByRun(space, dict(fixed or {}))
 
 
-def fast_tpe_math() -> bool:
-    """Give Optuna's TPE SciPy's vectorized ``log_ndtr``; returns whether it is in use.
+# -- TPE with SciPy's log_ndtr, scoped to the sampler's own calls ----------------------------------
 
-    TPE evaluates log Φ (the mass of each truncated Gaussian kernel) through ``np.frompyfunc`` over
-    a pure-Python function, once per kernel, parameter and candidate: at 1,000 trials that is
-    most of a suggestion. SciPy's ``log_ndtr`` computes the same function in C (Optuna's is a port
-    of it; tests/search_spaces/test_optuna_math.py checks that values and seeded suggestions agree).
-    It halves TPE's time per suggestion at 1,000 trials (docs/benchmarks.md §5). Optuna keeps the
-    function private, so this checks that it is still there and leaves Optuna alone otherwise.
-    """
-    try:
-        import scipy.special  # noqa: F401
-        from optuna.samplers._tpe import _truncnorm
-    except ImportError:  # pragma: no cover - Optuna moved it, or no SciPy: Optuna's own is used
-        return False
-    current = getattr(_truncnorm, "_log_ndtr", None)
-    if current is _scipy_log_ndtr:
-        return True
-    if not callable(current):  # pragma: no cover
-        return False
-    global _optuna_log_ndtr
-    _optuna_log_ndtr = current
-    _truncnorm._log_ndtr = _scipy_log_ndtr
-    return True
-
-
-_optuna_log_ndtr: Callable[[Any], Any] | None = None  # Optuna's own, kept for tests and the benchmark
+_patch_lock = threading.Lock()
+_patch_depth = 0
 
 
 def _scipy_log_ndtr(a: Any) -> Any:
@@ -87,27 +70,79 @@ def _scipy_log_ndtr(a: Any) -> Any:
     return scipy.special.log_ndtr(np.asarray(a, dtype=float))
 
 
+@contextlib.contextmanager
+def scipy_log_ndtr() -> Iterator[bool]:
+    """While inside, Optuna's TPE computes log Φ with SciPy's vectorized ``log_ndtr``; yields whether it does.
+
+    TPE evaluates log Φ (the mass of each truncated Gaussian kernel) through ``np.frompyfunc`` over
+    a pure-Python function, once per kernel, parameter and candidate: at 1,000 trials that is most
+    of a suggestion. SciPy's ``log_ndtr`` computes the same function in C (Optuna's is a port of
+    it; tests/search_spaces/test_optuna_math.py checks that values and seeded suggestions agree).
+    Optuna keeps the function private: where it has moved, Optuna's own is used. Nested and
+    concurrent uses share one swap, and Optuna's own is back once the last one leaves.
+    """
+    global _patch_depth
+    try:
+        from optuna.samplers._tpe import _truncnorm
+    except ImportError:  # pragma: no cover - Optuna moved it
+        yield False
+        return
+    if not callable(getattr(_truncnorm, "_log_ndtr", None)):  # pragma: no cover
+        yield False
+        return
+    with _patch_lock:
+        if _patch_depth == 0:
+            _scipy_log_ndtr.optuna_own = _truncnorm._log_ndtr  # type: ignore[attr-defined]
+            _truncnorm._log_ndtr = _scipy_log_ndtr
+        _patch_depth += 1
+    try:
+        yield True
+    finally:
+        with _patch_lock:
+            _patch_depth -= 1
+            if _patch_depth == 0:
+                _truncnorm._log_ndtr = _scipy_log_ndtr.optuna_own  # type: ignore[attr-defined]
+
+
+class FastTPESampler(optuna.samplers.TPESampler):
+    """Optuna's TPESampler, with SciPy's ``log_ndtr`` in its maths during its own sampling calls
+    only (about half the time per suggestion at 1,000 trials; docs/benchmarks.md §5). Same
+    suggestions as TPESampler for the same seed."""
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        with scipy_log_ndtr():
+            return super().sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
+        with scipy_log_ndtr():
+            return super().sample_independent(study, trial, param_name, param_distribution)
+
+
+# -- the registry -----------------------------------------------------------------------------------
+
+SamplerBuilder = Callable[[SearchSpace, "int | None", int], optuna.samplers.BaseSampler]
+
+
+def _tpe(space: SearchSpace, seed: int | None, max_grid_points: int) -> optuna.samplers.BaseSampler:
+    # multivariate + group model the conditional structure instead of treating parameters as
+    # independent; constant_liar keeps parallel workers from sampling the same point
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return FastTPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+
+
+SAMPLERS: dict[str, SamplerBuilder] = {
+    "tpe": _tpe,
+    "random": lambda space, seed, _: optuna.samplers.RandomSampler(seed=seed),
+    "grid": lambda space, seed, max_points: optuna.samplers.GridSampler(space.grid(max_points), seed=seed),
+    "cmaes": lambda space, seed, _: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+    "qmc": lambda space, seed, _: optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False),
+    "gp": lambda space, seed, _: optuna.samplers.GPSampler(seed=seed),
+}
+
+
 def make_sampler(kind: str, space: SearchSpace, seed: int | None, *, max_grid_points: int) -> optuna.samplers.BaseSampler:
-    """Build the Optuna sampler named ``kind`` (tpe, random, grid, cmaes, qmc, gp), seeded."""
-    samplers = optuna.samplers
-    if kind == "tpe":
-        fast_tpe_math()
-        # multivariate + group model the conditional structure instead of treating parameters as
-        # independent; constant_liar keeps parallel workers from sampling the same point.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
-    if kind == "random":
-        return samplers.RandomSampler(seed=seed)
-    if kind == "grid":
-        return samplers.GridSampler(space.grid(max_grid_points), seed=seed)
-    if kind == "cmaes":
-        return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    if kind == "qmc":
-        return samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
-    if kind == "gp":
-        return samplers.GPSampler(seed=seed)
-    raise ValueError(f"unknown sampler '{kind}' (expected one of {', '.join(SAMPLERS)})")
-
-
-SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc", "gp")
+    """Build the Optuna sampler named ``kind`` (one of ``SAMPLERS``), seeded."""
+    if kind not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{kind}' (expected one of {', '.join(SAMPLERS)})")
+    return SAMPLERS[kind](space, seed, max_grid_points)

@@ -1,60 +1,80 @@
-"""One settings object, read from the environment (flags of `caviar serve` set the same variables)."""
+"""One settings object per process, built once and passed down.
+
+``Settings`` reads ``CAVIAR_*`` variables (and Ray's ``RAY_ADDRESS`` / ``RAY_AUTH_TOKEN``); keyword
+arguments win over the environment, which is how the CLI turns its flags into settings. Nothing
+in Caviar writes ``os.environ``. ``load_settings`` turns a bad value into one line that names the
+variable and the rule.
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
-from service.store import OPTUNA_STORAGES
-from trainables.datasets import data_dir as default_data_dir
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OptunaStorage = Literal["journal", "database"]
+OPTUNA_STORAGES: tuple[str, ...] = ("journal", "database")
+DEFAULT_RAY_ADDRESS = "http://127.0.0.1:8265"
 
 
-@dataclass(frozen=True)
-class Settings:
-    data_dir: Path
-    database_url: str
-    ray_address: str  # the Ray Jobs / dashboard HTTP address, as `ray job submit` takes it
-    dashboard_url: str  # what users open in a browser (may differ from ray_address behind a proxy)
-    max_grid_points: int = 10_000
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAVIAR_", frozen=True, extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".caviar",
+                           description="SQLite file, Ray results, Optuna journals, user datasets, caches.")
+    database_url: str = Field("", description="The store; default: sqlite:///<data_dir>/caviar.db.")
+    ray_address: str = Field(DEFAULT_RAY_ADDRESS, validation_alias=AliasChoices("ray_address", "RAY_ADDRESS", "CAVIAR_RAY_ADDRESS"),
+                             description="The Ray Jobs / dashboard HTTP address, as `ray job submit` takes it.")
+    ray_auth_token: SecretStr | None = Field(None, validation_alias=AliasChoices("ray_auth_token", "RAY_AUTH_TOKEN"),
+                                             description="The Ray cluster's token (default: the file ~/.ray/auth_token, if any).")
+    dashboard_url: str = Field("", description="What users open in a browser (default: the Ray address).")
+    max_grid_points: int = Field(10_000, ge=1, le=10_000_000)
     # bearer tokens: "required" when the API binds beyond loopback (`caviar serve` decides), else
     # "optional" (a token given is checked and names the owner; none means the owner "local")
-    auth: str = "optional"
-    quota_active_studies: int = 8  # per owner: studies queued or running at once
-    quota_concurrent_trials: int = 64  # per owner: summed max_concurrent_trials of those studies
-    max_resumes: int = 3  # times a study whose Ray job died is resumed from Tune's saved state
-    drain_s: float = 2.0  # on SIGTERM: seconds /readyz reports draining before the server stops
-    # where a study's Optuna sampler keeps its trials: "journal" (a file under data_dir/optuna on
-    # the driver's node) or "database" (Optuna's tables in database_url); see store.optuna_storage
-    optuna_storage: str = "journal"
-    # seconds GET /v1/studies/{id} and /trials are served from memory (service.readcache); 0: off
-    read_cache_s: float = 0.5
+    auth: Literal["optional", "required"] = "optional"
+    quota_active_studies: int = Field(8, ge=0, description="Per owner: studies queued or running at once.")
+    quota_concurrent_trials: int = Field(64, ge=0, description="Per owner: summed max_concurrent_trials of those studies.")
+    max_resumes: int = Field(3, ge=0, description="Times a study whose Ray job died is resumed from Tune's saved state.")
+    drain_s: float = Field(2.0, ge=0, description="On SIGTERM: seconds /readyz reports draining before the server stops.")
+    optuna_storage: OptunaStorage = Field("journal", description="Where a study's sampler keeps its trials (see service.runner.optuna_storage).")
+    read_cache_s: float = Field(0.5, ge=0, description="Seconds GET /v1/studies/{id} and /trials are served from memory; 0: off.")
+    dispatch_interval_s: float = Field(1.0, gt=0, le=60, description="The dispatcher's tick (it is also woken by each submission).")
 
-    @classmethod
-    def from_env(cls) -> Settings:
-        data_dir = default_data_dir().resolve()
-        url = os.environ.get("CAVIAR_DATABASE_URL") or f"sqlite:///{data_dir / 'caviar.db'}"
-        ray = os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
-        if "://" not in ray:
-            ray = f"http://{ray}"
-        return cls(
-            data_dir=data_dir,
-            database_url=url,
-            ray_address=ray,
-            dashboard_url=os.environ.get("CAVIAR_DASHBOARD_URL") or ray,
-            max_grid_points=int(os.environ.get("CAVIAR_MAX_GRID_POINTS", "10000")),
-            auth=os.environ.get("CAVIAR_AUTH", "optional"),
-            quota_active_studies=int(os.environ.get("CAVIAR_QUOTA_ACTIVE_STUDIES", "8")),
-            quota_concurrent_trials=int(os.environ.get("CAVIAR_QUOTA_CONCURRENT_TRIALS", "64")),
-            max_resumes=int(os.environ.get("CAVIAR_MAX_RESUMES", "3")),
-            drain_s=float(os.environ.get("CAVIAR_DRAIN_S", "2")),
-            read_cache_s=float(os.environ.get("CAVIAR_READ_CACHE_S", "0.5")),
-            optuna_storage=_choice("CAVIAR_OPTUNA_STORAGE", "journal", OPTUNA_STORAGES),
-        )
+    @model_validator(mode="after")
+    def _derived(self) -> Settings:
+        data_dir = self.data_dir.expanduser().resolve()
+        object.__setattr__(self, "data_dir", data_dir)
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'caviar.db'}")
+        if "://" not in self.ray_address:
+            object.__setattr__(self, "ray_address", f"http://{self.ray_address}")
+        object.__setattr__(self, "ray_address", self.ray_address.rstrip("/"))
+        if not self.dashboard_url:
+            object.__setattr__(self, "dashboard_url", self.ray_address)
+        if self.ray_auth_token is None:
+            path = Path.home() / ".ray" / "auth_token"
+            if path.is_file():
+                object.__setattr__(self, "ray_auth_token", SecretStr(path.read_text().strip()))
+        return self
 
 
-def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = os.environ.get(name) or default
-    if value not in choices:
-        raise SystemExit(f"caviar: {name} must be one of {', '.join(choices)}, not {value!r}")
-    return value
+def _variable(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, AliasChoices):
+        return next((str(c) for c in alias.choices if str(c).isupper()), f"CAVIAR_{field.upper()}")
+    return f"CAVIAR_{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and ``overrides`` (None values are ignored); a bad value ends
+    the process with one line: ``caviar: CAVIAR_QUOTA_ACTIVE_STUDIES: Input should be a valid integer ...``."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        field = str(err["loc"][0]) if err["loc"] else ""
+        given = f" (got {err['input']!r})" if isinstance(err.get("input"), (str, int, float)) else ""
+        raise SystemExit(f"caviar: {_variable(field)}: {err['msg']}{given}") from None

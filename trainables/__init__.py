@@ -1,8 +1,13 @@
-"""Caviar's trainables: PyTorch training functions chosen by name.
+"""Caviar's trainables: training functions chosen by name.
 
-Each is a plain function ``train(config: dict) -> None`` that reports one line of metrics per
-epoch through :mod:`trainables.report`, inside Ray Tune or standalone
-(``python -m trainables NAME --dataset D --epochs N --config '{...}'``). No FastAPI here.
+This package's top level is torch-free: the registry of names (:mod:`trainables.registry`), each
+trainable's config model (:mod:`trainables.config`), the dataset specs (:mod:`trainables.datasets`)
+and the one reporting helper (:mod:`trainables.report`). The PyTorch training loop, models and
+built-in functions are in :mod:`trainables.engine`, imported only where training runs.
+
+Each trainable is a plain function ``train(config: dict) -> None`` that reports one line of
+metrics per epoch through :mod:`trainables.report`, inside Ray Tune or standalone
+(``python -m trainables NAME --dataset D --epochs N --config '{...}'``).
 """
 
 from trainables.datasets import DATASET_NAMES, DatasetError, data_dir, load_dataset

@@ -13,7 +13,6 @@ from typing import cast
 from pydantic import ValidationError
 
 from trainables.config import TrainConfig
-from trainables.engine import fit
 from trainables.registry import UnknownTrainable, get_trainable
 from trainables.report import StdoutReporter
 
@@ -46,10 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     reporter = StdoutReporter(args.checkpoint_dir, args.resume_from)
-    if spec.build_model is None:  # a trainable without a model (busy_work, plug-ins): its own function, on stdout
-        spec.train(cfg.model_dump())
+    build = spec.load_model_builder()
+    if build is None:  # a trainable without a model (busy_work, plug-ins): its own function, on stdout
+        spec.load_train()(cfg.model_dump())
         return 0
-    final = fit(cfg, spec.build_model, reporter, test=True)
+    from trainables.engine import fit
+
+    final = fit(cfg, build, reporter, test=True)
     print(json.dumps({"final": True, **{k: final[k] for k in ("epoch", "val_accuracy", "test_loss", "test_accuracy")}}))
     return 0
 

@@ -58,11 +58,12 @@ class SyntheticSpec(_Spec):
 
 class FileSpec(_Spec):
     """A .npz (arrays ``x``, ``y`` and optionally ``x_test``, ``y_test``), .csv or .parquet file
-    under ``<data dir>/datasets``; tables carry the label in column ``target``."""
+    under ``<data dir>/datasets``; tables carry the label in the column that ``target`` names
+    (``label`` unless set)."""
 
     name: Literal["file"]
     path: str = Field(min_length=1, max_length=512, description="Relative to <data dir>/datasets.")
-    target: str = Field("label", min_length=1, max_length=128)
+    target: str = Field("label", min_length=1, max_length=128, description="The label column of a .csv or .parquet table.")
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
 
 
@@ -98,6 +99,37 @@ def resolve_file(path: str, root: Path | None = None) -> Path:
     if target.suffix not in (".npz", ".csv", ".parquet"):
         raise DatasetError(f"dataset.path: '{path}' must end in .npz, .csv or .parquet")
     return target
+
+
+def check_file(spec: FileSpec, root: Path) -> None:
+    """What can be known of a file dataset before any trial runs: the file exists under
+    ``<root>/datasets`` and holds its label (a table's ``target`` column, a .npz's ``x`` and ``y``).
+    Reads the header or the array names only. Raises DatasetError naming the field."""
+    path = resolve_file(spec.path, root=root)
+    if not path.is_file():
+        raise DatasetError(f"dataset.path: no file '{spec.path}' under {root / 'datasets'}")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                missing = [k for k in ("x", "y") if k not in f]
+            if missing:
+                raise DatasetError(f"dataset.path: a .npz needs arrays 'x' and 'y'; {path.name} lacks {', '.join(missing)}")
+            return
+        if path.suffix == ".csv":
+            import pandas as pd
+
+            columns = [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        else:
+            import pyarrow.parquet as pq
+
+            columns = list(pq.read_schema(path).names)
+    except DatasetError:
+        raise
+    except Exception as exc:  # unreadable: a malformed file, not ours to diagnose further
+        raise DatasetError(f"dataset.path: cannot read {path.name}: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if spec.target not in columns:
+        shown = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
+        raise DatasetError(f"dataset.target: column '{spec.target}' is not in {path.name} (its columns: {shown})")
 
 
 def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:

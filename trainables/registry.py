@@ -1,14 +1,24 @@
-"""Trainables by name. The network carries names, never code.
+"""Trainables by name, torch-free. The network carries names, never code.
+
+A :class:`TrainableSpec` declares a trainable: its config model (every knob with a default), the
+metrics it reports each epoch (what a study may optimise and what the service records), and where
+its training function and model builder live, as ``"module:attribute"`` references that are
+imported only where training runs. The API validates a study against specs without importing
+PyTorch.
 
 Built-ins are registered here; users add their own with an entry point in the
 ``caviar.trainables`` group whose object is a :class:`TrainableSpec`::
 
     [project.entry-points."caviar.trainables"]
     my_net = "my_package.caviar:MY_NET_SPEC"
+
+The module the entry point names is imported by the API too: keep it light (declarations only,
+with ``train`` as a reference string to the module that imports torch).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -17,24 +27,50 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from trainables import builtin
 from trainables.config import BusyWorkConfig, CNNConfig, MLPConfig
-from trainables.engine import ModelBuilder
-from trainables.models import build_cnn, build_mlp
 
 ENTRY_POINT_GROUP = "caviar.trainables"
+TrainFn = Callable[[dict[str, Any]], None]
+
+# what the built-in PyTorch trainables report each epoch (besides `epoch` and, on divergence, `diverged`)
+CLASSIFIER_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_confidence", "lr", "samples_per_s")
+
+
+def _resolve(ref: str | Callable[..., Any]) -> Callable[..., Any]:
+    if callable(ref):
+        return ref
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
 class TrainableSpec:
-    """A trainable: the function Tune runs, the config model it accepts, and (optionally) how to
-    rebuild its model from a checkpoint for held-out test metrics."""
+    """A trainable: the function Tune runs, the config model it accepts, the metrics it reports and
+    (optionally) how to rebuild its model from a checkpoint for held-out test metrics.
+
+    ``train`` and ``build_model`` are callables or ``"module:attribute"`` references, resolved on
+    first use (in a Ray worker or the study's driver, never in the API).
+    """
 
     name: str
-    train: Callable[[dict[str, Any]], None]
+    train: str | TrainFn
     config_model: type[BaseModel]
+    metrics: tuple[str, ...]
     description: str = ""
-    build_model: ModelBuilder | None = None
+    build_model: str | Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.metrics:
+            raise ValueError(f"trainable {self.name}: declare at least one metric it reports")
+        for reserved in ("epoch", "diverged"):
+            if reserved in self.metrics:
+                raise ValueError(f"trainable {self.name}: '{reserved}' is reported by every trainable; do not declare it")
+
+    def load_train(self) -> TrainFn:
+        return _resolve(self.train)
+
+    def load_model_builder(self) -> Callable[..., Any] | None:
+        return _resolve(self.build_model) if self.build_model is not None else None
 
     def knobs(self) -> dict[str, Any]:
         """Knob name -> default (the dataset spec shown by name)."""
@@ -48,9 +84,13 @@ class TrainableSpec:
 BUILTIN = {
     spec.name: spec
     for spec in (
-        TrainableSpec("mlp_bn_softmax", builtin.mlp_bn_softmax, MLPConfig, builtin.mlp_bn_softmax.__doc__ or "", build_mlp),
-        TrainableSpec("cnn_bn_softmax", builtin.cnn_bn_softmax, CNNConfig, builtin.cnn_bn_softmax.__doc__ or "", build_cnn),
-        TrainableSpec("busy_work", builtin.busy_work, BusyWorkConfig, builtin.busy_work.__doc__ or ""),
+        TrainableSpec("mlp_bn_softmax", "trainables.engine.builtin:mlp_bn_softmax", MLPConfig, CLASSIFIER_METRICS,
+                      "A multilayer perceptron with BatchNorm and a softmax classifier.", "trainables.engine.models:build_mlp"),
+        TrainableSpec("cnn_bn_softmax", "trainables.engine.builtin:cnn_bn_softmax", CNNConfig, CLASSIFIER_METRICS,
+                      "A small BatchNorm CNN for 1-D signals (MNIST-1D) and 8x8 images (digits).", "trainables.engine.models:build_cnn"),
+        TrainableSpec("busy_work", "trainables.busy_work:busy_work", BusyWorkConfig, ("train_loss", "val_loss", "val_accuracy"),
+                      "Fixed CPU work per epoch and a score of x and y only (best at x=0.3, y=0.7): for benchmarks "
+                      "and cluster checks. No data, no model."),
     )
 }
 

@@ -3,7 +3,9 @@
 Inside a Tune trial, ``report`` calls ``ray.tune.report`` (with a checkpoint when given state) and
 ``restore`` reads ``ray.tune.get_checkpoint()``. Outside Tune it prints one JSON line per report and
 keeps checkpoints in a directory of the caller's choosing, so every trainable runs the same way in
-both places. This module is the only place in ``trainables/`` that touches Ray.
+both places. This module is the only place in ``trainables/`` that touches Ray, and only through
+its public API (``ray.tune.report``, ``ray.tune.get_checkpoint``, ``ray.tune.get_context``).
+PyTorch is imported when a checkpoint is written or read, so a torch-free trainable stays torch-free.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ import math
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
-
-import torch
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -33,12 +34,17 @@ class Reporter(Protocol):
 
 
 def load_state(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    import torch
+
+    state: dict[str, Any] = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    return state
 
 
 def save_state(directory: str | os.PathLike[str], state: dict[str, Any]) -> None:
     path = Path(directory) / CHECKPOINT_FILE
     tmp = path.with_suffix(".tmp")
+    import torch
+
     torch.save(state, tmp)
     os.replace(tmp, path)
 
@@ -90,20 +96,19 @@ class TuneReporter:
     def num_cpus(self) -> int:
         import ray
 
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
         return max(1, math.ceil(cpus))
 
 
 def in_tune() -> bool:
+    """Whether this code runs inside a Ray Tune trial."""
     if "ray" not in sys.modules:  # a Tune worker has imported Ray long before the trainable runs
         return False
-    try:
-        from ray.train._internal.session import get_session
-    except ImportError:  # pragma: no cover - Ray moved its session; fall back to the public context
-        from ray import tune
+    from ray import tune
 
+    with warnings.catch_warnings():  # outside a trial Ray warns, then answers None
+        warnings.simplefilter("ignore")
         return tune.get_context().get_trial_id() is not None
-    return get_session() is not None
 
 
 def get_reporter() -> Reporter:

@@ -1,17 +1,23 @@
-"""The REST API over HTTP (caviar serve: uvicorn, a real Ray head, SQLite): validation, catalog, errors."""
+"""The REST API in-process (the real app and store, uvicorn in a thread, a fake of Ray's side):
+validation, the stored definition, catalog, errors. Milliseconds per test."""
 
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
-from tests.conftest import Api
-
-pytestmark = pytest.mark.ray
+from service.client import CaviarError, Client
+from service.definition import StudyDefinition
+from tests.service.fakes import FakeJobs, inprocess_api
 
 GOOD: dict[str, Any] = {
     "name": "tiny",
@@ -34,6 +40,15 @@ def _with(path: str, value: Any) -> dict[str, Any]:
     return d
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, FakeJobs, Path]]:
+    data = tmp_path_factory.mktemp("api")
+    (data / "datasets").mkdir()
+    (data / "datasets" / "table.csv").write_text("a,b,target\n1,2,0\n3,4,1\n")
+    with inprocess_api(data) as (client, jobs):
+        yield client, jobs, data
+
+
 @pytest.mark.parametrize(
     ("body", "field", "rule"),
     [
@@ -46,41 +61,128 @@ def _with(path: str, value: Any) -> dict[str, Any]:
          "search_space", "more than the limit of 10000"),
         (_with("budget.num_trials", -1), "budget.num_trials", "greater than or equal to 1"),
         (_with("resources_per_trial.gpu", 1), "resources_per_trial.gpu", "the Ray cluster has 0"),
-        (_with("sampler", {"type": "annealing"}), "sampler.type", "Input should be"),
+        (_with("sampler", {"type": "annealing"}), "sampler.type", "unknown sampler 'annealing' (expected one of tpe, random, grid, cmaes, qmc, gp)"),
+        (_with("scheduler", {"type": "pbt"}), "scheduler.type", "unknown scheduler 'pbt' (expected one of asha, hyperband, median, none)"),
+        (_with("objective", {"metric": "f1"}), "objective.metric", "'mlp_bn_softmax' does not report 'f1' (it reports: train_loss, val_loss"),
         (_with("fixed", {"epochs": 0}), "fixed.epochs", "greater than or equal to 1"),
         (_with("dataset", {"name": "file", "path": "../../etc/passwd.csv"}), "dataset.path", "outside the data directory"),
         (_with("dataset", {"name": "file", "path": "absent.npz"}), "dataset.path", "no file 'absent.npz'"),
+        (_with("dataset", {"name": "file", "path": "table.csv"}), "dataset.target", "column 'label' is not in table.csv (its columns: a, b, target)"),
         (_with("scheduler", {"type": "asha", "grace_period": 5}), "scheduler.grace_period", "must be <= the epochs a trial runs (2)"),
     ],
-    ids=["trainable", "dataset", "space", "preset", "knob", "grid", "budget", "gpu", "sampler", "fixed", "traversal", "missing-file", "grace"],
+    ids=["trainable", "dataset", "space", "preset", "knob", "grid", "budget", "gpu", "sampler", "scheduler", "metric", "fixed",
+         "traversal", "missing-file", "label-column", "grace"],
 )
-def test_bad_definitions_get_422_naming_the_field_and_store_nothing(api: Api, body: dict, field: str, rule: str) -> None:
-    before = httpx.get(f"{api.url}/v1/studies").json()["total"]
-    r = httpx.post(f"{api.url}/v1/studies", json=body, timeout=30)
-    assert r.status_code == 422, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    problem = r.json()
-    assert {"type", "title", "status", "detail"} <= set(problem)
-    assert problem["field"].startswith(field), problem
-    assert rule in problem["detail"], problem
-    assert httpx.get(f"{api.url}/v1/studies").json()["total"] == before
+def test_bad_definitions_get_422_naming_the_field_and_store_nothing(server: tuple[Client, FakeJobs, Path], body: dict[str, Any], field: str, rule: str) -> None:
+    client, _, _ = server
+    before = client.studies()["total"]
+    with pytest.raises(CaviarError) as caught:
+        client.submit(body)
+    err = caught.value
+    assert err.status == 422 and {"type", "title", "status", "detail"} <= set(err.body)
+    assert err.field is not None and err.field.startswith(field), err.body
+    assert rule in err.detail, err.body
+    assert client.studies()["total"] == before
 
 
-def test_yaml_bodies_and_bad_syntax(api: Api) -> None:
-    r = httpx.post(f"{api.url}/v1/studies", content="name: [unclosed", headers={"Content-Type": "application/yaml"})
-    assert r.status_code == 422 and "not valid YAML" in r.json()["detail"]
-    r = httpx.post(f"{api.url}/v1/studies", content=yaml.safe_dump(_with("trainable", "nope")), headers={"Content-Type": "application/yaml"})
-    assert r.status_code == 422 and r.json()["field"] == "trainable"
+def test_a_file_dataset_with_its_label_column_named_is_accepted(server: tuple[Client, FakeJobs, Path]) -> None:
+    client, _, _ = server
+    study = client.submit(_with("dataset", {"name": "file", "path": "table.csv", "target": "target"}))
+    assert study["status"] == "queued" and study["definition"]["dataset"]["target"] == "target"
 
 
-def test_unknown_ids_are_404_and_catalog_lists_names(api: Api) -> None:
-    for path in ("/v1/studies/nope", "/v1/studies/nope/trials", "/v1/studies/nope/best", "/v1/studies/nope/trials/t"):
-        r = httpx.get(api.url + path)
+def test_yaml_bodies_and_bad_syntax(server: tuple[Client, FakeJobs, Path]) -> None:
+    client, _, _ = server
+    with pytest.raises(CaviarError) as bad:
+        client.submit("name: [unclosed")
+    assert bad.value.status == 422 and "not valid YAML" in bad.value.detail
+    with pytest.raises(CaviarError) as unknown:
+        client.submit(yaml.safe_dump(_with("trainable", "nope")))
+    assert unknown.value.status == 422 and unknown.value.field == "trainable"
+    assert client.submit(yaml.safe_dump(GOOD))["status"] == "queued"
+
+
+def test_the_stored_definition_has_its_presets_resolved(server: tuple[Client, FakeJobs, Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A preset edited after submission does not change a study's space (nor a resume's)."""
+    from search_spaces import _presets, load_preset
+
+    client, _, _ = server
+    study = client.submit({**GOOD, "search_space": ["seven_key", {"lr": {"type": "float", "low": 0.001, "high": 0.5, "log": True}}]})
+    stored = study["definition"]["search_space"]
+    assert stored["lr"] == {"type": "float", "low": 0.001, "high": 0.5, "log": True}
+    assert set(stored) == set(load_preset("seven_key").to_dict())
+    # the preset changes on disk: the study's definition, as the driver reads it, does not
+    edited = tmp_path / "presets"
+    edited.mkdir()
+    (edited / "seven_key.yaml").write_text("description: edited\nparameters:\n  lr: {type: float, low: 0.5, high: 0.9}\n")
+    monkeypatch.setattr(_presets, "PRESET_DIR", edited)
+    _presets._raw.cache_clear()
+    try:
+        assert set(load_preset("seven_key").to_dict()) == {"lr"}
+        space = StudyDefinition.model_validate(study["definition"]).space()
+        assert space.to_dict() == stored
+    finally:
+        _presets._raw.cache_clear()
+
+
+def test_unknown_ids_are_404_and_catalog_lists_names(server: tuple[Client, FakeJobs, Path]) -> None:
+    client, _, _ = server
+    for method, path in (("GET", "/v1/studies/nope"), ("GET", "/v1/studies/nope/trials"), ("GET", "/v1/studies/nope/best"),
+                         ("GET", "/v1/studies/nope/trials/t"), ("POST", "/v1/studies/nope/cancel")):
+        r = client.http.request(method, path)
         assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
-    assert httpx.post(f"{api.url}/v1/studies/nope/cancel").status_code == 404
-    names = {t["name"] for t in httpx.get(f"{api.url}/v1/trainables").json()}
-    assert {"mlp_bn_softmax", "cnn_bn_softmax"} <= names
-    spaces = {s["name"]: s for s in httpx.get(f"{api.url}/v1/search-spaces").json()}
+    trainables = {t["name"]: t for t in client.trainables()}
+    assert {"mlp_bn_softmax", "cnn_bn_softmax", "busy_work"} <= set(trainables)
+    assert "val_accuracy" in trainables["mlp_bn_softmax"]["metrics"] and "lr" in trainables["mlp_bn_softmax"]["knobs"]
+    spaces = {s["name"]: s for s in client.search_spaces()}
     assert spaces["seven_key"]["parameters"]["lr"]["log"] is True
-    assert httpx.get(f"{api.url}/readyz").json() == {"status": "ready", "store": True, "ray": True}
-    assert "/v1/studies" in httpx.get(f"{api.url}/openapi.json").json()["paths"]
+    assert client.http.get("/readyz").json() == {"status": "ready", "store": True, "ray": True}
+    openapi = client.http.get("/openapi.json").json()
+    assert "/v1/studies" in openapi["paths"]
+    assert "tpe" in openapi["components"]["schemas"]["Sampler"]["properties"]["type"]["description"]
+
+
+def test_a_cancel_stops_the_study_job_and_a_second_is_409(server: tuple[Client, FakeJobs, Path]) -> None:
+    from service.local import wait_until
+
+    client, jobs, _ = server
+    sid = client.submit(GOOD)["id"]
+    wait_until(lambda: sid in jobs.submitted, 10, "the study to be handed to Ray")
+    assert client.cancel(sid)["status"] == "cancelled"
+    assert f"job-{sid}" in jobs.stopped
+    with pytest.raises(CaviarError) as again:
+        client.cancel(sid)
+    assert again.value.status == 409
+
+
+SERVE_AND_LIST_MODULES = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from service.api.app import create_app
+    from service.local import LocalServer
+    from service.settings import load_settings
+    from tests.service.fakes import serve_in_thread
+    from service.client import Client
+
+    data = Path(sys.argv[1])
+    (data / "datasets").mkdir(exist_ok=True)
+    # the real app with the real Ray side (RayJobs), pointed where no Ray listens
+    app = create_app(load_settings(data_dir=data, ray_address="http://127.0.0.1:9"))
+    definition = json.loads(sys.argv[2])
+    with serve_in_thread(app) as url, Client(url) as client:
+        study = client.submit(definition)
+        client.study(study["id"]); client.trials(study["id"]); client.trainables(); client.search_spaces()
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] == "torch" or m.startswith(("ray.tune", "ray.train")))
+    print(json.dumps({"status": study["status"], "loaded": loaded}))
+""")
+
+
+def test_the_api_process_serving_a_submission_loads_neither_torch_nor_ray_tune(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    definition = {**GOOD, "search_space": ["seven_key", "batchnorm"], "fixed": {"epochs": 3}}
+    out = subprocess.run([sys.executable, "-c", SERVE_AND_LIST_MODULES, str(tmp_path), json.dumps(definition)],
+                         capture_output=True, text=True, timeout=120, cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"status": "queued", "loaded": []}

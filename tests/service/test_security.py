@@ -1,18 +1,19 @@
 """Auth, owner isolation, quotas, idempotent submission, input limits and graceful shutdown, over
-HTTP against `caviar serve` (uvicorn, SQLite). No Ray here: studies stay queued, which is all
-these need (a Ray address where nothing listens)."""
+HTTP. The API runs in-process (the real app and SQLite store, uvicorn in a thread, a fake of Ray's
+side: studies stay queued, which is all these need); what only a process can show (refusing to
+start, SIGTERM) runs `caviar serve` itself."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import Api, no_ray
+from service.client import Client
+from service.local import LocalServer, wait_until
+from tests.service.fakes import inprocess_api
 
 CAVIAR = str(Path(sys.executable).parent / "caviar")
 GOOD: dict[str, Any] = {
@@ -64,46 +67,47 @@ def assert_problem(r: httpx.Response, status: int, field: str | None = None) -> 
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Any]:
-    """Start `caviar serve` with args/env; stopped afterwards."""
-    started: list[Api] = []
+def server(tmp_path: Path) -> Iterator[Callable[..., Client]]:
+    """Start the API in-process with these settings (e.g. auth="required"); stopped afterwards."""
+    with contextlib.ExitStack() as stack:
 
-    def start(*args: str, data_dir: Path | None = None, **env: str) -> Api:
-        api = Api(_dir(data_dir or tmp_path), no_ray(), args=args, env=env)
-        api.start()
-        started.append(api)
-        return api
+        def start(**settings: Any) -> Client:
+            client, _ = stack.enter_context(inprocess_api(_dir(tmp_path), **settings))
+            return client
 
-    yield start
-    for api in started:
+        yield start
+
+
+def test_serving_beyond_loopback_needs_a_token_or_insecure(tmp_path: Path) -> None:
+    d = _dir(tmp_path)
+    r = subprocess.run([CAVIAR, "serve", "--host", "0.0.0.0", "--port", "1"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "CAVIAR_DATA_DIR": str(d), "RAY_ADDRESS": LocalServer(d, None).ray_address})
+    assert r.returncode == 2
+    assert "refusing to serve on 0.0.0.0 without an API token" in r.stderr and "caviar token create" in r.stderr
+    api = LocalServer(d, None, args=("--host", "0.0.0.0", "--insecure")).start()
+    try:
+        assert httpx.get(f"{api.url}/v1/studies").status_code == 200  # explicitly insecure: open
+    finally:
         api.stop()
 
 
-def test_serving_beyond_loopback_needs_a_token_or_insecure(tmp_path: Path, server: Any) -> None:
-    d = _dir(tmp_path)
-    r = subprocess.run([CAVIAR, "serve", "--host", "0.0.0.0", "--port", "1"], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "CAVIAR_DATA_DIR": str(d), "RAY_ADDRESS": no_ray().dashboard})
-    assert r.returncode == 2
-    assert "refusing to serve on 0.0.0.0 without an API token" in r.stderr and "caviar token create" in r.stderr
-    api = server("--host", "0.0.0.0", "--insecure")
-    assert httpx.get(f"{api.url}/v1/studies").status_code == 200  # explicitly insecure: open
-
-
-def test_tokens_owners_and_isolation(tmp_path: Path, server: Any) -> None:
+def test_tokens_owners_and_isolation(tmp_path: Path, server: Callable[..., Client]) -> None:
     d = _dir(tmp_path)
     alice, bob = token(d, "alice"), token(d, "bob")
     assert alice.startswith("cav_") and alice != bob
     listing = cli(d, "token", "list").stdout
     assert "alice" in listing and "bob" in listing and alice not in listing
-    api = server("--host", "0.0.0.0")
+    api = server(auth="required")
     assert httpx.get(f"{api.url}/healthz").status_code == 200  # the only open endpoint
     for method, path in [("GET", "/v1/studies"), ("POST", "/v1/studies"), ("GET", "/v1/trainables"), ("GET", "/readyz"),
                          ("GET", "/openapi.json"), ("GET", "/v1/studies/x/best")]:
         body = assert_problem(httpx.request(method, f"{api.url}{path}"), 401, "Authorization")
         assert "bearer token" in body["detail"]
     assert_problem(httpx.get(f"{api.url}/v1/studies", headers=bearer("cav_forged")), 401)
-    db = (d / "caviar.db").read_bytes()
-    assert alice.encode() not in db and bob.encode() not in db  # only hashes are stored
+    # only hashes are stored (read by another process: opening and closing the database file here
+    # would drop this process's POSIX locks on it, which the in-process server's SQLite holds)
+    for t in (alice, bob):
+        assert subprocess.run(["grep", "-cF", t, str(d / "caviar.db")], capture_output=True).returncode == 1
 
     r = httpx.post(f"{api.url}/v1/studies", json=GOOD, headers=bearer(alice))
     assert r.status_code == 201, r.text
@@ -127,10 +131,10 @@ def test_tokens_owners_and_isolation(tmp_path: Path, server: Any) -> None:
     assert httpx.get(f"{api.url}/v1/studies", headers=bearer(alice)).status_code == 200
 
 
-def test_per_owner_quotas_give_429(tmp_path: Path, server: Any) -> None:
+def test_per_owner_quotas_give_429(tmp_path: Path, server: Callable[..., Client]) -> None:
     d = _dir(tmp_path)
     alice, bob = token(d, "alice"), token(d, "bob")
-    api = server("--host", "0.0.0.0", CAVIAR_QUOTA_ACTIVE_STUDIES="2", CAVIAR_QUOTA_CONCURRENT_TRIALS="5")
+    api = server(auth="required", quota_active_studies=2, quota_concurrent_trials=5)
 
     def post(t: str, concurrent: int) -> httpx.Response:
         return httpx.post(f"{api.url}/v1/studies", json={**GOOD, "budget": {"num_trials": 4, "max_concurrent_trials": concurrent}}, headers=bearer(t))
@@ -149,7 +153,7 @@ def test_per_owner_quotas_give_429(tmp_path: Path, server: Any) -> None:
     assert httpx.get(f"{api.url}/v1/studies", headers=bearer(alice)).json()["total"] == 3  # 429s stored nothing
 
 
-def test_idempotency_keys(tmp_path: Path, server: Any) -> None:
+def test_idempotency_keys(tmp_path: Path, server: Callable[..., Client]) -> None:
     api = server()
     url = f"{api.url}/v1/studies"
     key = {"Idempotency-Key": "ci-3f2a9c1"}
@@ -193,7 +197,7 @@ def test_idempotency_keys(tmp_path: Path, server: Any) -> None:
     assert len([s for s in httpx.get(url).json()["items"] if s["name"] == "from-ci"]) == 1
 
 
-def test_input_limits(tmp_path: Path, server: Any) -> None:
+def test_input_limits(tmp_path: Path, server: Callable[..., Client]) -> None:
     api = server()
     url = f"{api.url}/v1/studies"
     big = json.dumps({**GOOD, "padding": "x" * (1 << 20)})
@@ -239,18 +243,19 @@ def test_input_limits(tmp_path: Path, server: Any) -> None:
     assert_problem(httpx.delete(url), 405)
 
 
-def test_sigterm_drains_then_exits(tmp_path: Path, server: Any) -> None:
-    api = server(CAVIAR_DRAIN_S="3")
-    sid = httpx.post(f"{api.url}/v1/studies", json=GOOD).json()["id"]
-    assert api.proc is not None
-    t0 = time.time()
-    api.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    r = httpx.get(f"{api.url}/readyz")
-    assert r.status_code == 503 and r.json()["status"] == "draining"  # load balancers stop sending first
-    assert httpx.get(f"{api.url}/v1/studies/{sid}").status_code == 200  # requests still served while draining
-    assert api.proc.wait(timeout=30) == 0
-    assert time.time() - t0 < 30
+def test_sigterm_drains_then_exits(tmp_path: Path) -> None:
+    api = LocalServer(_dir(tmp_path), None, env={"CAVIAR_DRAIN_S": "3"}).start()
+    try:
+        sid = httpx.post(f"{api.url}/v1/studies", json=GOOD).json()["id"]
+        assert api.proc is not None
+        api.proc.send_signal(signal.SIGTERM)
+        # load balancers stop sending first: /readyz says draining while requests are still served
+        r = wait_until(lambda: (x := httpx.get(f"{api.url}/readyz")).status_code == 503 and x, 10, "/readyz to say draining")
+        assert r.json()["status"] == "draining"
+        assert httpx.get(f"{api.url}/v1/studies/{sid}").status_code == 200
+        assert api.proc.wait(timeout=30) == 0
+    finally:
+        api.stop()
     with sqlite3.connect(tmp_path / "caviar.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert db.execute("SELECT status FROM caviar_studies WHERE id = ?", (sid,)).fetchone() == ("queued",)

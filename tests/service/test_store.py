@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 from sqlalchemy import inspect
+from sqlalchemy.exc import OperationalError
 
-from service.schemas import StudyStatus
-from service.store import Store, migrate, optuna_journal, optuna_storage, sqlalchemy_url
+from service.definition import StudyStatus
+from service.runner.optuna_storage import optuna_journal, optuna_storage
+from service.store import Store, migrate, sqlalchemy_url
+from service.store.engine import RETRY_FOR_S, SQLITE_BUSY_TIMEOUT_S
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -21,45 +27,45 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
 
 
 def test_studies_page_and_filter(store: Store) -> None:
-    _before, total_before = store.list_studies(None, 0, 1000)
-    ids = [store.create_study(f"s{i}", {"i": i}).id for i in range(5)]
-    store.update_study(ids[0], status="running")
-    rows, total = store.list_studies(None, 0, 2)
+    _before, total_before = store.studies.page(None, 0, 1000)
+    ids = [store.studies.create(f"s{i}", {"i": i}).id for i in range(5)]
+    store.studies.update(ids[0], status="running")
+    rows, total = store.studies.page(None, 0, 2)
     assert total == total_before + 5 and len(rows) == 2
-    running, _n = store.list_studies("running", 0, 50)
+    running, _n = store.studies.page("running", 0, 50)
     assert ids[0] in [r.id for r in running] and all(r.status == "running" for r in running)
-    assert store.get_study(ids[3]).definition == {"i": 3}  # type: ignore[union-attr]
+    assert store.studies.get(ids[3]).definition == {"i": 3}  # type: ignore[union-attr]
 
 
 def test_epochs_fold_into_last_and_best_and_are_idempotent(store: Store) -> None:
-    sid = store.create_study("x", {}).id
-    store.upsert_trial(sid, "t1", config={"lr": 0.1}, state="running")
+    sid = store.studies.create("x", {}).id
+    store.trials.upsert(sid, "t1", config={"lr": 0.1}, state="running")
     for epoch, acc in [(1, 0.5), (2, 0.8), (3, 0.7), (3, 0.7)]:
-        store.add_epoch(sid, "t1", {"epoch": epoch, "val_accuracy": acc, "train_loss": float("nan")}, "val_accuracy", "max")
-    row, history = store.trial(sid, "t1")  # type: ignore[misc]
+        store.trials.add_epoch(sid, "t1", {"epoch": epoch, "val_accuracy": acc, "train_loss": float("nan")}, "val_accuracy", "max")
+    row, history = store.trials.get(sid, "t1")  # type: ignore[misc]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[0]["train_loss"] is None  # NaN stored as null
     assert row.best_value == 0.8 and row.epochs == 3 and row.last_metrics["val_accuracy"] == 0.7
-    store.upsert_trial(sid, "t2", config={"lr": 0.2}, state="running")
-    store.add_epoch(sid, "t2", {"epoch": 1, "val_accuracy": 0.9}, "val_accuracy", "max")
-    store.upsert_trial(sid, "t3", config={}, state="failed")
-    store.add_epoch(sid, "t3", {"epoch": 1, "val_accuracy": 0.99}, "val_accuracy", "max")
-    assert [t.trial_id for t in store.best_trials(sid, "max", 5)] == ["t2", "t1"]  # failed trials never rank
-    assert store.trial_counts(sid)["running"] == 2 and store.trial_counts(sid)["failed"] == 1
+    store.trials.upsert(sid, "t2", config={"lr": 0.2}, state="running")
+    store.trials.add_epoch(sid, "t2", {"epoch": 1, "val_accuracy": 0.9}, "val_accuracy", "max")
+    store.trials.upsert(sid, "t3", config={}, state="failed")
+    store.trials.add_epoch(sid, "t3", {"epoch": 1, "val_accuracy": 0.99}, "val_accuracy", "max")
+    assert [t.trial_id for t in store.trials.best(sid, "max", 5)] == ["t2", "t1"]  # failed trials never rank
+    assert store.trials.counts(sid)["running"] == 2 and store.trials.counts(sid)["failed"] == 1
 
 
 def test_a_cancelled_study_stays_cancelled(store: Store) -> None:
-    sid = store.create_study("x", {}).id
-    assert store.finish_study(sid, StudyStatus.CANCELLED)
-    assert not store.finish_study(sid, StudyStatus.COMPLETED)
-    assert store.get_study(sid).status == "cancelled"  # type: ignore[union-attr]
+    sid = store.studies.create("x", {}).id
+    assert store.studies.finish(sid, StudyStatus.CANCELLED)
+    assert not store.studies.finish(sid, StudyStatus.COMPLETED)
+    assert store.studies.get(sid).status == "cancelled"  # type: ignore[union-attr]
 
 
 def test_optuna_tables_live_beside_ours(store: Store) -> None:
     storage = optuna.storages.RDBStorage(sqlalchemy_url(store.url))
     study = optuna.create_study(storage=storage, study_name="beside")
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
-    tables = set(inspect(store.engine).get_table_names())
+    tables = set(inspect(store.db.engine).get_table_names())
     assert {"caviar_studies", "caviar_trials", "caviar_metrics", "caviar_alembic_version"} <= tables
     assert {"studies", "trials", "alembic_version"} <= tables
     migrate(store.url)  # our migrations still run with Optuna's alembic_version present
@@ -74,5 +80,35 @@ def test_optuna_storage_keeps_a_study_where_it_says(store: Store, tmp_path: Path
     assert optuna_journal(tmp_path / "data", "s1").exists() == (kind == "journal")
     again = optuna_storage(kind, store.url, tmp_path / "data", "s1")  # a resumed driver opens it again
     assert [t.params for t in optuna.load_study(study_name="caviar-s1", storage=again).trials] == [t.params for t in study.trials]
-    with pytest.raises(ValueError, match="CAVIAR_OPTUNA_STORAGE"):
-        optuna_storage("memory", store.url, tmp_path, "s1")
+
+
+HOLD_LOCK = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")  # the write lock, held until stdin closes
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_write_against_a_lock_never_released_gives_up_after_the_stated_time(tmp_path: Path) -> None:
+    """What the README states: a store call waits for SQLite's busy timeout, and gives up (the API's
+    503) after about that; the retry window (counted from the first attempt) adds at most one more try."""
+    url = f"sqlite:///{tmp_path / 'caviar.db'}"
+    migrate(url)
+    store = Store(url)
+    sid = store.studies.create("x", {}).id
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "caviar.db")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        t0 = time.monotonic()
+        with pytest.raises(OperationalError, match="locked"):
+            store.studies.update(sid, status="running")
+        waited = time.monotonic() - t0
+    finally:
+        holder.communicate("")
+    print(f"gave up after {waited:.1f} s")
+    # at least the busy timeout; at most one more attempt within the retry window, with a margin for a slow machine
+    assert SQLITE_BUSY_TIMEOUT_S <= waited + 0.1
+    assert waited < SQLITE_BUSY_TIMEOUT_S + max(RETRY_FOR_S, SQLITE_BUSY_TIMEOUT_S) + 5
+    assert store.studies.update(sid, status="running")  # and the store works once the lock is gone

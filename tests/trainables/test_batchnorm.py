@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from trainables.config import MLPConfig
-from trainables.models import build_mlp
+from trainables.engine.models import build_mlp
 
 
 def _bn_layers(model: nn.Module) -> list[nn.BatchNorm1d]:

@@ -15,7 +15,7 @@ import pytest
 from trainables import get_trainable, list_trainables
 from trainables.config import CNNConfig, MLPConfig
 from trainables.engine import evaluate_checkpoint, fit
-from trainables.models import build_cnn, build_mlp
+from trainables.engine.models import build_cnn, build_mlp
 from trainables.report import StdoutReporter, load_state
 
 DATASETS: list[dict[str, Any]] = [
@@ -57,10 +57,14 @@ def blobs_file(caviar_data_dir: Path) -> None:
     np.savez(caviar_data_dir / "datasets" / "blobs.npz", x=x, y=y)
 
 
-def test_registry_lists_the_builtins_with_their_knobs() -> None:
+def test_registry_lists_the_builtins_with_their_knobs_and_metrics() -> None:
     names = set(list_trainables())
-    assert {"mlp_bn_softmax", "cnn_bn_softmax"} <= names
-    knobs = get_trainable("mlp_bn_softmax").knobs()
+    assert {"mlp_bn_softmax", "cnn_bn_softmax", "busy_work", "softmax_f1"} <= names  # softmax_f1: tests/plugins' entry point
+    assert get_trainable("softmax_f1").metrics[0] == "val_f1"
+    spec = get_trainable("mlp_bn_softmax")
+    assert set(MEASURED) - {"epoch"} <= set(spec.metrics)  # what the loop reports is what the spec declares
+    assert spec.load_train() is __import__("trainables.engine.builtin", fromlist=["x"]).mlp_bn_softmax
+    knobs = spec.knobs()
     assert {"lr", "batch_size", "weight_init", "optimizer", "width", "depth", "bn_placement", "label_smoothing", "class_weights"} <= set(knobs)
     assert knobs["dataset"] == {"name": "digits", "validation_fraction": 0.2, "seed": 0, "test_fraction": 0.2}
     with pytest.raises(KeyError, match="unknown trainable 'resnet'"):
@@ -209,12 +213,12 @@ def test_busy_work_spins_its_time_and_scores_by_x_and_y(capsys: pytest.CaptureFi
 
     spec = get_trainable("busy_work")
     t0 = time.process_time()
-    spec.train({"epochs": 4, "seconds_per_epoch": 0.05, "x": 0.3, "y": 0.7})
+    spec.load_train()({"epochs": 4, "seconds_per_epoch": 0.05, "x": 0.3, "y": 0.7})
     assert time.process_time() - t0 >= 0.18  # CPU time, not sleep
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["val_accuracy"] == pytest.approx(1 - 0.5**4)
-    spec.train({"epochs": 1, "seconds_per_epoch": 0, "x": 1.0, "y": 0.0})
+    spec.load_train()({"epochs": 1, "seconds_per_epoch": 0, "x": 1.0, "y": 0.0})
     worse = json.loads(capsys.readouterr().out)
     assert worse["val_accuracy"] < rows[0]["val_accuracy"]
 
@@ -223,7 +227,7 @@ def test_checkpoints_by_time_by_default_and_always_at_the_end() -> None:
     """Short epochs are not checkpointed one by one (it costs more than a retry would lose)."""
     from trainables.config import MLPConfig
     from trainables.engine import fit
-    from trainables.models import build_mlp
+    from trainables.engine.models import build_mlp
 
     cfg = MLPConfig.model_validate({"epochs": 4, "dataset": {"name": "digits"}})
     rec = Recorder()

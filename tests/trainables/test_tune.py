@@ -15,7 +15,7 @@ def flaky_mlp(config: dict[str, Any]) -> None:
     """mlp_bn_softmax whose first attempt dies after two epochs (as if its worker were killed)."""
     from trainables.config import MLPConfig
     from trainables.engine import fit
-    from trainables.models import build_mlp
+    from trainables.engine.models import build_mlp
     from trainables.report import TuneReporter
 
     marker = Path(config.pop("crash_marker"))
@@ -40,7 +40,7 @@ def test_failed_trial_is_retried_from_its_last_checkpoint(ray_cluster: None, tmp
     from tests.trainables.test_train import MEASURED, Recorder
     from trainables.config import MLPConfig
     from trainables.engine import fit
-    from trainables.models import build_mlp
+    from trainables.engine.models import build_mlp
     from trainables.report import load_state
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -35,8 +35,10 @@ MAX_STALE_S = 2.0  # an entry older than this is never served: readers wait for 
 
 
 class ReadCache:
-    def __init__(self, ttl_s: float, max_stale_s: float = MAX_STALE_S, max_entries: int = 4096) -> None:
+    def __init__(self, ttl_s: float, max_stale_s: float = MAX_STALE_S, max_entries: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s, self.max_stale_s, self.max_entries = ttl_s, max(max_stale_s, ttl_s), max_entries
+        self.clock = clock  # tests pass their own
         self._entries: OrderedDict[Key, tuple[float, bytes]] = OrderedDict()
         self._refreshing: dict[Key, asyncio.Future[bytes]] = {}
         self._generation: dict[str, int] = {}  # per study: bumped by invalidate()
@@ -46,7 +48,7 @@ class ReadCache:
         if self.ttl_s <= 0:
             return await run_in_threadpool(fill)
         entry = self._entries.get(key)
-        now = time.monotonic()
+        now = self.clock()
         if entry is not None and now - entry[0] < self.ttl_s:
             return entry[1]
         refresh = self._refreshing.get(key)
@@ -60,7 +62,7 @@ class ReadCache:
 
     async def _refresh(self, key: Key, fill: Callable[[], bytes]) -> bytes:
         generation = self._generation.get(key[0], 0)
-        started = time.monotonic()
+        started = self.clock()
         try:
             body = await run_in_threadpool(fill)
         finally:

@@ -9,10 +9,11 @@ import yaml
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from service import studies
-from service.deps import ContextDep, OwnerDep
-from service.problems import ERRORS, PROBLEM, problem
-from service.schemas import BestOut, StudyOut, StudyPage, StudyStatus, TrialDetail, TrialOut
+from service.api import studies
+from service.api.deps import ContextDep, OwnerDep
+from service.api.problems import ERRORS, PROBLEM, problem
+from service.api.schemas import BestOut, StudyOut, StudyPage, TrialDetail, TrialOut
+from service.definition import StudyStatus
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"], responses={401: ERRORS[401], 422: ERRORS[422], 503: ERRORS[503]})
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,255}$"  # printable ASCII, no spaces: a UUID, a commit SHA, ...

@@ -1,25 +1,58 @@
-"""The study definition and the API's response models.
+"""What a study is: its definition, its statuses and its trials' states. Torch-free and Ray-free,
+shared by the API (which validates), the store and the study's driver.
 
 A definition is validated in two steps: its shape by pydantic (each field's own rules), then
-``check_definition`` against the registries (trainable, search space, knobs, grid size, cluster
-resources). Both raise errors with a dotted field path, which the app turns into 422 problem
-details.
+``check_definition`` against the registries (trainable and its declared metrics, search space,
+knobs, sampler, scheduler, dataset file, grid size, cluster resources). Both raise errors with a
+dotted field path, which the API turns into 422 problem details. ``freeze`` gives what is stored:
+the definition with its search space resolved (presets expanded), so the driver and any resume
+run the space the study was submitted with, whatever happens to preset files later.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from search_spaces import CategoricalParam, FloatParam, IntParam, SearchSpace, SearchSpaceError, resolve_space
-from service.states import StudyStatus, TrialState
+from search_spaces import (
+    SAMPLERS,
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    SearchSpace,
+    SearchSpaceError,
+    parse_space,
+    resolve_space,
+)
+from service.runner.schedulers import RUNG_BASED, SCHEDULERS
 from trainables import UnknownTrainable, get_trainable
-from trainables.datasets import DatasetError, DatasetSpec, FileSpec, resolve_file
+from trainables.datasets import DatasetError, DatasetSpec, FileSpec, check_file
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+METRIC = r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$"
+
+
+class StudyStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = frozenset({StudyStatus.COMPLETED, StudyStatus.FAILED, StudyStatus.CANCELLED})
+ACTIVE = (StudyStatus.QUEUED.value, StudyStatus.RUNNING.value)
+
+
+class TrialState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    STOPPED_EARLY = "stopped_early"
+    FAILED = "failed"
 
 
 class DefinitionError(ValueError):
@@ -32,22 +65,38 @@ class DefinitionError(ValueError):
 
 class Objective(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    metric: Literal["val_accuracy", "val_loss", "train_loss", "val_confidence"] = "val_accuracy"
+    metric: str = Field("val_accuracy", pattern=METRIC, description="One of the metrics the trainable declares (GET /v1/trainables).")
     mode: Literal["max", "min"] = "max"
+
+
+def _one_of(kind: str, value: str, names: Any) -> str:
+    if value not in names:
+        raise ValueError(f"unknown {kind} '{value}' (expected one of {', '.join(names)})")
+    return value
 
 
 class Sampler(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["tpe", "random", "grid", "cmaes", "qmc", "gp"] = "tpe"
+    type: str = Field("tpe", description=f"One of: {', '.join(SAMPLERS)}.")
     seed: int | None = Field(0, ge=0, le=2**32 - 1)
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _one_of("sampler", value, SAMPLERS)
 
 
 class Scheduler(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["asha", "hyperband", "median", "none"] = "asha"
+    type: str = Field("asha", description=f"One of: {', '.join(SCHEDULERS)}.")
     max_t: int | None = Field(None, ge=1, le=1000, description="Epochs; defaults to fixed.epochs.")
     grace_period: int = Field(2, ge=1, le=1000)
     reduction_factor: float = Field(3.0, gt=1.0, le=100.0)
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _one_of("scheduler", value, SCHEDULERS)
 
     @model_validator(mode="after")
     def _grace(self) -> Scheduler:
@@ -97,7 +146,8 @@ class StudyDefinition(BaseModel):
     trainable: str = Field(min_length=1, max_length=128, description="A registered trainable (GET /v1/trainables).")
     dataset: DatasetSpec
     search_space: str | list[str | dict[str, Any]] | dict[str, Any] = Field(
-        description="A preset name (GET /v1/search-spaces), an inline mapping of parameters, or a list of both merged left to right."
+        description="A preset name (GET /v1/search-spaces), an inline mapping of parameters, or a list of both merged "
+        "left to right. Stored resolved: a study keeps the space it was submitted with."
     )
     fixed: dict[str, Any] = Field(default_factory=dict, description="Knob values every trial gets (e.g. epochs).")
     objective: Objective = Field(default_factory=Objective)
@@ -110,7 +160,15 @@ class StudyDefinition(BaseModel):
         return int(self.fixed.get("epochs") or self.scheduler.max_t or 20)
 
     def space(self) -> SearchSpace:
+        """The search space; a stored (frozen) definition holds it as a mapping already."""
+        if isinstance(self.search_space, dict):
+            return parse_space(self.search_space)
         return resolve_space(self.search_space)
+
+
+def freeze(d: StudyDefinition, space: SearchSpace) -> dict[str, Any]:
+    """The definition as stored: JSON, with the search space resolved (presets expanded)."""
+    return {**d.model_dump(mode="json"), "search_space": space.to_dict()}
 
 
 def _space_error(exc: SearchSpaceError) -> DefinitionError:
@@ -120,13 +178,15 @@ def _space_error(exc: SearchSpaceError) -> DefinitionError:
 def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[str, float] | None, data_dir: Path) -> SearchSpace:
     """Check a shape-valid definition against the registries; returns its resolved search space.
 
-    ``cluster`` is the Ray cluster's total resources (None when Ray is unreachable: resource
+    ``cluster`` is the largest Ray node's resources (None when Ray is unreachable: resource
     checks are then left to Ray).
     """
     try:
         spec = get_trainable(d.trainable)
     except UnknownTrainable as exc:
         raise DefinitionError("trainable", str(exc)) from None
+    if d.objective.metric not in spec.metrics:
+        raise DefinitionError("objective.metric", f"'{d.trainable}' does not report '{d.objective.metric}' (it reports: {', '.join(spec.metrics)})")
     try:
         space = d.space()
     except SearchSpaceError as exc:
@@ -158,14 +218,13 @@ def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[
         raise DefinitionError("fixed." + ".".join(str(p) for p in err["loc"]), err["msg"]) from None
     if isinstance(d.dataset, FileSpec):
         try:
-            path = resolve_file(d.dataset.path, root=data_dir)
+            check_file(d.dataset, data_dir)
         except DatasetError as exc:
-            raise DefinitionError("dataset.path", str(exc).removeprefix("dataset.path: ")) from None
-        if not path.is_file():
-            raise DefinitionError("dataset.path", f"no file '{d.dataset.path}' under {data_dir / 'datasets'}")
+            field, _, rule = str(exc).partition(": ")
+            raise DefinitionError(field, rule) from None
     if d.scheduler.max_t is not None and "epochs" in d.fixed and d.scheduler.max_t > d.fixed["epochs"]:
         raise DefinitionError("scheduler.max_t", f"must be <= fixed.epochs ({d.fixed['epochs']})")
-    if d.scheduler.type in ("asha", "hyperband") and d.scheduler.grace_period > d.epochs():
+    if d.scheduler.type in RUNG_BASED and d.scheduler.grace_period > d.epochs():
         raise DefinitionError("scheduler.grace_period", f"must be <= the epochs a trial runs ({d.epochs()})")
     if d.sampler.type == "grid":
         try:
@@ -177,71 +236,14 @@ def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[
             want = getattr(d.resources_per_trial, key)
             have = cluster.get(ray_key, 0.0)
             if want > have:
-                raise DefinitionError(
-                    f"resources_per_trial.{key}", f"asks for {want:g} {ray_key} per trial; the Ray cluster has {have:g}"
-                )
+                raise DefinitionError(f"resources_per_trial.{key}", f"asks for {want:g} {ray_key} per trial; the Ray cluster has {have:g}")
     return space
 
 
-# -- responses -----------------------------------------------------------------------------------
-
-
-class TrialOut(BaseModel):
-    trial_id: str
-    state: TrialState
-    config: dict[str, Any]
-    epochs: int
-    last_metrics: dict[str, Any] | None
-    best_value: float | None = Field(description="Best objective value over the trial's epochs.")
-    error: str | None
-    retries: int = Field(0, description="Times the trial failed and was retried from its last checkpoint.")
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-class TrialDetail(TrialOut):
-    history: list[dict[str, Any]] = Field(
-        description="One entry per epoch: the learning curve; `reported_at` is when the study's driver received it (Unix seconds)."
-    )
-
-
-class StudyOut(BaseModel):
-    id: str
-    name: str
-    status: StudyStatus
-    trainable: str
-    objective: Objective
-    trial_counts: dict[str, int]
-    best: dict[str, Any] | None = Field(description="Best trial so far: trial_id, value, config.")
-    ray_job_id: str | None
-    dashboard_url: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    error: str | None
-    definition: dict[str, Any]
-    owner: str = Field(description="Owner of the API token that submitted the study ('local': loopback without a token).")
-    resumes: int = Field(0, description="Times the study was resumed from Tune's saved state after its Ray job died.")
-
-
-class StudyPage(BaseModel):
-    items: list[StudyOut]
-    total: int
-    offset: int
-    limit: int
-
-
-class BestEntry(BaseModel):
-    trial_id: str
-    config: dict[str, Any]
-    metrics: dict[str, Any] | None
-    value: float
-
-
-class BestOut(BaseModel):
-    study_id: str
-    objective: Objective
-    items: list[BestEntry]
-    test_metrics: dict[str, float] | None = Field(
-        description="Held-out test metrics of the best trial's final checkpoint (set when the study completes)."
-    )
+def trial_outcome(result: dict[str, Any] | None, epochs: int, error: bool = False) -> TrialState:
+    """completed | stopped_early | failed, from a trial's last result (one rule for the store and Optuna)."""
+    if error or not result or result.get("diverged"):
+        return TrialState.FAILED
+    if int(result.get("epoch") or 0) < int((result.get("config") or {}).get("epochs") or epochs):
+        return TrialState.STOPPED_EARLY
+    return TrialState.COMPLETED

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from service.deps import ContextDep, current_owner
-from service.problems import ERRORS
+from service.api.deps import ContextDep, current_owner
+from service.api.problems import ERRORS
 
 router = APIRouter(tags=["health"])
 
@@ -32,7 +32,7 @@ async def readyz(request: Request, ctx: ContextDep) -> JSONResponse:
             store = True
         except Exception:
             store = False
-        return {"store": store, "ray": ctx.ray.ping()}
+        return {"store": store, "ray": ctx.jobs.ping()}
 
     checks = await run_in_threadpool(check)
     ok = all(checks.values())

@@ -7,16 +7,17 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from search_spaces import list_presets, load_preset, preset_description
-from service.deps import current_owner
-from service.problems import ERRORS
+from service.api.deps import current_owner
+from service.api.problems import ERRORS
 from trainables import list_trainables
 
 router = APIRouter(prefix="/v1", tags=["catalog"], dependencies=[Depends(current_owner)], responses={401: ERRORS[401]})
 
 
-@router.get("/trainables", summary="Registered trainables with their knobs and defaults")
+@router.get("/trainables", summary="Registered trainables: their knobs with defaults, and the metrics they report (what an objective may name)")
 def trainables() -> list[dict[str, Any]]:
-    return [{"name": s.name, "description": s.description.strip(), "knobs": s.knobs()} for s in list_trainables().values()]
+    return [{"name": s.name, "description": s.description.strip(), "metrics": list(s.metrics), "knobs": s.knobs()}
+            for s in list_trainables().values()]
 
 
 @router.get("/search-spaces", summary="Search-space presets with their parameters")

@@ -12,24 +12,26 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 
-from service import problems, studies
-from service.limits import Limits
-from service.ray_adapter import RayJobs
-from service.routes import catalog, health
-from service.routes import studies as study_routes
-from service.schemas import StudyDefinition
+from service.api import problems
+from service.api.dispatch import dispatch_once
+from service.api.limits import Limits
+from service.api.routes import catalog, health
+from service.api.routes import studies as study_routes
+from service.api.studies import Context
+from service.definition import StudyDefinition
+from service.jobs import Jobs, RayJobs
 from service.settings import Settings
 from service.store import Store, migrate
 
-log = logging.getLogger("caviar.app")
-DISPATCH_INTERVAL_S = 1.0
+log = logging.getLogger("caviar.api")
 
 
-def create_app(settings: Settings | None = None, *, run_migrations: bool = True) -> FastAPI:
-    settings = settings or Settings.from_env()
+def create_app(settings: Settings, *, jobs: Jobs | None = None, run_migrations: bool = True) -> FastAPI:
+    """The API over ``settings``; ``jobs`` defaults to the Ray cluster at ``settings.ray_address``
+    (tests pass a fake)."""
     if run_migrations:
         migrate(settings.database_url)
-    ctx = studies.Context(settings=settings, store=Store(settings.database_url), ray=RayJobs(settings.ray_address))
+    ctx = Context(settings=settings, store=Store(settings.database_url), jobs=jobs if jobs is not None else RayJobs(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -37,13 +39,13 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
             while True:
                 ctx.dispatch_now.clear()
                 try:
-                    await asyncio.to_thread(studies.dispatch_once, ctx)
+                    await asyncio.to_thread(dispatch_once, ctx)
                 except Exception as exc:  # Ray down or restarting: try again next tick
                     log.warning("dispatch: %s", exc)
-                    ctx.ray.reset()
-                # every second, and at once when a study is submitted (no tick to wait for)
+                    ctx.jobs.reset()
+                # every tick, and at once when a study is submitted (no tick to wait for)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ctx.dispatch_now.wait(), DISPATCH_INTERVAL_S)
+                    await asyncio.wait_for(ctx.dispatch_now.wait(), settings.dispatch_interval_s)
 
         task = asyncio.create_task(dispatcher())
         try:
@@ -73,11 +75,11 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.ctx = ctx
-    app.state.draining = False  # set on SIGTERM (service.cli): /readyz turns 503 before the server stops
+    app.state.draining = False  # set on SIGTERM (service.cli's server): /readyz turns 503 before the server stops
 
     async def docs_token_ok(authorization: str) -> bool:
         scheme, _, token = authorization.partition(" ")
-        return scheme.lower() == "bearer" and bool(token) and await run_in_threadpool(ctx.store.owner_for_token, token.strip()) is not None
+        return scheme.lower() == "bearer" and bool(token) and await run_in_threadpool(ctx.store.tokens.owner_for, token.strip()) is not None
 
     app.add_middleware(Limits, guard_docs=docs_token_ok if settings.auth == "required" else None)
     problems.install(app)

@@ -1,10 +1,11 @@
-"""Alembic environment: migrations run against the URL set by ``service.store.migrate``."""
+"""Alembic environment: migrations run against the URL set by ``service.store.engine.migrate``."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from service.store import VERSION_TABLE, Base, make_engine
+from service.store.engine import VERSION_TABLE, make_engine
+from service.store.models import Base
 
 config = context.config
 engine = make_engine(config.get_main_option("sqlalchemy.url") or "")

@@ -7,29 +7,18 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from pydantic import TypeAdapter
 
-from service.ray_adapter import TERMINAL_JOB_STATES, RayJobs
-from service.readcache import ReadCache
-from service.schemas import (
-    BestEntry,
-    BestOut,
-    StudyDefinition,
-    StudyOut,
-    StudyStatus,
-    TrialDetail,
-    TrialOut,
-    check_definition,
-)
+from service.api.readcache import ReadCache
+from service.api.schemas import BestEntry, BestOut, StudyOut, TrialDetail, TrialOut
+from service.definition import FINISHED, StudyDefinition, StudyStatus, check_definition, freeze
+from service.jobs import Jobs
 from service.settings import Settings
-from service.states import FINISHED
-from service.store import LOCAL_OWNER, Store, StudyRow, TrialRow, now
+from service.store import LOCAL_OWNER, Store, StudyRow, TrialRow
 
 log = logging.getLogger("caviar.studies")
-RESTOP_WINDOW = timedelta(hours=1)
 
 
 class NotFound(LookupError):
@@ -56,7 +45,7 @@ class QuotaExceeded(RuntimeError):
 class Context:
     settings: Settings
     store: Store
-    ray: RayJobs
+    jobs: Jobs
     reads: ReadCache = field(init=False)
     dispatch_now: asyncio.Event = field(default_factory=asyncio.Event, init=False)  # wakes the dispatcher loop
 
@@ -77,7 +66,7 @@ def submit(ctx: Context, data: dict[str, Any], owner: str = LOCAL_OWNER, idempot
     flight with the key is InFlight.
     """
     if idempotency_key is not None:
-        outcome, study_id = ctx.store.claim_key(owner, idempotency_key, body_hash(data))
+        outcome, study_id = ctx.store.keys.claim(owner, idempotency_key, body_hash(data))
         if outcome == "replay":
             return study_out(ctx, get(ctx, study_id or "", owner)), False
         if outcome == "mismatch":
@@ -87,12 +76,12 @@ def submit(ctx: Context, data: dict[str, Any], owner: str = LOCAL_OWNER, idempot
     try:
         definition = StudyDefinition.model_validate(data)
         try:
-            cluster = ctx.ray.largest_node()
+            cluster = ctx.jobs.largest_node()
         except Exception:  # Ray unreachable: resources are checked by Ray when it comes back
             cluster = None
         s = ctx.settings
-        check_definition(definition, max_grid_points=s.max_grid_points, cluster=cluster, data_dir=s.data_dir)
-        studies_active, trials_active = ctx.store.owner_usage(owner)
+        space = check_definition(definition, max_grid_points=s.max_grid_points, cluster=cluster, data_dir=s.data_dir)
+        studies_active, trials_active = ctx.store.studies.owner_usage(owner)
         if studies_active + 1 > s.quota_active_studies:
             raise QuotaExceeded(f"owner '{owner}' has {studies_active} studies queued or running; the quota is {s.quota_active_studies}. "
                                 "Wait for one to finish or cancel one")
@@ -100,17 +89,17 @@ def submit(ctx: Context, data: dict[str, Any], owner: str = LOCAL_OWNER, idempot
         if trials_active + want > s.quota_concurrent_trials:
             raise QuotaExceeded(f"owner '{owner}' runs up to {trials_active} concurrent trials; this study adds {want} "
                                 f"(budget.max_concurrent_trials) and the quota is {s.quota_concurrent_trials}")
-        row = ctx.store.create_study(definition.name, definition.model_dump(mode="json"), owner=owner, idempotency_key=idempotency_key)
+        row = ctx.store.studies.create(definition.name, freeze(definition, space), owner=owner, idempotency_key=idempotency_key)
     except BaseException:
         if idempotency_key is not None:
-            ctx.store.release_key(owner, idempotency_key)
+            ctx.store.keys.release(owner, idempotency_key)
         raise
     return study_out(ctx, row), True
 
 
 def get(ctx: Context, study_id: str, owner: str | None = None) -> StudyRow:
     """A study by id; with ``owner``, another owner's study is NotFound (as if it did not exist)."""
-    row = ctx.store.get_study(study_id)
+    row = ctx.store.studies.get(study_id)
     _check_owner(row, study_id, owner)
     return row  # type: ignore[return-value]
 
@@ -122,7 +111,7 @@ def _check_owner(row: StudyRow | None, study_id: str, owner: str | None) -> None
 
 def view(ctx: Context, study_id: str, owner: str | None = None) -> StudyOut:
     """GET /v1/studies/{id}: one read of the store."""
-    found = ctx.store.study_view(study_id)
+    found = ctx.store.studies.view(study_id)
     _check_owner(found[0] if found else None, study_id, owner)
     assert found is not None
     return _out(ctx, *found)
@@ -134,7 +123,7 @@ async def view_json(ctx: Context, study_id: str, owner: str) -> bytes:
 
 
 def study_out(ctx: Context, row: StudyRow) -> StudyOut:
-    found = ctx.store.study_view(row.id)
+    found = ctx.store.studies.view(row.id)
     return _out(ctx, *found) if found else _out(ctx, row, {}, None)
 
 
@@ -151,7 +140,7 @@ def _out(ctx: Context, row: StudyRow, counts: dict[str, int], b: TrialRow | None
 
 
 def list_page(ctx: Context, status: StudyStatus | None, offset: int, limit: int, owner: str | None = None) -> tuple[list[StudyOut], int]:
-    rows, total = ctx.store.list_studies(status.value if status else None, offset, limit, owner=owner)
+    rows, total = ctx.store.studies.page(status.value if status else None, offset, limit, owner=owner)
     return [study_out(ctx, r) for r in rows], total
 
 
@@ -164,7 +153,7 @@ def trial_out(row: TrialRow) -> dict[str, Any]:
 
 
 def trials(ctx: Context, study_id: str, owner: str | None = None) -> list[TrialOut]:
-    row, rows = ctx.store.study_trials(study_id)
+    row, rows = ctx.store.studies.with_trials(study_id)
     _check_owner(row, study_id, owner)
     return [TrialOut(**trial_out(r)) for r in rows]
 
@@ -179,7 +168,7 @@ async def trials_json(ctx: Context, study_id: str, owner: str) -> bytes:
 
 def trial(ctx: Context, study_id: str, trial_id: str, owner: str | None = None) -> TrialDetail:
     get(ctx, study_id, owner)
-    found = ctx.store.trial(study_id, trial_id)
+    found = ctx.store.trials.get(study_id, trial_id)
     if found is None:
         raise NotFound(f"no trial '{trial_id}' in study '{study_id}'")
     row, history = found
@@ -191,7 +180,7 @@ def best(ctx: Context, study_id: str, k: int, owner: str | None = None) -> BestO
     objective = row.definition["objective"]
     items = [
         BestEntry(trial_id=t.trial_id, config=t.config, metrics=t.last_metrics, value=float(t.best_value))  # type: ignore[arg-type]
-        for t in ctx.store.best_trials(study_id, objective["mode"], k)
+        for t in ctx.store.trials.best(study_id, objective["mode"], k)
     ]
     return BestOut(study_id=study_id, objective=objective, items=items, test_metrics=row.test_metrics)
 
@@ -200,57 +189,10 @@ def cancel(ctx: Context, study_id: str, owner: str | None = None) -> StudyOut:
     row = get(ctx, study_id, owner)
     if StudyStatus(row.status) in FINISHED:
         raise Conflict(f"study '{study_id}' is already {row.status}; only queued or running studies can be cancelled")
-    ctx.store.finish_study(study_id, StudyStatus.CANCELLED, error=None)
+    ctx.store.studies.finish(study_id, StudyStatus.CANCELLED, error=None)
     if row.ray_job_id:
         try:
-            ctx.ray.stop(row.ray_job_id)  # stops the driver; its trials die with it
-        except Exception as exc:  # dispatch_once retries while the job still runs
+            ctx.jobs.stop(row.ray_job_id)  # stops the driver; its trials die with it
+        except Exception as exc:  # the dispatcher retries while the job still runs
             log.warning("could not stop job %s yet: %s", row.ray_job_id, exc)
     return study_out(ctx, get(ctx, study_id))
-
-
-def dispatch_once(ctx: Context) -> None:
-    """Reconcile the store with Ray. Runs at start-up and every second in the API process (in a
-    worker thread); idempotent, so a killed and restarted API picks up where it was:
-
-    - hand studies without a job (queued, or running whose job died) to Ray: a study's driver
-      resumes from Tune's saved experiment state when there is one;
-    - stop jobs of cancelled studies (again, if a stop failed);
-    - a study whose job died (driver killed, Ray head restarted) is resumed, up to ``max_resumes``
-      times, then failed; a job stopped outside Caviar fails its study;
-    - trials still pending/running in a finished study (zombies: no process behind them) are failed.
-    """
-    for row in ctx.store.studies_with_zombies():
-        n = ctx.store.mark_zombies(row.id, f"no process behind this trial: its study is {row.status}")
-        if n:
-            log.warning("study %s (%s): %d zombie trials marked failed", row.id, row.status, n)
-    env = {"CAVIAR_DATABASE_URL": ctx.store.url, "CAVIAR_DATA_DIR": str(ctx.settings.data_dir), "TUNE_GLOBAL_CHECKPOINT_S": "2",
-           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "CAVIAR_OPTUNA_STORAGE": ctx.settings.optuna_storage}
-    for row in ctx.store.studies_with_status(StudyStatus.QUEUED.value, StudyStatus.RUNNING.value):
-        if row.ray_job_id:
-            continue
-        job_id = ctx.ray.submit(row.id, env)
-        if not ctx.store.update_study(row.id, only_if=(StudyStatus.QUEUED.value, StudyStatus.RUNNING.value), ray_job_id=job_id):
-            ctx.ray.stop(job_id)  # cancelled while we submitted
-    # a cancel whose stop request failed (Ray busy or down) is retried until the job has ended
-    for row in ctx.store.studies_with_status(StudyStatus.CANCELLED.value, finished_after=now() - RESTOP_WINDOW):
-        if row.ray_job_id and ctx.ray.status(row.ray_job_id) not in (*TERMINAL_JOB_STATES, None):
-            ctx.ray.stop(row.ray_job_id)
-    for row in ctx.store.studies_with_status(StudyStatus.QUEUED.value, StudyStatus.RUNNING.value):
-        if not row.ray_job_id:
-            continue
-        status = ctx.ray.status(row.ray_job_id)
-        if status not in TERMINAL_JOB_STATES and status is not None:
-            continue
-        fresh = ctx.store.get_study(row.id)
-        if fresh is None or StudyStatus(fresh.status) in FINISHED or fresh.ray_job_id != row.ray_job_id:
-            continue  # the driver finished it (or it was cancelled) before its job ended
-        # FAILED without the driver marking the study: the driver died (kill -9, OOM, node lost);
-        # unknown (None): the Ray cluster was restarted and forgot the job
-        if status in ("FAILED", None) and fresh.resumes < ctx.settings.max_resumes:
-            if ctx.store.update_study(row.id, only_if=(fresh.status,), ray_job_id=None, resumes=fresh.resumes + 1):
-                log.warning("study %s: its Ray job %s ended as %s; resuming (resume %d)", row.id, row.ray_job_id, status or "unknown", fresh.resumes + 1)
-            continue
-        why = "was stopped outside Caviar" if status == "STOPPED" else f"ended as {status or 'unknown'}"
-        extra = f" after {fresh.resumes} resumes" if fresh.resumes else ""
-        ctx.store.finish_study(row.id, StudyStatus.FAILED, error=f"the study's Ray job {why} before the study finished{extra}")

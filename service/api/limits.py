@@ -3,7 +3,7 @@
 - Bodies over ``max_body`` bytes get 413: at once when Content-Length says so, else while
   streaming (the body is never read past the limit).
 - When auth is required, the OpenAPI document and the docs pages need a bearer token too
-  (every endpoint but /healthz does; routes check theirs with ``service.deps.current_owner``).
+  (every endpoint but /healthz does; routes check theirs with ``service.api.deps.current_owner``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.problems import problem
+from service.api.problems import problem
 
 MAX_BODY = 1 << 20
 DOC_PATHS = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")

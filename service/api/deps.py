@@ -8,8 +8,8 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.api.studies import Context
 from service.store import LOCAL_OWNER
-from service.studies import Context
 
 
 class Unauthorized(PermissionError):
@@ -32,7 +32,7 @@ async def current_owner(ctx: ContextDep, credentials: Annotated[HTTPAuthorizatio
         if ctx.settings.auth == "required":
             raise Unauthorized("this endpoint needs a bearer token (Authorization: Bearer <token>); create one with `caviar token create --owner NAME`")
         return LOCAL_OWNER
-    owner = await run_in_threadpool(ctx.store.owner_for_token, credentials.credentials)
+    owner = await run_in_threadpool(ctx.store.tokens.owner_for, credentials.credentials)
     if owner is None:
         raise Unauthorized("the bearer token is unknown or revoked")
     return owner

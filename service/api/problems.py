@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
-from service.schemas import DefinitionError
-from service.studies import Conflict, InFlight, KeyReused, NotFound, QuotaExceeded
+from service.api.studies import Conflict, InFlight, KeyReused, NotFound, QuotaExceeded
+from service.definition import DefinitionError
 
 log = logging.getLogger("caviar.api")
 PROBLEM = "application/problem+json"
@@ -61,7 +61,7 @@ def install(app: FastAPI) -> None:
     async def _definition(_: Request, exc: DefinitionError) -> JSONResponse:
         return problem(422, "Invalid definition", str(exc), field=exc.field, errors=[{"field": exc.field, "message": exc.rule}])
 
-    from service.deps import Unauthorized  # deps imports this module's neighbours; import late
+    from service.api.deps import Unauthorized  # deps imports this module's neighbours; import late
 
     @app.exception_handler(Unauthorized)
     async def _unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:

@@ -20,7 +20,7 @@ from torch import nn
 
 from trainables.config import TrainConfig
 from trainables.datasets import Dataset, load_dataset
-from trainables.models import init_weights, l1_penalty
+from trainables.engine.models import init_weights, l1_penalty
 from trainables.report import Reporter, get_reporter
 
 C = TypeVar("C", bound=TrainConfig)
@@ -185,11 +185,11 @@ def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: 
         if diverged:  # a diverged configuration ends here; the service records it as failed
             break
     if test:
-        metrics = dict(metrics, **test_metrics(model, tensors, eval_loss))
+        metrics = dict(metrics, **held_out_metrics(model, tensors, eval_loss))
     return metrics
 
 
-def test_metrics(model: nn.Module, tensors: _Tensors, loss_fn: nn.Module) -> dict[str, float]:
+def held_out_metrics(model: nn.Module, tensors: _Tensors, loss_fn: nn.Module) -> dict[str, float]:
     t = evaluate(model, tensors.x_test, tensors.y_test, loss_fn)
     return {"test_loss": t["loss"], "test_accuracy": t["accuracy"]}
 
@@ -211,4 +211,4 @@ def evaluate_checkpoint(cfg: TrainConfig, build: ModelBuilder, state: dict[str, 
     data = load_dataset(cfg.dataset)
     model = build(cfg, data.input_shape, data.n_classes).to(device)
     model.load_state_dict(state["model"])
-    return test_metrics(model, _Tensors(data, device), nn.CrossEntropyLoss())
+    return held_out_metrics(model, _Tensors(data, device), nn.CrossEntropyLoss())

@@ -1,0 +1,170 @@
+"""What the benchmarks share: the --smoke / --json flags, the table they print, the JSON they write,
+the invariants a smoke run asserts, a Ray head with `caviar serve` on it (``service.local``), and a
+study submitted and waited for through ``service.client.Client``.
+
+A full run writes its JSON under docs/bench/ unless ``--json PATH`` says where; a smoke run writes
+one only when asked. Every benchmark starts what it needs on free loopback ports and stops only that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.client import CaviarError, Client
+from service.local import LocalHead, LocalServer, wait_until
+
+DOCS_BENCH = Path(__file__).resolve().parent.parent / "docs" / "bench"
+
+
+# -- flags, output --------------------------------------------------------------------------------
+
+
+def parser(doc: str | None, smoke_help: str) -> argparse.ArgumentParser:
+    """An ArgumentParser with the flags every benchmark takes: ``--smoke`` and ``--json PATH``."""
+    ap = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help=f"{smoke_help}; asserts the benchmark's invariants (what CI runs)")
+    ap.add_argument("--json", type=Path, default=None, metavar="PATH",
+                    help="write the results here (default: docs/bench/<name>.json for a full run, nothing for --smoke)")
+    return ap
+
+
+def json_path(args: argparse.Namespace, name: str) -> Path | None:
+    """Where the results go: ``--json``, else docs/bench/NAME.json for a full run, else nowhere."""
+    if args.json is not None:
+        return Path(args.json)
+    return None if args.smoke else DOCS_BENCH / f"{name}.json"
+
+
+def write_json(path: Path | None, data: Any) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    print(f"wrote {path}")
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A plain text table: the first column left-aligned, the others right-aligned."""
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *(line(r) for r in cells[1:])])
+
+
+@dataclass
+class Checks:
+    """The invariants a run asserts: each is printed; ``exit_code()`` is 1 when any was violated."""
+
+    name: str
+    failed: list[str] = field(default_factory=list)
+    passed: list[str] = field(default_factory=list)
+
+    def check(self, ok: bool, what: str) -> bool:
+        (self.passed if ok else self.failed).append(what)
+        print(f"  check {'ok    ' if ok else 'FAILED'} {what}", flush=True)
+        return ok
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "failed": self.failed}
+
+    def exit_code(self) -> int:
+        if not self.failed:
+            return 0
+        print(f"\n{self.name}: {len(self.failed)} invariant(s) violated:", flush=True)
+        for what in self.failed:
+            print(f"  - {what}", flush=True)
+        return 1
+
+
+# -- a Ray head and `caviar serve` ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def cluster(work: Path, *, num_cpus: int | None = None, serve: bool = True,
+            server_env: dict[str, str] | None = None) -> Iterator[tuple[LocalHead, LocalServer | None]]:
+    """A Ray head of the benchmark's own and (``serve``) `caviar serve` on it, with the data directory
+    ``work/data`` (SQLite there). This process is made a client of the head (its token in
+    os.environ) so that it can also run Tune itself; CAVIAR_DATA_DIR is set before the head starts
+    so that its trial processes find the datasets there. Stops only what it started."""
+    data = work / "data"
+    (data / "datasets").mkdir(parents=True, exist_ok=True)
+    os.environ["CAVIAR_DATA_DIR"] = str(data)
+    head = LocalHead(work, num_cpus=num_cpus)
+    os.environ.update(head.env)
+    server = LocalServer(data, head, database_url=f"sqlite:///{data / 'caviar.db'}", env=server_env) if serve else None
+    try:
+        head.start()
+        if server is not None:
+            server.start()
+        yield head, server
+    finally:
+        if "ray" in sys.modules:  # a Tune run of the benchmark's own connected this process
+            import ray
+
+            ray.shutdown()
+        if server is not None:
+            server.stop()
+        head.stop()
+
+
+def submit(client: Client, definition: dict[str, Any], timeout_s: float = 120) -> str:
+    """POST a study; the id. Right after a head starts its dashboard answers before the head node
+    has registered its CPUs (422 "... the Ray cluster has 0"): that is retried."""
+
+    def attempt() -> str | None:
+        try:
+            return str(client.submit(definition)["id"])
+        except CaviarError as exc:
+            if exc.status == 422 and "cluster has 0" in exc.detail:
+                return None
+            raise
+
+    return wait_until(attempt, timeout_s, "a study submission the Ray cluster can hold", interval=0.5)
+
+
+def submit_and_wait(client: Client, definition: dict[str, Any], *, poll_s: float = 0.25,
+                    timeout_s: float | None = None) -> tuple[str, dict[str, Any], float, float]:
+    """Submit a study and wait until it ends: (study id, final study, submit time, wall seconds).
+    A study that does not complete ends the benchmark with its error."""
+    t0 = time.time()
+    study_id = submit(client, definition)
+    study = client.wait(study_id, poll_s=poll_s, timeout_s=timeout_s)
+    wall = time.time() - t0
+    if study["status"] != "completed":
+        raise SystemExit(f"study {study_id} {study['status']}: {study['error']}")
+    return study_id, study, t0, wall
+
+
+# -- the driver's store writes, without Ray ---------------------------------------------------------
+
+
+@dataclass
+class FakeTrial:
+    """What the driver's StoreCallback reads of a Ray Tune trial."""
+
+    trial_id: str
+    config: dict[str, Any]
+    last_result: dict[str, Any] = field(default_factory=dict)
+
+
+def store_callback(study_id: str, database_url: str, metric: str, mode: str, epochs: int) -> Any:
+    """The study driver's own StoreCallback (service.runner.callbacks), for a built-in classifier's
+    metrics: the benchmarks call its hooks as Tune does (on_trial_start, on_trial_result per epoch,
+    on_trial_complete), so they write what a driver writes, through the store's API. Imports
+    ray.tune (no cluster)."""
+    from service.runner.callbacks import StoreCallback
+    from trainables.registry import CLASSIFIER_METRICS
+
+    return StoreCallback(study_id, database_url, metric, mode, epochs, CLASSIFIER_METRICS)

@@ -1,0 +1,71 @@
+"""The API's response models (the request body is :class:`service.definition.StudyDefinition`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from service.definition import Objective, StudyStatus, TrialState
+
+
+class TrialOut(BaseModel):
+    trial_id: str
+    state: TrialState
+    config: dict[str, Any]
+    epochs: int
+    last_metrics: dict[str, Any] | None
+    best_value: float | None = Field(description="Best objective value over the trial's epochs.")
+    error: str | None
+    retries: int = Field(0, description="Times the trial failed and was retried from its last checkpoint.")
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class TrialDetail(TrialOut):
+    history: list[dict[str, Any]] = Field(
+        description="One entry per epoch: the learning curve; `reported_at` is when the study's driver received it (Unix seconds)."
+    )
+
+
+class StudyOut(BaseModel):
+    id: str
+    name: str
+    status: StudyStatus
+    trainable: str
+    objective: Objective
+    trial_counts: dict[str, int]
+    best: dict[str, Any] | None = Field(description="Best trial so far: trial_id, value, config.")
+    ray_job_id: str | None
+    dashboard_url: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    definition: dict[str, Any]
+    owner: str = Field(description="Owner of the API token that submitted the study ('local': loopback without a token).")
+    resumes: int = Field(0, description="Times the study was resumed from Tune's saved state after its Ray job died.")
+
+
+class StudyPage(BaseModel):
+    items: list[StudyOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class BestEntry(BaseModel):
+    trial_id: str
+    config: dict[str, Any]
+    metrics: dict[str, Any] | None
+    value: float
+
+
+class BestOut(BaseModel):
+    study_id: str
+    objective: Objective
+    items: list[BestEntry]
+    test_metrics: dict[str, float] | None = Field(
+        description="Held-out test metrics of the best trial's final checkpoint (set when the study completes)."
+    )

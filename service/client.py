@@ -1,0 +1,140 @@
+"""One HTTP client for Caviar's REST API, on httpx: the CLI, the benchmarks and the tests use it.
+
+Errors come back as :class:`CaviarError` carrying the problem details (status, title, detail,
+field). Safe retries are the client's, through tenacity: 503 (the store is busy) and, for a
+submission with an Idempotency-Key, 409 (the same key is still in flight), each after the
+server's ``Retry-After`` (at most 10 s a wait, for up to ``retry_for_s`` in all).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from tenacity import RetryCallState, retry, retry_if_result, stop_after_delay
+
+FINISHED = ("completed", "failed", "cancelled")
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class CaviarError(Exception):
+    """An error answer of the API (problem details), or no answer at all (``status`` 0)."""
+
+    def __init__(self, status: int, detail: str, *, title: str = "", field: str | None = None, body: Any = None) -> None:
+        self.status, self.detail, self.title, self.field, self.body = status, detail, title, field, body
+        super().__init__(detail)
+
+
+def _retryable(r: httpx.Response) -> bool:
+    in_flight = r.status_code == 409 and "Idempotency-Key" in r.request.headers
+    return r.status_code == 503 or in_flight
+
+
+def _retry_after(state: RetryCallState) -> float:
+    r = state.outcome.result() if state.outcome else None
+    try:
+        return min(max(float(r.headers.get("Retry-After", "1")), 0.0), 10.0) if r is not None else 1.0
+    except ValueError:
+        return 1.0
+
+
+class Client:
+    """``Client(url, token=...)``; ``transport`` lets tests run it against an app in-process."""
+
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *, timeout: float = 30.0, retry_for_s: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+        self._send = retry(retry=retry_if_result(_retryable), wait=_retry_after, stop=stop_after_delay(retry_for_s),
+                           retry_error_callback=lambda state: state.outcome.result() if state.outcome else None)(self._send_once)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _send_once(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return self.http.request(method, path, **kw)
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        """Send with safe retries; the decoded JSON body, or CaviarError."""
+        try:
+            r: httpx.Response = self._send(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise CaviarError(0, f"cannot reach Caviar at {self.url}: {exc}") from None
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+            except ValueError:
+                raise CaviarError(r.status_code, f"HTTP {r.status_code}: {r.text[:200]}") from None
+            if not isinstance(body, dict):
+                raise CaviarError(r.status_code, f"HTTP {r.status_code}: {r.text[:200]}", body=body)
+            raise CaviarError(r.status_code, str(body.get("detail") or body.get("title") or r.text), title=str(body.get("title", "")),
+                              field=body.get("field"), body=body)
+        return r.json()
+
+    # -- studies ------------------------------------------------------------------------------
+
+    def submit(self, definition: dict[str, Any] | str | bytes, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        """POST a definition: a mapping (sent as JSON) or the text of a YAML/JSON file (sent as YAML,
+        which JSON is a subset of)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        if isinstance(definition, dict):
+            return dict(self.request("POST", "/v1/studies", json=definition, headers=headers))
+        content = definition.encode() if isinstance(definition, str) else definition
+        return dict(self.request("POST", "/v1/studies", content=content, headers={"Content-Type": "application/yaml", **headers}))
+
+    def study(self, study_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/studies/{study_id}"))
+
+    def studies(self, status: str | None = None, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        params: dict[str, Any] = {"offset": offset, "limit": limit, **({"status": status} if status else {})}
+        return dict(self.request("GET", "/v1/studies", params=params))
+
+    def trials(self, study_id: str) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/v1/studies/{study_id}/trials"))
+
+    def trial(self, study_id: str, trial_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/studies/{study_id}/trials/{trial_id}"))
+
+    def best(self, study_id: str, k: int = 5) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/studies/{study_id}/best", params={"k": k}))
+
+    def cancel(self, study_id: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/studies/{study_id}/cancel"))
+
+    def wait(self, study_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None,
+             on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Poll the study until it is completed, failed or cancelled; returns it. ``on_update`` sees
+        each read. TimeoutError after ``timeout_s``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            study = self.study(study_id)
+            if on_update is not None:
+                on_update(study)
+            if study["status"] in FINISHED:
+                return study
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"study {study_id} still {study['status']} after {timeout_s:g} s")
+            time.sleep(poll_s)
+
+    # -- catalog and health -------------------------------------------------------------------
+
+    def trainables(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/trainables"))
+
+    def search_spaces(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/search-spaces"))
+
+    def healthy(self) -> bool:
+        try:
+            return self.http.get("/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False

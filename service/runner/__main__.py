@@ -1,0 +1,59 @@
+"""A study's driver: the entrypoint of its Ray job (``python -m service.runner STUDY_ID``).
+
+Reads the study from the store, runs it with Ray Tune, and marks it completed or failed. A study
+cancelled meanwhile stays cancelled. Its settings come from the job's environment, which
+``service.jobs.driver_env`` built.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+from service.definition import ACTIVE, StudyDefinition, StudyStatus
+from service.settings import load_settings
+from service.store import Store, now
+
+EXIT_LOST_CLUSTER = 3
+
+
+def main(study_id: str) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = load_settings()
+    store = Store(settings.database_url)
+    row = store.studies.get(study_id)
+    if row is None:
+        print(f"caviar: no study {study_id} in the store", file=sys.stderr)
+        return 2
+    if not store.studies.update(study_id, only_if=ACTIVE, status=StudyStatus.RUNNING.value, started_at=row.started_at or now()):
+        print(f"caviar: study {study_id} is {row.status}; nothing to run", file=sys.stderr)
+        return 0
+    from service.runner.tuner import run_study
+
+    try:
+        definition = StudyDefinition.model_validate(row.definition)
+        test = run_study(study_id, definition, settings, resumed=row.resumes > 0)
+        store.studies.update(study_id, test_metrics=test or None)
+        store.studies.finish(study_id, StudyStatus.COMPLETED)
+        return 0
+    except BaseException as exc:
+        traceback.print_exc()
+        if lost_cluster(exc):
+            # the Ray cluster went away under us (head stopped or restarted): not the study's fault.
+            # Leave it running; the API's dispatcher sees the job end and resumes the study from
+            # Tune's saved state.
+            print(f"caviar: lost the Ray cluster ({type(exc).__name__}); the service will resume study {study_id}", file=sys.stderr)
+            return EXIT_LOST_CLUSTER
+        store.studies.finish(study_id, StudyStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
+        return 1
+
+
+def lost_cluster(exc: BaseException) -> bool:
+    import ray.exceptions
+
+    return isinstance(exc, (ConnectionError, ray.exceptions.RaySystemError, ray.exceptions.GetTimeoutError))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,92 @@
+"""The Tune callback that writes trial states and per-epoch metrics to Caviar's store."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from service.definition import TrialState, trial_outcome
+from service.store import Store, now
+
+log = logging.getLogger("caviar.runner")
+_STORES: dict[str, Store] = {}
+
+
+def store_for(url: str) -> Store:
+    """One Store per URL per process (callbacks are unpickled with a URL, not a connection pool)."""
+    if url not in _STORES:
+        _STORES[url] = Store(url)
+    return _STORES[url]
+
+
+def error_reason(trial: Any) -> str:
+    """The last line of the trial's traceback (``ValueError: ...``), and where the whole one is."""
+    where = f"full traceback in {trial.local_path}"
+    try:  # Tune has just written it on the driver's disk (get_error() reads the synced copy, later)
+        text = Path(trial.error_file).read_text() if trial.error_file else ""
+    except OSError:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{lines[-1][:500]} ({where})" if lines else f"the trial raised an error ({where})"
+
+
+class StoreCallback(tune.Callback):  # type: ignore[misc]
+    """Trial states and per-epoch metrics into the store, as they happen.
+
+    ``metrics`` are the trainable's declared metrics: each epoch stores those it reported, with
+    ``epoch``, ``diverged`` and ``reported_at`` (when the driver heard of it, for learning curves
+    against wall time). Tune pickles its callbacks with the experiment state, so this holds only
+    the store's URL. In a ``resumed`` study, and in an instance that comes back from that state,
+    the first step drops the trials the run does not know: they started after Tune's last save
+    (or there was none) and are run again.
+    """
+
+    def __init__(self, study_id: str, database_url: str, metric: str, mode: str, epochs: int, metrics: tuple[str, ...],
+                 *, resumed: bool = False) -> None:
+        self.study_id, self.database_url = study_id, database_url
+        self.metric, self.mode, self.epochs = metric, mode, epochs
+        self.reported = ("epoch", *metrics, "diverged")
+        self._restored = resumed
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._restored = True  # unpickled: Tune restored this study's experiment state
+
+    @property
+    def store(self) -> Store:
+        return store_for(self.database_url)
+
+    @staticmethod
+    def _config(trial: Any) -> dict[str, Any]:
+        return {k: v for k, v in trial.config.items() if k != "dataset"}
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if self._restored:  # the first step of a resumed driver sees exactly the trials Tune restored
+            self._restored = False
+            gone = self.store.trials.forget_except(self.study_id, {t.trial_id for t in trials})
+            if gone:
+                log.warning("resume: %d trials started after Tune's last saved state are re-run: %s", len(gone), gone)
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.store.trials.recovered(self.study_id, trial.trial_id)
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.store.trials.upsert(self.study_id, trial.trial_id, config=self._config(trial), state=TrialState.RUNNING.value,
+                                 started_at=now(), finished_at=None)
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
+        metrics = {k: result[k] for k in self.reported if k in result}
+        metrics["reported_at"] = time.time()
+        self.store.trials.add_epoch(self.study_id, trial.trial_id, metrics, self.metric, self.mode)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        outcome = trial_outcome(trial.last_result, self.epochs)
+        error = "diverged: non-finite training loss" if outcome == TrialState.FAILED else None
+        self.store.trials.upsert(self.study_id, trial.trial_id, state=outcome.value, error=error, finished_at=now())
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.store.trials.upsert(self.study_id, trial.trial_id, state=TrialState.FAILED.value, error=error_reason(trial), finished_at=now())

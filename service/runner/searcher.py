@@ -1,0 +1,53 @@
+"""Ray Tune's OptunaSearch, made aware of early stopping."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from service.definition import TrialState, trial_outcome
+
+log = logging.getLogger("caviar.runner")
+
+
+class PruningOptunaSearch(OptunaSearch):  # type: ignore[misc]
+    """Ray's OptunaSearch tells Optuna every finished trial as COMPLETE with its last value, so an
+    ASHA-stopped trial looks like a finished one with a low-fidelity score. Here a stopped trial is
+    PRUNED (with its last intermediate value) and a diverged or errored one FAILED.
+
+    ``epochs`` is what a trial runs when nothing stops it early. Picklable: Tune saves the searcher
+    with its experiment state.
+    """
+
+    def __init__(self, *args: Any, epochs: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epochs = epochs
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        # no Optuna write per epoch: Caviar's store keeps the learning curves, and the one
+        # intermediate value TPE uses (a pruned trial's last) is reported at completion
+        return None
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        outcome = trial_outcome(result, self.epochs, error)
+        if outcome == TrialState.COMPLETED:
+            super().on_trial_complete(trial_id, result, error)
+            return
+        if trial_id in self._completed_trials:
+            return
+        state = optuna.trial.TrialState.PRUNED if outcome == TrialState.STOPPED_EARLY else optuna.trial.TrialState.FAIL
+        ot_trial = self._ot_trials[trial_id]
+        metric, study = self._metric or "", self._ot_study
+        assert study is not None, "OptunaSearch sets up its study before any trial completes"
+        try:
+            # Tune does not forward the result on which the scheduler stops a trial; report it
+            # so the pruned trial carries its last intermediate value
+            if result and isinstance(result.get(metric), (int, float)) and "training_iteration" in result:
+                ot_trial.report(float(result[metric]), int(result["training_iteration"]))
+            study.tell(ot_trial, None, state=state)
+        except Exception as exc:  # e.g. already told
+            log.warning("optuna tell failed for %s: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)

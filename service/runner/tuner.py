@@ -1,0 +1,96 @@
+"""A study's Tuner: the trainable, the pruning-aware searcher, the scheduler, resources, callbacks."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.logger import JsonLoggerCallback
+
+from search_spaces import define_by_run, make_sampler
+from service.definition import StudyDefinition
+from service.runner.callbacks import StoreCallback, store_for
+from service.runner.optuna_storage import optuna_storage
+from service.runner.schedulers import make_scheduler
+from service.runner.searcher import PruningOptunaSearch
+from service.settings import Settings
+from trainables import TrainableSpec, get_trainable
+
+log = logging.getLogger("caviar.runner")
+
+
+def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed: bool = False) -> dict[str, Any]:
+    """Run the study's trials on the Ray cluster this job belongs to; returns the best trial's
+    held-out test metrics (empty when there are none).
+
+    ``resumed``: an earlier driver of this study died. With Tune's saved experiment state on disk
+    the run is restored from it: finished trials are kept, unfinished ones continue from their last
+    checkpoint, the searcher and scheduler continue where they were.
+    """
+    if not ray.is_initialized():
+        ray.init(address="auto", log_to_driver=True)
+    spec = get_trainable(d.trainable)
+    epochs = d.epochs()
+    metric, mode = d.objective.metric, d.objective.mode
+    constants = {**d.fixed, "epochs": epochs, "dataset": d.dataset.model_dump()}
+    r = d.resources_per_trial
+    trainable = tune.with_resources(spec.load_train(), {"cpu": r.cpu, "gpu": r.gpu})
+    experiment = settings.data_dir / "ray_results" / study_id
+    if resumed and tune.Tuner.can_restore(experiment):
+        log.info("resuming study %s from Tune's saved state in %s", study_id, experiment)
+        grid = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=False).fit()
+        return held_out_metrics(grid, study_id, settings.database_url, spec, constants, mode)
+    space = d.space()
+    search = PruningOptunaSearch(
+        space=define_by_run(space, constants), metric=metric, mode=mode,
+        sampler=make_sampler(d.sampler.type, space, d.sampler.seed, max_grid_points=10**9),
+        # the Optuna study caviar-<id>: in a journal file beside Tune's results, or in the database;
+        # either way optuna-dashboard opens it
+        storage=optuna_storage(settings.optuna_storage, settings.database_url, settings.data_dir, study_id),
+        study_name=f"caviar-{study_id}", epochs=epochs,
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=metric, mode=mode, search_alg=search, scheduler=make_scheduler(d.scheduler, epochs),
+            num_samples=d.budget.num_trials, max_concurrent_trials=d.budget.max_concurrent_trials,
+            time_budget_s=d.budget.time_budget_s,
+            # one trial process per slot, reused by the next trial: no process start, no imports,
+            # no CUDA context per trial (about 1 s each on short trials)
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=study_id,
+            storage_path=str(settings.data_dir / "ray_results"),
+            # the job runs with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1 (service.jobs.driver_env): Tune's
+            # JSON log (result.json) stays, its CSV and TensorBoard loggers are off
+            callbacks=[StoreCallback(study_id, settings.database_url, metric, mode, epochs, spec.metrics, resumed=resumed),
+                       JsonLoggerCallback()],
+            failure_config=tune.FailureConfig(max_failures=d.budget.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            verbose=1,
+        ),
+    )
+    return held_out_metrics(tuner.fit(), study_id, settings.database_url, spec, constants, mode)
+
+
+def held_out_metrics(grid: Any, study_id: str, database_url: str, spec: TrainableSpec, constants: dict[str, Any], mode: str) -> dict[str, Any]:
+    """Held-out test metrics of the best trial's last checkpoint (empty for a trainable without a
+    model builder, or when the best trial left no checkpoint)."""
+    build = spec.load_model_builder()
+    best = store_for(database_url).trials.best(study_id, mode, 1)
+    if build is None or not best:
+        return {}
+    for result in (grid[i] for i in range(len(grid))):
+        if result.metrics and result.metrics.get("trial_id") == best[0].trial_id and result.checkpoint is not None:
+            from trainables.engine import evaluate_checkpoint
+            from trainables.report import load_state
+
+            with result.checkpoint.as_directory() as directory:
+                state = load_state(directory)
+            knobs = spec.config_model.model_fields
+            cfg = spec.config_model.model_validate({**constants, **{k: v for k, v in best[0].config.items() if k in knobs}})
+            return evaluate_checkpoint(cfg, build, state)  # type: ignore[arg-type]
+    return {}

@@ -1,0 +1,48 @@
+"""The store: the only code that speaks SQL. One repository per aggregate, over one database.
+
+    store = Store(url)                       # after migrate(url)
+    store.studies.create(...); store.trials.add_epoch(...); store.tokens.create(owner); store.keys.claim(...)
+
+Every call is one short transaction, retried on transient lock errors (``engine.retry_transient``).
+"""
+
+from service.store.engine import Database, migrate, sqlalchemy_url
+from service.store.keys import ClaimOutcome, KeyRepo
+from service.store.models import LOCAL_OWNER, StudyRow, TokenRow, TrialRow, now
+from service.store.studies import StudyRepo
+from service.store.tokens import TokenRepo, hash_token
+from service.store.trials import TrialRepo
+
+
+class Store:
+    """The repositories over one database. Thread-safe."""
+
+    def __init__(self, url: str) -> None:
+        self.db = Database(url)
+        self.url = url
+        self.studies = StudyRepo(self.db)
+        self.trials = TrialRepo(self.db)
+        self.tokens = TokenRepo(self.db)
+        self.keys = KeyRepo(self.db)
+
+    def ping(self) -> None:
+        self.db.ping()
+
+
+__all__ = [
+    "LOCAL_OWNER",
+    "ClaimOutcome",
+    "Database",
+    "KeyRepo",
+    "Store",
+    "StudyRepo",
+    "StudyRow",
+    "TokenRepo",
+    "TokenRow",
+    "TrialRepo",
+    "TrialRow",
+    "hash_token",
+    "migrate",
+    "now",
+    "sqlalchemy_url",
+]

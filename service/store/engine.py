@@ -1,0 +1,118 @@
+"""The database connection: engine set-up per dialect, the retry policy, and migrations.
+
+SQLite (default) runs in WAL mode with a busy timeout, and write transactions take the write lock
+up front (``BEGIN IMMEDIATE``); PostgreSQL is selected by URL (psycopg 3).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from tenacity import before_sleep_log, retry, retry_if_exception, stop_after_delay, wait_random_exponential
+
+VERSION_TABLE = "caviar_alembic_version"  # Optuna keeps its own alembic_version beside ours
+SQLITE_BUSY_TIMEOUT_S = 5.0  # how long one SQLite statement waits for another writer's lock
+RETRY_FOR_S = 5.0  # how long, from its first attempt, a store call is retried (jittered exponential backoff, 10 ms .. 1 s)
+log = logging.getLogger("caviar.store")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _transient(exc: BaseException) -> bool:
+    """A database momentarily locked (SQLite) or a transaction that lost a race (PostgreSQL)."""
+    if not isinstance(exc, OperationalError):
+        return False
+    text = str(exc.orig if exc.orig is not None else exc).lower()
+    return any(word in text for word in ("locked", "busy", "deadlock", "could not serialize"))
+
+
+def retry_transient(fn: Callable[P, R]) -> Callable[P, R]:
+    """Retry a whole store call on a transient error that fails fast (a PostgreSQL deadlock or
+    serialization failure, SQLite's 'locked' on a lock upgrade) with backoff, for up to
+    ``RETRY_FOR_S`` from the first attempt. Against a SQLite write lock held by another writer, a
+    statement itself waits ``SQLITE_BUSY_TIMEOUT_S``: a lock that is never released makes a call give
+    up after about 5 s (tests/service/test_store.py measures it), which the API answers with 503
+    and Retry-After."""
+    return retry(
+        retry=retry_if_exception(_transient),
+        wait=wait_random_exponential(multiplier=0.01, max=1.0),
+        stop=stop_after_delay(RETRY_FOR_S),
+        before_sleep=before_sleep_log(log, logging.INFO),
+        reraise=True,
+    )(fn)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 here (the driver we install)."""
+    return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # a pool as large as the API's thread pool (40): connections are kept, not opened per request
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}, pool_size=40, max_overflow=8)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (below)
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            # a write transaction takes the write lock up front (BEGIN IMMEDIATE) so that it waits
+            # for the busy timeout instead of failing at once with "database is locked" when it
+            # upgrades from a read lock that another writer has made stale
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("caviar_write") else "BEGIN")
+
+        return engine
+    return create_engine(sqlalchemy_url(url), pool_pre_ping=True)
+
+
+class Database:
+    """An engine and its sessions: one short transaction per ``session()``. Thread-safe."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self, write: bool = False) -> Iterator[Session]:
+        with self._sessions.begin() as s:
+            if write:
+                s.connection(execution_options={"caviar_write": True})
+            yield s
+
+    def ping(self) -> None:
+        with self.session() as s:
+            s.execute(select(1))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def migrate(url: str) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, "head")

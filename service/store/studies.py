@@ -1,0 +1,104 @@
+"""Studies: create, read, page, update with conditions, finish; a study's view with its trial counts."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from service.definition import ACTIVE, FINISHED, StudyStatus, TrialState
+from service.store.engine import Database, retry_transient
+from service.store.models import LOCAL_OWNER, IdempotencyRow, StudyRow, TrialRow, now
+from service.store.trials import best_query, counts_query
+
+
+class StudyRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @retry_transient
+    def create(self, name: str, definition: dict[str, Any], owner: str = LOCAL_OWNER, idempotency_key: str | None = None) -> StudyRow:
+        """Insert a queued study; with ``idempotency_key`` (claimed before) bind the key to it in the same transaction."""
+        row = StudyRow(id=uuid.uuid4().hex[:16], name=name, status=StudyStatus.QUEUED.value, owner=owner, resumes=0,
+                       definition=definition, created_at=now())
+        with self.db.session(write=True) as s:
+            s.add(row)
+            if idempotency_key is not None:
+                s.flush()
+                s.execute(update(IdempotencyRow).where(IdempotencyRow.owner == owner, IdempotencyRow.key == idempotency_key).values(study_id=row.id))
+        return row
+
+    @retry_transient
+    def get(self, study_id: str) -> StudyRow | None:
+        with self.db.session() as s:
+            return s.get(StudyRow, study_id)
+
+    @retry_transient
+    def page(self, status: str | None, offset: int, limit: int, owner: str | None = None) -> tuple[list[StudyRow], int]:
+        """Newest first, with the total that matches."""
+        q = select(StudyRow)
+        count = select(func.count()).select_from(StudyRow)
+        if owner is not None:
+            q, count = q.where(StudyRow.owner == owner), count.where(StudyRow.owner == owner)
+        if status:
+            q, count = q.where(StudyRow.status == status), count.where(StudyRow.status == status)
+        with self.db.session() as s:
+            rows = list(s.scalars(q.order_by(StudyRow.created_at.desc(), StudyRow.id).offset(offset).limit(limit)))
+            return rows, int(s.scalar(count) or 0)
+
+    @retry_transient
+    def with_status(self, *statuses: str, finished_after: datetime | None = None) -> list[StudyRow]:
+        q = select(StudyRow).where(StudyRow.status.in_(statuses))
+        if finished_after is not None:
+            q = q.where(StudyRow.finished_at >= finished_after)
+        with self.db.session() as s:
+            return list(s.scalars(q))
+
+    @retry_transient
+    def update(self, study_id: str, *, only_if: tuple[str, ...] | None = None, **values: Any) -> bool:
+        """Update a study; with ``only_if`` the update happens only from those statuses (returns whether it did)."""
+        stmt = update(StudyRow).where(StudyRow.id == study_id)
+        if only_if:
+            stmt = stmt.where(StudyRow.status.in_(only_if))
+        with self.db.session(write=True) as s:
+            return bool(s.execute(stmt.values(**values)).rowcount)  # type: ignore[attr-defined]
+
+    def finish(self, study_id: str, status: StudyStatus, error: str | None = None) -> bool:
+        """Mark a running/queued study finished; a study already finished (e.g. cancelled) keeps its status."""
+        return self.update(study_id, only_if=ACTIVE, status=status.value, error=error, finished_at=now())
+
+    @retry_transient
+    def owner_usage(self, owner: str) -> tuple[int, int]:
+        """(studies queued or running, their summed max_concurrent_trials) of one owner: what quotas count."""
+        with self.db.session() as s:
+            rows = list(s.scalars(select(StudyRow.definition).where(StudyRow.owner == owner, StudyRow.status.in_(ACTIVE))))
+        return len(rows), sum(int((d.get("budget") or {}).get("max_concurrent_trials") or 1) for d in rows)
+
+    @retry_transient
+    def view(self, study_id: str) -> tuple[StudyRow, dict[str, int], TrialRow | None] | None:
+        """A study with its trial counts and best trial so far, in one read transaction."""
+        with self.db.session() as s:
+            row = s.get(StudyRow, study_id)
+            if row is None:
+                return None
+            best = list(s.scalars(best_query(study_id, row.definition.get("objective", {}).get("mode", "max"), 1)))
+            return row, counts_query(s, study_id), best[0] if best else None
+
+    @retry_transient
+    def with_trials(self, study_id: str) -> tuple[StudyRow | None, list[TrialRow]]:
+        """A study and its trials in one read transaction."""
+        with self.db.session() as s:
+            row = s.get(StudyRow, study_id)
+            if row is None:
+                return None, []
+            return row, list(s.scalars(select(TrialRow).where(TrialRow.study_id == study_id).order_by(TrialRow.pk)))
+
+    @retry_transient
+    def with_zombies(self) -> list[StudyRow]:
+        """Finished studies that still have pending/running trials."""
+        live = (TrialState.PENDING.value, TrialState.RUNNING.value)
+        with self.db.session() as s:
+            ids = select(TrialRow.study_id).where(TrialRow.state.in_(live)).distinct()
+            return list(s.scalars(select(StudyRow).where(StudyRow.id.in_(ids), StudyRow.status.in_([st.value for st in FINISHED]))))

@@ -1,0 +1,128 @@
+"""Trials and their per-epoch metrics, as the study's driver reports them."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy.orm import Session
+
+from service.definition import TrialState
+from service.store.engine import Database, retry_transient
+from service.store.models import MetricRow, TrialRow, now
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN: non-finite floats are stored as null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+def counts_query(s: Session, study_id: str) -> dict[str, int]:
+    counts = {state.value: 0 for state in TrialState}
+    for state, n in s.execute(select(TrialRow.state, func.count()).where(TrialRow.study_id == study_id).group_by(TrialRow.state)):
+        counts[state] = n
+    return counts
+
+
+def best_query(study_id: str, mode: str, k: int) -> Select[TrialRow]:
+    order = TrialRow.best_value.desc() if mode == "max" else TrialRow.best_value.asc()
+    return (select(TrialRow)
+            .where(TrialRow.study_id == study_id, TrialRow.best_value.is_not(None), TrialRow.state != TrialState.FAILED.value)
+            .order_by(order, TrialRow.pk).limit(k))
+
+
+class TrialRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @staticmethod
+    def _row(s: Session, study_id: str, trial_id: str) -> TrialRow | None:
+        return s.scalar(select(TrialRow).where(TrialRow.study_id == study_id, TrialRow.trial_id == trial_id))
+
+    @retry_transient
+    def upsert(self, study_id: str, trial_id: str, *, config: dict[str, Any] | None = None, **values: Any) -> None:
+        with self.db.session(write=True) as s:
+            row = self._row(s, study_id, trial_id)
+            if row is None:
+                row = TrialRow(study_id=study_id, trial_id=trial_id, state=TrialState.PENDING.value, config=config or {}, epochs=0)
+                s.add(row)
+            elif config is not None:
+                row.config = config
+            for k, v in values.items():
+                setattr(row, k, v)
+
+    @retry_transient
+    def add_epoch(self, study_id: str, trial_id: str, metrics: dict[str, Any], objective: str, mode: str) -> None:
+        """Record one epoch's metrics and fold them into the trial's last/best values (idempotent per epoch)."""
+        metrics = _finite(metrics)
+        epoch = int(metrics.get("epoch") or 0)
+        with self.db.session(write=True) as s:
+            row = self._row(s, study_id, trial_id)
+            if row is None:
+                row = TrialRow(study_id=study_id, trial_id=trial_id, state=TrialState.RUNNING.value, config={}, epochs=0)
+                s.add(row)
+                s.flush()
+            exists = s.scalar(select(MetricRow.pk).where(MetricRow.trial_pk == row.pk, MetricRow.epoch == epoch))
+            if exists is None:
+                s.add(MetricRow(trial_pk=row.pk, epoch=epoch, values=metrics))
+            row.epochs = max(row.epochs or 0, epoch)
+            row.last_metrics = metrics
+            value = metrics.get(objective)
+            if isinstance(value, (int, float)):
+                better = row.best_value is None or (value > row.best_value if mode == "max" else value < row.best_value)
+                if better:
+                    row.best_value = float(value)
+
+    @retry_transient
+    def for_study(self, study_id: str) -> list[TrialRow]:
+        with self.db.session() as s:
+            return list(s.scalars(select(TrialRow).where(TrialRow.study_id == study_id).order_by(TrialRow.pk)))
+
+    @retry_transient
+    def get(self, study_id: str, trial_id: str) -> tuple[TrialRow, list[dict[str, Any]]] | None:
+        """A trial with its per-epoch history."""
+        with self.db.session() as s:
+            row = self._row(s, study_id, trial_id)
+            if row is None:
+                return None
+            history = [m.values for m in s.scalars(select(MetricRow).where(MetricRow.trial_pk == row.pk).order_by(MetricRow.epoch))]
+            return row, history
+
+    @retry_transient
+    def counts(self, study_id: str) -> dict[str, int]:
+        with self.db.session() as s:
+            return counts_query(s, study_id)
+
+    @retry_transient
+    def best(self, study_id: str, mode: str, k: int) -> list[TrialRow]:
+        with self.db.session() as s:
+            return list(s.scalars(best_query(study_id, mode, k)))
+
+    @retry_transient
+    def recovered(self, study_id: str, trial_id: str) -> None:
+        """A trial failed and is retried (from its last checkpoint): count it, show it running again."""
+        with self.db.session(write=True) as s:
+            s.execute(update(TrialRow).where(TrialRow.study_id == study_id, TrialRow.trial_id == trial_id)
+                      .values(retries=TrialRow.retries + 1, state=TrialState.RUNNING.value, error=None))
+
+    @retry_transient
+    def mark_zombies(self, study_id: str, reason: str) -> int:
+        """Trials of a study that is no longer running but still marked pending/running: no process is
+        behind them any more. They become failed with ``reason``; returns how many."""
+        with self.db.session(write=True) as s:
+            return int(s.execute(
+                update(TrialRow)
+                .where(TrialRow.study_id == study_id, TrialRow.state.in_((TrialState.PENDING.value, TrialState.RUNNING.value)))
+                .values(state=TrialState.FAILED.value, error=reason, finished_at=now())
+            ).rowcount)  # type: ignore[attr-defined]
+
+    @retry_transient
+    def forget_except(self, study_id: str, keep: set[str]) -> list[str]:
+        """After a resume: delete the trials Tune's saved experiment state does not know (started after
+        its last save; Tune runs new trials in their place). Returns their ids."""
+        with self.db.session(write=True) as s:
+            gone = [t for t in s.scalars(select(TrialRow.trial_id).where(TrialRow.study_id == study_id)) if t not in keep]
+            if gone:
+                s.execute(delete(TrialRow).where(TrialRow.study_id == study_id, TrialRow.trial_id.in_(gone)))
+            return gone
