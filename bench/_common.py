@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,15 +54,23 @@ def write_json(path: Path | None, data: Any) -> None:
     print(f"wrote {path}")
 
 
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    """A plain text table: the first column left-aligned, the others right-aligned."""
+def table(headers: list[str], rows: list[list[Any]], left: int = 1) -> str:
+    """A plain text table: the first ``left`` columns left-aligned, the others right-aligned."""
     cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def line(row: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
 
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *(line(r) for r in cells[1:])])
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank; 0.0 for none."""
+    if not values:
+        return 0.0
+    xs = sorted(values)
+    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
 
 
 @dataclass
@@ -145,6 +155,23 @@ def submit_and_wait(client: Client, definition: dict[str, Any], *, poll_s: float
     if study["status"] != "completed":
         raise SystemExit(f"study {study_id} {study['status']}: {study['error']}")
     return study_id, study, t0, wall
+
+
+@contextlib.contextmanager
+def postgres_database(admin: str) -> Iterator[str]:
+    """A fresh database caviar_bench_<random> on the PostgreSQL server of the admin URL ``admin``
+    (postgresql://user@host:port/db); its URL. Dropped afterwards."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"caviar_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # -- the driver's store writes, without Ray ---------------------------------------------------------

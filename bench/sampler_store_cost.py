@@ -1,26 +1,29 @@
 """Sampler and store cost as studies grow (issue §5): ms per trial of suggest + tell + store writes.
 
-A study's driver does this per trial (Ray Tune's OptunaSearch subclassed as CaviarOptunaSearch, and
-Caviar's StoreCallback, in service/ray_adapter.py); here it is done in one process, as the driver
-does it, with a simulated objective and no training:
+A study's driver does this per trial (Ray Tune's OptunaSearch subclassed as PruningOptunaSearch in
+service.runner.searcher, and Caviar's StoreCallback in service.runner.callbacks); here it is done in
+one process, as the driver does it, with a simulated objective and no training:
   suggest  - ``study.ask()`` and the study's define-by-run function (``search_spaces.define_by_run``
              on the ``seven_key`` preset): the sampler's work and Optuna's per-parameter writes
-  report   - ``trial.report(value, epoch)``: none for a completed trial since CaviarOptunaSearch
+  report   - ``trial.report(value, epoch)``: none for a completed trial since PruningOptunaSearch
              stopped reporting per epoch (commit ec56fe5); with ``--per-epoch-reports`` one per
              epoch, as Ray's stock OptunaSearch (and Caviar before ec56fe5) does
   tell     - ``study.tell(trial, value)`` at the end
-  store    - Caviar's Store: ``upsert_trial(state="running")``, ``add_epoch`` per epoch (with
-             ``reported_at``), ``upsert_trial(state="completed")``, as StoreCallback writes them
+  store    - Caviar's Store, through the driver's own StoreCallback fed small stand-ins for Tune's
+             trials: on_trial_start (``trials.upsert(state="running")``), on_trial_result per epoch
+             (``trials.add_epoch`` with ``reported_at``), on_trial_complete (``trials.upsert(state=
+             "completed")``)
   cpu      - this process's CPU time for all of it (a loaded machine inflates wall time, less so this)
 for samplers
-  tpe              - as make_sampler builds it (multivariate, group, constant_liar), with SciPy's
-                     log_ndtr in Optuna's TPE math (search_spaces.fast_tpe_math)
+  tpe              - as make_sampler builds it: search_spaces.FastTPESampler (multivariate, group,
+                     constant_liar), SciPy's log_ndtr in Optuna's TPE math during its own calls
   random
-  tpe-optuna-ndtr  - tpe with Optuna's own pure-Python log_ndtr (Caviar before the §5 fix)
+  tpe-optuna-ndtr  - optuna.samplers.TPESampler with the same arguments: Optuna's own pure-Python
+                     log_ndtr (Caviar before the §5 fix)
 on
   inmemory      - Optuna's InMemoryStorage and no Caviar store (the floor: the sampler alone)
-  sqlite        - as run_tune builds them by default: Optuna's JournalStorage (a file in the data
-                  directory, store.optuna_storage) + Caviar's Store on one SQLite file (WAL)
+  sqlite        - as run_study builds them by default: Optuna's JournalStorage (a file in the data
+                  directory, service.runner.optuna_storage) + Caviar's Store on one SQLite file (WAL)
   postgres      - the same with the Store on a fresh PostgreSQL database caviar_bench_<random>, dropped after
   sqlite-rdb    - Optuna's RDBStorage in the same SQLite database (CAVIAR_OPTUNA_STORAGE=database;
                   Caviar's default before the §5 fix)
@@ -32,14 +35,19 @@ The study is grown to N trials, then a window of trials is timed at that size; a
 are grown together and their windows interleaved trial by trial (the grown-by-real-trials checks
 included), so that load from other work on the machine falls on all of them alike. To reach 5,000
 trials without running 5,000 TPE trials one by one, the study is prefilled: completed trials
-(random configurations of the search space with simulated per-epoch values) are written in bulk
-(Optuna's own tables through its ORM models, or ``study.add_trials`` for in-memory and journal
-storages; the store's rows with one INSERT each), checked, then a few untimed warm-up trials run
-(the first ask after a prefill loads every trial into Optuna's cache once) and then the timed
-window. ``--grown-sizes`` repeats sizes with studies grown by real trials, to check that
-prefilling does not bias the figures.
+(random configurations of the search space with simulated per-epoch values) are written to Optuna
+in bulk (its own tables through its ORM models, or ``study.add_trials`` for in-memory and journal
+storages) and to Caviar's store through the same StoreCallback calls as a timed trial, untimed
+(about 11 ms a 10-epoch trial on SQLite, 26 ms on a local PostgreSQL: most of a full run's setup),
+checked, then a few untimed warm-up trials run (the first ask after a prefill loads every trial
+into Optuna's cache once) and then the timed window. ``--grown-sizes`` repeats sizes with studies
+grown by real trials, to check that prefilling does not bias the figures.
 
-    python -m bench.sampler_store_cost                 # full: N = 100, 1000, 5000; window 20
+Checks (--smoke asserts them; a full run reports them and exits 1 when one fails): FastTPESampler
+suggests what Optuna's TPESampler suggests for the same seed (the ``seven_key`` space, 30 trials),
+and after the run every study's store and Optuna study hold exactly the trials and epochs written.
+
+    python -m bench.sampler_store_cost                 # full: N = 100, 1000, 5000; window 20; docs/bench/sampler_store_cost.json
     python -m bench.sampler_store_cost --smoke         # CI: N = 20, 100; window 3; inmemory, sqlite, postgres
     python -m bench.sampler_store_cost --per-epoch-reports --storages sqlite postgres --sizes 1000
     python -m bench.sampler_store_cost --storages sqlite sqlite-rdb --samplers tpe tpe-optuna-ndtr --sizes 1000
@@ -54,9 +62,7 @@ trial, i.e. <= 100 ms.
 
 from __future__ import annotations
 
-import argparse
 import cProfile
-import json
 import logging
 import math
 import os
@@ -77,11 +83,24 @@ from typing import Any
 import optuna
 from optuna.distributions import distribution_to_json
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import event, insert
+from sqlalchemy import event, func, select
 
-from search_spaces import SearchSpace, define_by_run, make_sampler, resolve_space
-from search_spaces import _optuna as caviar_optuna
-from service.store import MetricRow, Store, TrialRow, migrate, now, optuna_storage, sqlalchemy_url
+from bench._common import (
+    Checks,
+    FakeTrial,
+    json_path,
+    parser,
+    pct,
+    postgres_database,
+    store_callback,
+    table,
+    write_json,
+)
+from search_spaces import FastTPESampler, SearchSpace, define_by_run, make_sampler, resolve_space, suggest
+from service.runner.callbacks import store_for
+from service.runner.optuna_storage import optuna_storage
+from service.store import Store, migrate, now, sqlalchemy_url
+from service.store.models import MetricRow, TrialRow
 
 GOAL_MS = 100.0  # 2% of a 5 s trial
 GOAL_N = 1000
@@ -142,21 +161,13 @@ class SqliteTunedRDBStorage(optuna.storages.RDBStorage):
         self.engine.dispose()  # connections opened by __init__ (schema checks) lack the pragmas
 
 
-@contextmanager
-def optuna_log_ndtr(enabled: bool) -> Iterator[None]:
-    """Optuna's own log_ndtr (np.frompyfunc over a pure-Python function) in place of SciPy's, which
-    make_sampler("tpe") installs."""
-    if not enabled:
-        yield
-        return
-    from optuna.samplers._tpe import _truncnorm
-
-    assert caviar_optuna.fast_tpe_math() and caviar_optuna._optuna_log_ndtr is not None
-    _truncnorm._log_ndtr = caviar_optuna._optuna_log_ndtr
-    try:
-        yield
-    finally:
-        caviar_optuna.fast_tpe_math()
+def make_bench_sampler(kind: str, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    """``tpe-optuna-ndtr``: Optuna's own TPESampler with the arguments make_sampler gives FastTPESampler."""
+    if kind == "tpe-optuna-ndtr":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    return make_sampler(kind, space, seed, max_grid_points=10**9)
 
 
 # -- one study on one storage -------------------------------------------------------------------
@@ -185,6 +196,9 @@ class Bench:
     scratch: optuna.Study = field(init=False)
     profile: cProfile.Profile | None = None
     samples: list[dict[str, float]] = field(default_factory=list)
+    callback: Any = None  # the driver's StoreCallback on this study (None: in-memory, no store)
+    trials_written: int = 0  # to Optuna (and to the store, when there is one)
+    epochs_written: int = 0  # to the store
 
     @property
     def name(self) -> str:
@@ -193,21 +207,23 @@ class Bench:
     def __post_init__(self) -> None:
         self.constants = {"epochs": self.epochs, "dataset": {"name": "mnist1d"}}
         self.fn = define_by_run(self.space, self.constants)
-        sampler = make_sampler("tpe" if self.sampler_kind == "tpe-optuna-ndtr" else self.sampler_kind, self.space, self.seed, max_grid_points=10**9)
+        sampler = make_bench_sampler(self.sampler_kind, self.space, self.seed)
         storage: optuna.storages.BaseStorage
         name = "caviar-inmemory"
         if self.url is not None:
             migrate(self.url)
-            self.store = Store(self.url)
-            row = self.store.create_study("sampler-store-cost", {"search_space": "seven_key", "sampler": {"type": self.sampler_kind}})
-            self.store.update_study(row.id, status="running", started_at=now())
+            self.store = store_for(self.url)  # the Store the callback writes through
+            row = self.store.studies.create("sampler-store-cost", {"search_space": "seven_key", "sampler": {"type": self.sampler_kind},
+                                                                   "objective": {"metric": OBJECTIVE, "mode": MODE}})
+            self.store.studies.update(row.id, status="running", started_at=now())
             self.study_id, name = row.id, f"caviar-{row.id}"
+            self.callback = store_callback(self.study_id, self.url, OBJECTIVE, MODE, self.epochs)
         if self.storage_kind == "inmemory":
             storage = optuna.storages.InMemoryStorage()
         elif self.storage_kind == "sqlite-normal":
             assert self.url is not None
             storage = SqliteTunedRDBStorage(sqlalchemy_url(self.url), engine_kwargs={"connect_args": {"timeout": 30}})
-        else:  # as run_tune builds it (create_study wraps an RDBStorage in Optuna's _CachedStorage, as OptunaSearch does)
+        else:  # as run_study builds it (create_study wraps an RDBStorage in Optuna's _CachedStorage, as OptunaSearch does)
             assert self.url is not None and self.data_dir is not None
             kind = "database" if self.storage_kind.endswith("-rdb") else "journal"
             storage = optuna_storage(kind, self.url, self.data_dir, self.study_id)
@@ -224,9 +240,20 @@ class Bench:
     def trial_id(self, number: int) -> str:
         return f"{self.prefix}_{number:05d}"
 
-    def config(self, params: dict[str, Any]) -> dict[str, Any]:
-        """What StoreCallback stores: the trial's config without the dataset."""
-        return {**params, **{k: v for k, v in self.constants.items() if k != "dataset"}}
+    # -- the driver's store writes: StoreCallback's hooks, as Tune calls them ---------------------
+
+    def on_start(self, number: int, params: dict[str, Any]) -> FakeTrial:
+        trial = FakeTrial(self.trial_id(number), {**params, **self.constants})
+        self.callback.on_trial_start(number, [trial], trial)
+        return trial
+
+    def on_result(self, trial: FakeTrial, metrics: dict[str, Any]) -> None:
+        trial.last_result = {**metrics, "training_iteration": metrics["epoch"], "trial_id": trial.trial_id, "config": trial.config}
+        self.callback.on_trial_result(metrics["epoch"], [trial], trial, trial.last_result)
+        self.epochs_written += 1
+
+    def on_complete(self, trial: FakeTrial) -> None:
+        self.callback.on_trial_complete(int(trial.last_result["epoch"]), [trial], trial)
 
     # -- a real trial, timed by part --------------------------------------------------------
 
@@ -235,8 +262,7 @@ class Bench:
         if self.profile is not None:
             self.profile.enable()
         try:
-            with optuna_log_ndtr(self.sampler_kind == "tpe-optuna-ndtr"):
-                return self._trial()
+            return self._trial()
         finally:
             if self.profile is not None:
                 self.profile.disable()
@@ -251,26 +277,26 @@ class Bench:
         params = trial.params
         t1 = time.perf_counter()
         t["suggest"] += t1 - t0
-        tid = self.trial_id(trial.number)
-        if store is not None:  # StoreCallback.on_trial_start
-            store.upsert_trial(self.study_id, tid, config=self.config(params), state="running", started_at=now(), finished_at=None)
+        if store is not None:
+            stand_in = self.on_start(trial.number, params)  # StoreCallback.on_trial_start
             t["store"] += time.perf_counter() - t1
         history = simulate(params, self.seed * 1_000_003 + trial.number, self.epochs)
         for metrics in history:
             t2 = time.perf_counter()
-            if self.per_epoch_reports:  # Ray's OptunaSearch.on_trial_result (a no-op in CaviarOptunaSearch)
+            if self.per_epoch_reports:  # Ray's OptunaSearch.on_trial_result (a no-op in PruningOptunaSearch)
                 trial.report(metrics[OBJECTIVE], metrics["epoch"])
             t3 = time.perf_counter()
             t["report"] += t3 - t2
             if store is not None:  # StoreCallback.on_trial_result
-                store.add_epoch(self.study_id, tid, {**metrics, "reported_at": time.time()}, OBJECTIVE, MODE)
+                self.on_result(stand_in, metrics)
                 t["store"] += time.perf_counter() - t3
         t4 = time.perf_counter()
         self.study.tell(trial, history[-1][OBJECTIVE], state=TrialState.COMPLETE)  # OptunaSearch.on_trial_complete
         t5 = time.perf_counter()
         t["tell"] += t5 - t4
+        self.trials_written += 1
         if store is not None:  # StoreCallback.on_trial_complete
-            store.upsert_trial(self.study_id, tid, state="completed", error=None, finished_at=now())
+            self.on_complete(stand_in)
             t["store"] += time.perf_counter() - t5
         t["total"] = t["suggest"] + t["report"] + t["tell"] + t["store"]
         t["cpu"] = time.process_time() - c0
@@ -279,7 +305,7 @@ class Bench:
     # -- prefill ----------------------------------------------------------------------------
 
     def prefill(self, count: int, chunk: int = 500) -> None:
-        """Add ``count`` completed trials in bulk (Optuna and store), then check what was written."""
+        """Add ``count`` completed trials (in bulk to Optuna; through StoreCallback to the store), then check what was written."""
         last: FrozenTrial | None = None
         start = self.size()
         done = 0
@@ -303,8 +329,13 @@ class Bench:
                 self._bulk_optuna(backend, start + done, frozen)
             else:
                 self.study.add_trials(frozen)
-            if self.store is not None:
-                self._bulk_store(start + done, histories)
+            for i, (params, history) in enumerate(histories):
+                self.trials_written += 1
+                if self.store is not None:  # the trial's store writes, as a real one makes them (untimed)
+                    stand_in = self.on_start(start + done + i, params)
+                    for metrics in history:
+                        self.on_result(stand_in, metrics)
+                    self.on_complete(stand_in)
             done += k
             last = frozen[-1]
         if last is not None:  # what the sampler will read is what was meant to be written
@@ -312,7 +343,7 @@ class Bench:
             got = trials[-1]
             if len(trials) != start + count or got.number != start + count - 1 or got.params != last.params or got.value != last.value:
                 raise RuntimeError(f"{self.name}: prefill check failed ({len(trials)} trials, last {got.params} != {last.params})")
-            if self.store is not None and self.store.trial_counts(self.study_id)["completed"] < start + count:
+            if self.store is not None and self.store.trials.counts(self.study_id)["completed"] < start + count:
                 raise RuntimeError(f"{self.name}: prefill check failed (store rows)")
 
     def _bulk_optuna(self, backend: optuna.storages.RDBStorage, start: int, trials: list[FrozenTrial]) -> None:
@@ -344,24 +375,30 @@ class Bench:
         finally:
             session.close()
 
-    def _bulk_store(self, start: int, histories: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> None:
-        assert self.store is not None
-        finished = now()
-        rows = [{
-            "study_id": self.study_id, "trial_id": self.trial_id(start + i), "state": "completed",
-            "config": self.config(params), "epochs": self.epochs, "last_metrics": history[-1],
-            "best_value": max(m[OBJECTIVE] for m in history), "error": None, "retries": 0,
-            "started_at": finished, "finished_at": finished,
-        } for i, (params, history) in enumerate(histories)]
-        with self.store.session(write=True) as s:
-            pks = {tid: pk for pk, tid in s.execute(insert(TrialRow).returning(TrialRow.pk, TrialRow.trial_id), rows)}
-            metrics = [{"trial_pk": pks[self.trial_id(start + i)], "epoch": m["epoch"], "values": m}
-                       for i, (_, history) in enumerate(histories) for m in history]
-            s.execute(insert(MetricRow), metrics)
+    def written_vs_stored(self) -> dict[str, Any]:
+        """What was written (trials, epochs) against what the Optuna study and the store hold now."""
+        trials = self.study.get_trials(deepcopy=False)
+        out: dict[str, Any] = {"trials_written": self.trials_written, "optuna_trials": len(trials),
+                               "optuna_complete": sum(1 for t in trials if t.state == TrialState.COMPLETE)}
+        if self.store is not None:
+            counts = self.store.trials.counts(self.study_id)
+            with self.store.db.session() as s:  # a count, read beside the store's API (which has none)
+                metric_rows = s.scalar(select(func.count()).select_from(MetricRow).join(TrialRow, TrialRow.pk == MetricRow.trial_pk)
+                                       .where(TrialRow.study_id == self.study_id))
+            out |= {"store_trials": sum(counts.values()), "store_completed": counts["completed"],
+                    "epochs_written": self.epochs_written, "store_metric_rows": int(metric_rows or 0)}
+        return out
+
+    def holds_what_was_written(self, got: dict[str, Any]) -> bool:
+        n = self.trials_written
+        ok = got["optuna_trials"] == n and got["optuna_complete"] == n
+        if self.store is not None:
+            ok = ok and got["store_trials"] == n and got["store_completed"] == n and got["store_metric_rows"] == self.epochs_written
+        return ok
 
     def close(self) -> None:
         if self.store is not None:
-            self.store.engine.dispose()
+            self.store.db.dispose()
         backend = getattr(self.study._storage, "_backend", None)
         if isinstance(backend, optuna.storages.RDBStorage):
             backend.scoped_session.remove()
@@ -369,11 +406,6 @@ class Bench:
 
 
 # -- measuring ----------------------------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float:
-    xs = sorted(values)
-    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
 
 
 def summarize(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -443,18 +475,9 @@ def database(kind: str, workdir: Path, admin: str | None) -> Iterator[str | None
     if kind == "inmemory":
         yield None
     elif kind.startswith("postgres"):
-        import psycopg
-        from sqlalchemy.engine import make_url
-
         assert admin is not None
-        name = f"caviar_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield make_url(admin).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        with postgres_database(admin) as url:
+            yield url
     else:  # sqlite, sqlite-rdb, sqlite-normal
         path = workdir / f"caviar_{uuid.uuid4().hex[:8]}.db"
         try:
@@ -484,13 +507,35 @@ def open_benches(stack: ExitStack, plans: list[tuple[bool, list[int], list[str]]
 # -- report -------------------------------------------------------------------------------------
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'sampler':9} {'storage':16} {'N':>5} {'growth':9} " + " ".join(f"{p:>15}" for p in PARTS)
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        cells = " ".join(f"{r[p]['median_ms']:>7.1f}/{r[p]['p90_ms']:<7.1f}" for p in PARTS)
-        lines.append(f"{r['sampler']:9} {r['storage']:16} {r['n']:>5} {r['growth']:9} {cells}")
-    return "\n".join(lines)
+def cost_table(rows: list[dict[str, Any]]) -> str:
+    return table(["sampler", "storage", "N", "growth", *(f"{p} med/p90" for p in PARTS)],
+                 [[r["sampler"], r["storage"], r["n"], r["growth"], *(f"{r[p]['median_ms']:.1f}/{r[p]['p90_ms']:.1f}" for p in PARTS)]
+                  for r in rows], left=2)
+
+
+def same_suggestions(space: SearchSpace, seed: int, n: int = 30) -> tuple[bool, str]:
+    """Whether the benchmark's ``tpe`` (FastTPESampler) suggests what ``tpe-optuna-ndtr`` (Optuna's
+    TPESampler, same arguments) does, trial by trial, on the same simulated objective."""
+
+    def run(sampler: optuna.samplers.BaseSampler) -> list[dict[str, Any]]:
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        out = []
+        for i in range(n):
+            trial = study.ask()
+            params = suggest(trial, space)
+            out.append(params)
+            study.tell(trial, simulate(params, seed * 1_000_003 + i, 3)[-1][OBJECTIVE])
+        return out
+
+    fast_sampler = make_bench_sampler("tpe", space, seed)
+    if not isinstance(fast_sampler, FastTPESampler):
+        return False, f"make_sampler('tpe') is a {type(fast_sampler).__name__}, not FastTPESampler"
+    fast, slow = run(fast_sampler), run(make_bench_sampler("tpe-optuna-ndtr", space, seed))
+    for i, (f, o) in enumerate(zip(fast, slow, strict=True)):
+        if f.keys() != o.keys() or any(
+                not math.isclose(f[k], o[k], rel_tol=1e-9) if isinstance(f[k], float) else f[k] != o[k] for k in f):
+            return False, f"trial {i}: FastTPESampler {f}, TPESampler {o}"
+    return True, f"{n} trials alike"
 
 
 def verdicts(rows: list[dict[str, Any]], n: int) -> list[str]:
@@ -504,9 +549,8 @@ def verdicts(rows: list[dict[str, Any]], n: int) -> list[str]:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description="Sampler and store cost per trial as studies grow (see the module docstring).")
-    p.add_argument("--smoke", action="store_true", help="N = 20, 100; window 3; tens of seconds")
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__, "N = 20, 100; window 3; inmemory, sqlite, postgres; tens of seconds")
     p.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000], help="study sizes N at which a window is timed")
     p.add_argument("--grown-sizes", type=int, nargs="*", default=[100],
                    help="sizes also reached by real trials (no prefill), every configuration, to check prefilling against")
@@ -516,16 +560,15 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed real trials after a prefill")
     p.add_argument("--epochs", type=int, default=10, help="epochs (add_epoch writes) per trial")
     p.add_argument("--per-epoch-reports", action="store_true",
-                   help="report every epoch to Optuna, as Ray's stock OptunaSearch does (CaviarOptunaSearch does not since ec56fe5)")
+                   help="report every epoch to Optuna, as Ray's stock OptunaSearch does (PruningOptunaSearch does not since ec56fe5)")
     p.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=["tpe", "random"])
     p.add_argument("--storages", nargs="+", choices=STORAGES, default=list(DEFAULT_STORAGES))
     p.add_argument("--postgres-url", default=os.environ.get("CAVIAR_TEST_POSTGRES_URL"),
                    help="PostgreSQL admin URL (default $CAVIAR_TEST_POSTGRES_URL); fresh caviar_bench_* databases are created and dropped")
     p.add_argument("--workdir", type=Path, default=None, help="where SQLite and journal files go (default: a temporary directory)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="write every figure (with per-trial samples) here")
     p.add_argument("--profile", type=Path, default=None, help="write a cProfile (.prof) of each timed window into this folder")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.smoke:
         args.sizes, args.grown_sizes, args.grown_inmemory_sizes, args.window, args.warmup = [20, 100], [20], [], 3, 1
         if args.storages == list(DEFAULT_STORAGES):
@@ -544,7 +587,11 @@ def main() -> None:
             storages = [s for s in storages if not s.startswith("postgres")]
             print(f"postgres rows skipped: {reason}", flush=True)
     space = resolve_space("seven_key")
+    checks = Checks("sampler_store_cost")
+    alike, detail = same_suggestions(space, args.seed)
+    checks.check(alike, f"FastTPESampler suggests what Optuna's TPESampler suggests, same seed and arguments: {detail}")
     rows: list[dict[str, Any]] = []
+    stored: dict[str, dict[str, Any]] = {}
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="caviar_bench_") as tmp:
         workdir = args.workdir or Path(tmp)
@@ -560,41 +607,44 @@ def main() -> None:
                                    args.per_epoch_reports)
             print(f"{len(benches)} studies; timed at N = {sorted({n for b in benches for n in b.sizes})}", flush=True)
             rows.extend(measure(benches, args.window, args.warmup, args.profile))
+            for b in benches:  # before they close: what each study holds against what was written to it
+                got = stored[f"{b.name}/{'grown' if b.grown else 'prefilled'}"] = b.written_vs_stored()
+                checks.check(b.holds_what_was_written(got), f"{b.name} ({'grown' if b.grown else 'prefilled'}) holds what was written: {got}")
     elapsed = time.perf_counter() - t_start
 
     print()
-    reports = f"{args.epochs} per trial" if args.per_epoch_reports else "none (as CaviarOptunaSearch)"
+    reports = f"{args.epochs} per trial" if args.per_epoch_reports else "none (as PruningOptunaSearch)"
     print(f"ms per trial, median/p90 over {args.window} trials at each N ({args.epochs} epochs; suggest = ask + define-by-run; "
-          f"report = Optuna reports, {reports}; tell = tell; store = 2 upsert_trial + {args.epochs} add_epoch; cpu = this process's CPU)")
-    print(table(rows))
+          f"report = Optuna reports, {reports}; tell = tell; store = StoreCallback: 2 trials.upsert + {args.epochs} trials.add_epoch; "
+          "cpu = this process's CPU)")
+    print(cost_table(rows))
     goal_n = GOAL_N if GOAL_N in args.sizes else max(args.sizes)
     print(f"\ngoal at N={goal_n}: median total <= {GOAL_MS:.0f} ms (2% of a 5 s trial)")
     print("\n".join(verdicts(rows, goal_n)))
-    checks = []
+    grown = []
     for g in (r for r in rows if r["growth"] == "grown"):
         pre = next((r for r in rows if r["growth"] == "prefilled" and r["n"] == g["n"]
                     and r["sampler"] == g["sampler"] and r["storage"] == g["storage"]), None)
         if pre is not None:
             g["prefilled_over_grown"] = round(pre["total"]["median_ms"] / max(g["total"]["median_ms"], 1e-9), 2)
             g["prefilled_over_grown_cpu"] = round(pre["cpu"]["median_ms"] / max(g["cpu"]["median_ms"], 1e-9), 2)
-            checks.append(g)
-    if checks:
+            grown.append(g)
+    if grown:
         print("\nprefilled vs grown by real trials, ratio of medians (total, cpu):")
-        for g in checks:
+        for g in grown:
             print(f"  {g['sampler']:9} {g['storage']:16} N={g['n']:<5} {g['prefilled_over_grown']:.2f}x  {g['prefilled_over_grown_cpu']:.2f}x")
     for name, reason in skipped.items():
         print(f"\n{name}: skipped ({reason})")
     print(f"\n{elapsed:.0f} s in all, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "goal_ms": GOAL_MS, "goal_n": goal_n, "epochs": args.epochs, "per_epoch_reports": args.per_epoch_reports,
-            "window": args.window, "warmup": args.warmup,
-            "sizes": args.sizes, "grown_sizes": args.grown_sizes, "grown_inmemory_sizes": args.grown_inmemory_sizes,
-            "seed": args.seed, "skipped": skipped, "optuna": optuna.__version__, "cpus": os.cpu_count(),
-            "loadavg_end": os.getloadavg(), "elapsed_s": round(elapsed, 1), "rows": rows,
-        }, indent=2))
-        print(f"wrote {args.json}")
+    write_json(json_path(args, "sampler_store_cost"), {
+        "goal_ms": GOAL_MS, "goal_n": goal_n, "epochs": args.epochs, "per_epoch_reports": args.per_epoch_reports,
+        "window": args.window, "warmup": args.warmup,
+        "sizes": args.sizes, "grown_sizes": args.grown_sizes, "grown_inmemory_sizes": args.grown_inmemory_sizes,
+        "seed": args.seed, "skipped": skipped, "optuna": optuna.__version__, "cpus": os.cpu_count(),
+        "loadavg_end": os.getloadavg(), "elapsed_s": round(elapsed, 1), "rows": rows, "stored": stored, "checks": checks.as_dict(),
+    })
+    return checks.exit_code()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["method", "wall s (range)", "utilization", "trial processes", "failed trials"], rows))
     print(f"caviar / bare wall-clock: {ratio:.3f} (goal <= 1.10)\n")
     print(table(["where Caviar's time goes (median over repeats)", ""],
-                [[k, f"{statistics.median(r[k] for r in results['caviar']):.3f}"] for k in BREAKDOWN]))
+                [[k, f"{statistics.median(r[k] for r in results['caviar']):.3f}"] for k in BREAKDOWN], left=1))
 
     checks = Checks("service_overhead")
     for m, rs in results.items():

@@ -4,21 +4,23 @@ What runs:
   server   - `caviar serve` in a subprocess (uvicorn over HTTP) on a fresh CAVIAR_DATA_DIR, without
              Ray (RAY_ADDRESS points at a closed port: studies stay queued, the dispatcher idles)
   writers  - N processes (spawn; 8 by default), each playing one study's driver: it submits its
-             study with POST /v1/studies, marks it running as service.driver does, then loops over
-             trials exactly as StoreCallback writes them (upsert_trial running -> add_epoch per
-             epoch -> upsert_trial completed/stopped_early/failed), one store call every 20-50 ms,
-             and finally finish_study(completed). Writers import only service.store (and httpx).
+             study with service.client.Client, marks it running as the driver (service.runner) does,
+             then feeds trials to the driver's own StoreCallback as Ray Tune does (on_trial_start ->
+             on_trial_result per epoch -> on_trial_complete, which write trials.upsert(running) ->
+             trials.add_epoch -> trials.upsert(completed/stopped_early/failed)), one store call every
+             20-50 ms, and finally studies.finish(completed). Trials are small stand-ins with what the
+             callback reads (trial_id, config, last_result); no Ray cluster, ray.tune is imported.
   readers  - this process: an open-loop paced mix (~50/s) of GET /v1/studies, /v1/studies/{id},
              /v1/studies/{id}/trials, /v1/studies/{id}/trials/{trial_id}, /v1/studies/{id}/best
 Then the server is stopped and the database checked: SQLite `PRAGMA integrity_check`, and every
 epoch a writer says it wrote is in caviar_metrics exactly once with the values it wrote, trials'
-`epochs`/`best_value`/`state` match, per-study counts match (also as the API reports them).
+`epochs`/`best_value`/`state`/`config` match, per-study counts match (also as the API reports them).
 
-Errors (exit code 1): any 5xx (a 503 with Retry-After is allowed, counted apart), any response
+Errors (exit code 1, with --smoke as without; each is an invariant the run asserts): any 5xx (a 503 with Retry-After is allowed, counted apart), any response
 mentioning "database is locked", any other unexpected HTTP status or transport error, any writer
 exception, an integrity or consistency failure.
 
-    python -m bench.store_load                     # the 5-minute run on SQLite
+    python -m bench.store_load                     # the 5-minute run on SQLite (JSON: docs/bench/store_load_sqlite_300s.json)
     python -m bench.store_load --smoke             # 30 s
     python -m bench.store_load --smoke --database-url postgresql://postgres@127.0.0.1:5432/postgres
                                                    # a fresh caviar_bench_<random> database, dropped after
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -42,15 +45,16 @@ import sys
 import tempfile
 import time
 import traceback
-import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench._cluster import CaviarServer
-from service.readcache import MAX_STALE_S
+from bench._common import DOCS_BENCH, Checks, parser, pct, postgres_database, table, write_json
+from service.api.readcache import MAX_STALE_S
+from service.client import Client
+from service.local import LocalServer
 
 LOCKED = "database is locked"
 MAX_EPOCHS = 30  # fixed.epochs of the benchmark's studies; ASHA-like rungs below cut most trials short
@@ -95,7 +99,7 @@ def trial_plan(study_id: str, trial_id: str) -> tuple[dict[str, Any], int, int |
 
 
 def metrics_for(study_id: str, trial_id: str, epoch: int, lr: float, diverge: int | None) -> dict[str, Any]:
-    """One epoch's report as a trainable sends it (the keys of ray_adapter.REPORTED)."""
+    """One epoch's report as a built-in trainable sends it (epoch, its declared metrics, diverged)."""
     rng = random.Random(f"{study_id}/{trial_id}/{epoch}")
     if diverge is not None and epoch >= diverge:
         return {"epoch": epoch, "train_loss": float("nan"), "val_loss": float("nan"), "val_accuracy": 0.1,
@@ -109,8 +113,17 @@ def metrics_for(study_id: str, trial_id: str, epoch: int, lr: float, diverge: in
 
 
 def stored_form(metrics: dict[str, Any]) -> dict[str, Any]:
-    """What Store.add_epoch stores: non-finite floats as null."""
+    """What the store keeps of an epoch: non-finite floats as null (trials.add_epoch)."""
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+def without_reported_at(values: Any) -> tuple[dict[str, Any] | None, bool]:
+    """(an epoch as stored, less the ``reported_at`` StoreCallback adds; whether that was a time)."""
+    values = json.loads(values) if isinstance(values, str) else values
+    if not isinstance(values, dict):
+        return None, False
+    rest = dict(values)
+    return rest, isinstance(rest.pop("reported_at", None), float)
 
 
 # -- a writer process (one study's driver) -------------------------------------------------------------
@@ -119,8 +132,10 @@ def stored_form(metrics: dict[str, Any]) -> dict[str, Any]:
 def writer(index: int, server: str, database_url: str, duration: float, interval_ms: tuple[float, float],
            ready: Any, go: Any, results: Any, progress: Any) -> None:
     t0 = time.perf_counter()
-    from service.states import StudyStatus
-    from service.store import Store, now
+    from bench._common import FakeTrial, store_callback
+    from service.definition import ACTIVE, StudyDefinition, StudyStatus, freeze
+    from service.runner.callbacks import store_for
+    from service.store import now
 
     import_s = time.perf_counter() - t0
     heavy = sorted(m for m in ("torch", "ray", "optuna", "numpy") if m in sys.modules)
@@ -136,7 +151,7 @@ def writer(index: int, server: str, database_url: str, duration: float, interval
     store_log.addHandler(_Retries())
     store_log.setLevel(logging.INFO)
     store_log.propagate = False
-    store = Store(database_url)
+    store = store_for(database_url)  # the one Store of this process, which the callback writes through too
     errors: Counter[tuple[str, str, str]] = Counter()
     tracebacks: dict[tuple[str, str, str], str] = {}
     latencies: list[float] = []
@@ -158,19 +173,17 @@ def writer(index: int, server: str, database_url: str, duration: float, interval
     defn = definition(index)
     study_id = None
     try:
-        r = httpx.post(f"{server}/v1/studies", json=defn, timeout=60)
-        if r.status_code != 201:
-            raise RuntimeError(f"POST /v1/studies -> {r.status_code}: {r.text[:500]}")
-        study_id = r.json()["id"]
+        with Client(server) as client:
+            study_id = str(client.submit(defn)["id"])
         created_via = "api"
-    except Exception as exc:  # keep the benchmark going: create the row directly, but count it
+    except Exception as exc:  # keep the benchmark going: create the study in the store, but count it
         key = ("POST /v1/studies", type(exc).__name__, str(exc).splitlines()[0][:300])
         errors[key] += 1
         tracebacks.setdefault(key, traceback.format_exc()[-3000:])
-        from service.schemas import StudyDefinition  # only on this fallback path: it imports torch
-
-        study_id = store.create_study(defn["name"], StudyDefinition.model_validate(defn).model_dump(mode="json")).id
+        d = StudyDefinition.model_validate(defn)
+        study_id = store.studies.create(d.name, freeze(d, d.space())).id
         created_via = "store"
+    callback = store_callback(study_id, database_url, OBJECTIVE, MODE, MAX_EPOCHS)
     ready.put((index, study_id, import_s, heavy))
     go.wait()
 
@@ -187,7 +200,7 @@ def writer(index: int, server: str, database_url: str, duration: float, interval
         if delay > 0:
             time.sleep(delay)
 
-    call("update_study", store.update_study, study_id, only_if=("queued", "running"), status=StudyStatus.RUNNING.value, started_at=now())
+    call("studies.update(running)", store.studies.update, study_id, only_if=ACTIVE, status=StudyStatus.RUNNING.value, started_at=now())
     trials: dict[str, dict[str, Any]] = {}
     n = 0
     while time.monotonic() < deadline:
@@ -195,14 +208,16 @@ def writer(index: int, server: str, database_url: str, duration: float, interval
         n += 1
         config, epochs, diverge = trial_plan(study_id, trial_id)
         t = trials[trial_id] = {"written": [], "failed": [], "start_ok": False, "final": None, "final_ok": False}
+        trial = FakeTrial(trial_id, {**config, "dataset": defn["dataset"]})  # Tune's config carries the dataset; the store's does not
         tick()
-        t["start_ok"] = call("upsert_trial(running)", store.upsert_trial, study_id, trial_id, config=config, state="running",
-                             started_at=now(), finished_at=None)
+        t["start_ok"] = call("on_trial_start", callback.on_trial_start, n, [trial], trial)
         state = "stopped_early"
         for epoch in range(1, epochs + 1):
             tick()
             m = metrics_for(study_id, trial_id, epoch, config["lr"], diverge)
-            (t["written"] if call("add_epoch", store.add_epoch, study_id, trial_id, m, OBJECTIVE, MODE) else t["failed"]).append(epoch)
+            trial.last_result = {**m, "training_iteration": epoch, "trial_id": trial_id, "config": trial.config}
+            ok = call("on_trial_result", callback.on_trial_result, n, [trial], trial, trial.last_result)
+            (t["written"] if ok else t["failed"]).append(epoch)
             if m["diverged"]:
                 state = "failed"
                 break
@@ -211,10 +226,9 @@ def writer(index: int, server: str, database_url: str, duration: float, interval
             if time.monotonic() >= deadline:  # the run ends: the trial is cut short like a stopped one
                 break
         tick()
-        t["final"] = state
-        t["final_ok"] = call("upsert_trial(final)", store.upsert_trial, study_id, trial_id, state=state,
-                             error="diverged: non-finite training loss" if state == "failed" else None, finished_at=now())
-    finish_ok = call("finish_study", store.finish_study, study_id, StudyStatus.COMPLETED)
+        t["final"] = state  # what the callback's trial_outcome must make of the last result
+        t["final_ok"] = call("on_trial_complete", callback.on_trial_complete, n, [trial], trial)
+    finish_ok = call("studies.finish", store.studies.finish, study_id, StudyStatus.COMPLETED)
     elapsed = time.monotonic() - started
     results.put({
         "index": index, "study_id": study_id, "created_via": created_via, "import_s": import_s, "heavy_modules": heavy,
@@ -227,21 +241,20 @@ def writer(index: int, server: str, database_url: str, duration: float, interval
 # -- the server --------------------------------------------------------------------------------------
 
 
-class Server(CaviarServer):
+def server_for(data_dir: Path, database_url: str, writers: int) -> LocalServer:
     """`caviar serve` with no Ray (the writers play the study drivers)."""
+    # one active study per writer must fit the per-owner quota (all writers are owner "local")
+    quota = max(writers, int(os.environ.get("CAVIAR_QUOTA_ACTIVE_STUDIES", "8")))
+    return LocalServer(data_dir, None, database_url=database_url, env={"CAVIAR_QUOTA_ACTIVE_STUDIES": str(quota)})
 
-    def __init__(self, data_dir: Path, database_url: str, writers: int) -> None:
-        # one active study per writer must fit the per-owner quota (all writers are owner "local")
-        quota = max(writers, int(os.environ.get("CAVIAR_QUOTA_ACTIVE_STUDIES", "8")))
-        super().__init__(data_dir, None, CAVIAR_DATABASE_URL=database_url, CAVIAR_QUOTA_ACTIVE_STUDIES=str(quota))
 
-    def log_findings(self) -> dict[str, Any]:
-        text = self.log_path.read_text(errors="replace")
-        first = text.find("Traceback")
-        return {"log": str(self.log_path), "tracebacks": text.count("Traceback (most recent call last)"),
-                "locked_mentions": text.lower().count(LOCKED), "status_500_lines": text.count('" 500'),
-                "store_busy_lines": text.count("store busy"), "store_unavailable_lines": text.count("store unavailable"),
-                "first_traceback": text[first:first + 4000] if first >= 0 else None}
+def log_findings(server: LocalServer) -> dict[str, Any]:
+    text = server.log_path.read_text(errors="replace")
+    first = text.find("Traceback")
+    return {"log": str(server.log_path), "tracebacks": text.count("Traceback (most recent call last)"),
+            "locked_mentions": text.lower().count(LOCKED), "status_500_lines": text.count('" 500'),
+            "store_busy_lines": text.count("store busy"), "store_unavailable_lines": text.count("store unavailable"),
+            "first_traceback": text[first:first + 4000] if first >= 0 else None}
 
 
 # -- the readers --------------------------------------------------------------------------------------
@@ -326,7 +339,7 @@ async def read_load(server: str, study_ids: list[str], rate: float, duration: fl
         elapsed = time.perf_counter() - start
     return {"elapsed_s": elapsed, "scheduled": i, "responses": len(latencies), "by_status": dict(by_status),
             "by_endpoint": dict(by_endpoint), "latencies": latencies,
-            "latency_by_endpoint_ms": {k: {"n": len(v), "p50": (pct(v, 0.5) or 0) * 1000, "p99": (pct(v, 0.99) or 0) * 1000}
+            "latency_by_endpoint_ms": {k: {"n": len(v), "p50": pct(v, 0.5) * 1000, "p99": pct(v, 0.99) * 1000}
                                        for k, v in sorted(per_endpoint.items())}, "counts": dict(counts), "errors": errors}
 
 
@@ -347,10 +360,13 @@ def integrity(database_url: str) -> str | None:
 
 
 def consistency(database_url: str, reports: list[dict[str, Any]], api_counts: dict[str, Any]) -> dict[str, Any]:
+    """What is in the database against what the writers say they wrote, in plain SQL (not through the
+    store's code, which is what is checked)."""
     from sqlalchemy import create_engine, text
 
-    url = database_url.replace("postgresql://", "postgresql+psycopg://", 1) if database_url.startswith("postgresql://") else database_url
-    engine = create_engine(url)
+    from service.store import sqlalchemy_url
+
+    engine = create_engine(sqlalchemy_url(database_url))
     problems: list[str] = []
     ambiguous: list[str] = []
     totals = Counter[str]()
@@ -371,14 +387,13 @@ def consistency(database_url: str, reports: list[dict[str, Any]], api_counts: di
                 if rep["finish_ok"] and study.status != "completed":
                     problem(f"{sid}: status {study.status}, the writer finished it as completed")
                 trial_rows = {r.trial_id: r for r in c.execute(text(
-                    "SELECT pk, trial_id, state, epochs, best_value, last_metrics, started_at, finished_at FROM caviar_trials WHERE study_id = :s"),
+                    "SELECT pk, trial_id, state, config, epochs, best_value, last_metrics, started_at, finished_at FROM caviar_trials WHERE study_id = :s"),
                     {"s": sid})}
                 metric_rows: dict[int, list[tuple[int, Any]]] = defaultdict(list)
                 for r in c.execute(text(
                         "SELECT m.trial_pk, m.epoch, m.\"values\" FROM caviar_metrics m JOIN caviar_trials t ON t.pk = m.trial_pk WHERE t.study_id = :s"),
                         {"s": sid}):
-                    values = json.loads(r[2]) if isinstance(r[2], str) else r[2]
-                    metric_rows[r[0]].append((r[1], values))
+                    metric_rows[r[0]].append((r[1], r[2]))
                 expected_trials = {tid for tid, t in rep["trials"].items() if t["start_ok"] or t["written"] or t["final_ok"]}
                 for tid in sorted(expected_trials - trial_rows.keys()):
                     problem(f"{sid}/{tid}: the writer wrote it; no trial row")
@@ -406,15 +421,16 @@ def consistency(database_url: str, reports: list[dict[str, Any]], api_counts: di
                     for e in sorted(set(epochs_stored) - set(t["written"])):
                         (ambiguous.append if e in t["failed"] else problem)(f"{sid}/{tid}: epoch {e} stored, "
                                                                             + ("its add_epoch raised" if e in t["failed"] else "never written"))
-                    for e, values in stored:
+                    for e, stored_values in stored:
                         want = stored_form(metrics_for(sid, tid, e, config["lr"], diverge))
-                        if values != want:
-                            problem(f"{sid}/{tid}: epoch {e} stored {values}, written {want}")
+                        values, timed = without_reported_at(stored_values)
+                        if values != want or not timed:
+                            problem(f"{sid}/{tid}: epoch {e} stored {stored_values}, written {want} and reported_at")
                     written = t["written"]
                     want_epochs = max(written) if written else 0
                     if not t["failed"] and row.epochs != want_epochs:
                         problem(f"{sid}/{tid}: epochs {row.epochs}, max epoch written {want_epochs}")
-                    last = row.last_metrics if not isinstance(row.last_metrics, str) else json.loads(row.last_metrics)
+                    last, _ = without_reported_at(row.last_metrics)
                     if not t["failed"] and written and last != stored_form(metrics_for(sid, tid, max(written), config["lr"], diverge)):
                         problem(f"{sid}/{tid}: last_metrics {last} are not epoch {max(written)}'s")
                     accs = [metrics_for(sid, tid, e, config["lr"], diverge)["val_accuracy"] for e in written]
@@ -426,6 +442,9 @@ def consistency(database_url: str, reports: list[dict[str, Any]], api_counts: di
                         problem(f"{sid}/{tid}: finished, finished_at is null")
                     if t["start_ok"] and row.started_at is None:
                         problem(f"{sid}/{tid}: started, started_at is null")
+                    stored_config = json.loads(row.config) if isinstance(row.config, str) else row.config
+                    if t["start_ok"] and stored_config != config:
+                        problem(f"{sid}/{tid}: config {stored_config}, written {config} (without the dataset)")
                 written_total = sum(len(t["written"]) for t in rep["trials"].values())
                 totals["trials"] += len(trial_rows)
                 totals["metric_rows"] += n_metrics
@@ -447,48 +466,23 @@ def consistency(database_url: str, reports: list[dict[str, Any]], api_counts: di
             "trials": totals["trials"], "metric_rows": totals["metric_rows"], "epochs_written": totals["epochs_written"]}
 
 
-# -- PostgreSQL --------------------------------------------------------------------------------------
-
-
-def create_pg_database(admin: str) -> str:
-    import psycopg
-
-    name = f"caviar_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{admin.rpartition('/')[0]}/{name}"
-
-
-def drop_pg_database(admin: str, url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
-
-
 # -- main --------------------------------------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
 
 
 def run(args: argparse.Namespace, data_dir: Path, database_url: str) -> dict[str, Any]:
     duration = 30.0 if args.smoke else args.duration
     load_before = os.getloadavg()[0]
     print(f"store_load: {args.writers} writers, {args.read_rate:g} reads/s, {duration:g} s, {database_url.rpartition('@')[2]}", flush=True)
-    t = time.perf_counter()
-    server = Server(data_dir, database_url, args.writers)
-    print(f"  caviar serve up in {time.perf_counter() - t:.1f} s at {server.url}", flush=True)
+    server = server_for(data_dir, database_url, args.writers)
     ctx = mp.get_context("spawn")
     procs: list[Any] = []
     reports: list[dict[str, Any]] = []
     api_counts: dict[str, Any] = {}
     finished = False
     try:
+        t = time.perf_counter()
+        server.start()
+        print(f"  caviar serve up in {time.perf_counter() - t:.1f} s at {server.url}", flush=True)
         ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
         progress = ctx.Array("q", 2 * args.writers, lock=False)
         for i in range(args.writers):
@@ -509,7 +503,7 @@ def run(args: argparse.Namespace, data_dir: Path, database_url: str) -> dict[str
         study_ids = [s[1] for s in sorted(started)]
         imports = [s[2] for s in started]
         heavy = sorted({m for s in started for m in s[3]})
-        print(f"  writers ready in {setup_s:.1f} s (import service.store: {min(imports):.1f}-{max(imports):.1f} s; "
+        print(f"  writers ready in {setup_s:.1f} s (imports of the store and the driver's StoreCallback: {min(imports):.1f}-{max(imports):.1f} s; "
               f"modules it pulled in: {', '.join(heavy) or 'none of torch/ray/optuna/numpy'})", flush=True)
         go.set()
 
@@ -534,12 +528,12 @@ def run(args: argparse.Namespace, data_dir: Path, database_url: str) -> dict[str
         # the writers are done; the API may serve a study read up to MAX_STALE_S old (service/readcache.py):
         # past that, a read waits for a fresh one
         time.sleep(MAX_STALE_S + 0.5)
-        for sid in study_ids:  # the API's view of the counts, for the consistency check
-            try:
-                resp = httpx.get(f"{server.url}/v1/studies/{sid}", timeout=30)
-                api_counts[sid] = resp.json()["trial_counts"] if resp.status_code == 200 else f"{resp.status_code}: {resp.text[:300]}"
-            except Exception as exc:
-                api_counts[sid] = f"{type(exc).__name__}: {exc}"
+        with server.client() as client:
+            for sid in study_ids:  # the API's view of the counts, for the consistency check
+                try:
+                    api_counts[sid] = client.study(sid)["trial_counts"]
+                except Exception as exc:
+                    api_counts[sid] = f"{type(exc).__name__}: {exc}"
         finished = True
     finally:
         for p in procs:
@@ -565,7 +559,7 @@ def run(args: argparse.Namespace, data_dir: Path, database_url: str) -> dict[str
     integ = integrity(database_url)
     cons = consistency(database_url, reports, api_counts)
     counts = reads["counts"]
-    server_log = server.log_findings()
+    server_log = log_findings(server)
     locked = counts.get("locked", 0) + sum(e["count"] for e in werr.values() if LOCKED in e["message"].lower())
     failures = {
         "5xx": counts.get("5xx", 0),
@@ -595,7 +589,7 @@ def run(args: argparse.Namespace, data_dir: Path, database_url: str) -> dict[str
         "writer_import_s": {"min": min(imports), "max": max(imports)}, "writer_heavy_modules": heavy,
         "writes": {"calls": calls, "per_s": calls / duration, "epochs": epochs_ok, "epochs_per_s": epochs_ok / duration,
                    "trials": sum(len(r["trials"]) for r in reports),
-                   "latency_p50_ms": (pct(wlat, 0.5) or 0) * 1000, "latency_p99_ms": (pct(wlat, 0.99) or 0) * 1000,
+                   "latency_p50_ms": pct(wlat, 0.5) * 1000, "latency_p99_ms": pct(wlat, 0.99) * 1000,
                    "latency_max_ms": (max(wlat) if wlat else 0) * 1000},
         "writer_exceptions": sorted(werr.values(), key=lambda e: -e["count"]),
         "writer_store_retries": sum(r.get("store_retries", 0) for r in reports),
@@ -603,8 +597,8 @@ def run(args: argparse.Namespace, data_dir: Path, database_url: str) -> dict[str
         "reads": {"responses": reads["responses"], "per_s": reads["responses"] / reads["elapsed_s"], "scheduled": reads["scheduled"],
                   "by_status": reads["by_status"], "by_endpoint": reads["by_endpoint"],
                   "latency_by_endpoint_ms": reads["latency_by_endpoint_ms"],
-                  "latency_p50_ms": (pct(reads["latencies"], 0.5) or 0) * 1000,
-                  "latency_p99_ms": (pct(reads["latencies"], 0.99) or 0) * 1000,
+                  "latency_p50_ms": pct(reads["latencies"], 0.5) * 1000,
+                  "latency_p99_ms": pct(reads["latencies"], 0.99) * 1000,
                   "latency_max_ms": (max(reads["latencies"]) if reads["latencies"] else 0) * 1000,
                   "counts": counts, "examples": reads["errors"]},
         "status_503_retry_after": counts.get("503_retry_after", 0),
@@ -639,10 +633,8 @@ def print_table(res: dict[str, Any]) -> None:
         ("result", "OK" if res["ok"] else "FAIL"),
     ]
     rows[-1:-1] = [("warning", w) for w in res["warnings"]]
-    width = max(len(k) for k, _ in rows)
     print()
-    for k, v in rows:
-        print(f"  {k:<{width}}  {v}")
+    print(table(["store_load", ""], [list(row) for row in rows], left=2))
     for e in res["writer_exceptions"][:5]:
         print(f"\n  writer exception x{e['count']} in {e['call']}: {e['type']}: {e['message']}\n{e['traceback']}")
     for e in r["examples"][:5]:
@@ -653,20 +645,30 @@ def print_table(res: dict[str, Any]) -> None:
         print(f"\n  first server traceback:\n{res['server_log']['first_traceback'][:3000]}")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+FAILURES = {  # what each count in res["failures"] asserts is zero
+    "5xx": "no 5xx response (a 503 with Retry-After is allowed)",
+    "database_is_locked": 'no "database is locked", in a response or a writer',
+    "unexpected_status": "no other unexpected HTTP status",
+    "transport_errors": "no transport error",
+    "writer_exceptions": "no store call of a writer raised",
+    "writers_without_report": "every writer reported",
+    "integrity": "the database passes its integrity check",
+    "consistency": "every write is stored once, as written, and the API's counts agree",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__, "30 s")
     p.add_argument("--duration", type=float, default=300.0, help="seconds of load (default 300)")
-    p.add_argument("--smoke", action="store_true", help="30 s")
     p.add_argument("--database-url", default=None,
                    help="default: SQLite in the temp data dir; a postgresql:// admin URL: a fresh caviar_bench_* database, dropped after")
-    p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--writers", type=int, default=8)
     p.add_argument("--read-rate", type=float, default=50.0, help="reads per second")
     p.add_argument("--interval-min-ms", type=float, default=20.0)
     p.add_argument("--interval-max-ms", type=float, default=50.0)
     p.add_argument("--max-in-flight", type=int, default=64, help="concurrent reads; a read due beyond it is skipped and counted")
     p.add_argument("--keep", action="store_true", help="keep the data dir (kept anyway on failure)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     def _terminate(signum: int, _frame: Any) -> None:  # SIGTERM: clean up like Ctrl-C (server, writers, database)
         raise KeyboardInterrupt(f"signal {signum}")
@@ -678,26 +680,27 @@ def main() -> None:
     database_url = args.database_url or f"sqlite:///{data_dir / 'caviar.db'}"
     res: dict[str, Any] | None = None
     try:
-        if admin:
-            database_url = create_pg_database(admin)
-        res = run(args, data_dir, database_url)
+        with postgres_database(admin) if admin else contextlib.nullcontext(database_url) as url:
+            res = run(args, data_dir, url)
     finally:
-        if admin:
-            drop_pg_database(admin, database_url)
         if res is not None and res["ok"] and not args.keep:
             shutil.rmtree(data_dir, ignore_errors=True)
         else:
             print(f"\n  data dir kept: {data_dir}")
     assert res is not None
     print_table(res)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2, default=str))
-    sys.exit(0 if res["ok"] else 1)
+    checks = Checks("store_load")
+    for key, what in FAILURES.items():
+        checks.check(res["failures"][key] == 0, f"{what} ({key}: {res['failures'][key]})")
+    res["checks"] = checks.as_dict()
+    default = None if args.smoke else f"store_load_{res['database']}_{res['duration_s']:g}s"
+    write_json(args.json or (DOCS_BENCH / f"{default}.json" if default else None), res)
+    return checks.exit_code()
 
 
 if __name__ == "__main__":
     try:
-        main()
+        sys.exit(main())
     except KeyboardInterrupt:
         print("store_load: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from service.client import Client
 
@@ -42,6 +42,18 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str = "the cond
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not happen within {timeout:g} s")
         time.sleep(interval)
+
+
+def bindable(port: int) -> bool:
+    """Whether a server could listen on ``port`` on loopback now (as servers do, with SO_REUSEADDR:
+    connections of a killed process left in TIME_WAIT do not count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def ray_temp_dir() -> str:
@@ -68,10 +80,10 @@ class LocalHead:
     """``ray start --head --block`` on free loopback ports with its own token. ``start()`` brings it
     up (again on the same ports after ``stop()`` or ``crash()``: a restarted cluster)."""
 
-    def __init__(self, log_dir: Path, num_cpus: int | None = None) -> None:
+    def __init__(self, log_dir: Path, num_cpus: int | None = None, token: str | None = None) -> None:
         self.gcs, self.dash = free_port(), free_port()
         self.gcs_address, self.dashboard = f"127.0.0.1:{self.gcs}", f"http://127.0.0.1:{self.dash}"
-        self.token = secrets.token_hex(16)
+        self.token = token or secrets.token_hex(16)
         # what every client of this head needs in its environment (Ray 2.60 token auth)
         self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "RAY_USAGE_STATS_ENABLED": "0"}
         self.log_dir, self.num_cpus = log_dir, num_cpus
@@ -83,6 +95,7 @@ class LocalHead:
         from service.jobs import RayJobs
         from service.settings import Settings
 
+        wait_until(lambda: bindable(self.gcs) and bindable(self.dash), 60, "the head's ports to be free", interval=0.2)
         log = open(self.log_dir / f"ray-head-{time.time_ns()}.log", "w")
         self.proc = subprocess.Popen([*self.args, "--block"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                      env={**os.environ, **self.env})
@@ -95,6 +108,25 @@ class LocalHead:
 
         wait_until(up, timeout, f"the Ray head (see {log.name})", interval=0.5)
         return self
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def alive_actors(self, class_contains: str = "") -> list[Any]:
+        """Ray's alive actors whose class name contains ``class_contains`` (Tune's trial actors: ``ImplicitFunc``)."""
+        from ray.util.state import StateApiClient
+        from ray.util.state.common import ListApiOptions, StateResource
+
+        actors: list[Any] = StateApiClient(self.dashboard, headers=self.headers()).list(
+            StateResource.ACTORS, options=ListApiOptions(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000),
+            raise_on_missing_output=False)
+        return [a for a in actors if class_contains in (getattr(a, "class_name", None) or "")]
+
+    def job_status(self, job_id: str) -> str:
+        from ray.job_submission import JobSubmissionClient
+
+        status = JobSubmissionClient(self.dashboard, headers=self.headers()).get_job_status(job_id)
+        return str(getattr(status, "value", status))
 
     def crash(self) -> None:
         """kill -9 the head's whole process group, as a crash would (SIGTERM lets Ray drain for up to 30 s)."""

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,10 @@ from service.local import LocalHead, LocalServer
 PLUGINS = Path(__file__).parent / "plugins"  # a plug-in trainable, found through its entry point (its dist-info)
 sys.path.insert(0, str(PLUGINS))  # for this process; the Ray head and servers get it on PYTHONPATH
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGINS), os.environ.get("PYTHONPATH")) if p)
+# the session's Ray token, in this process's environment before Ray is first imported: tests that
+# connect to the session's head as a Ray driver (ray.init) authenticate with it
+SESSION_RAY_TOKEN = secrets.token_hex(16)
+os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": SESSION_RAY_TOKEN})
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,7 +42,7 @@ def caviar_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHead]:
-    head = LocalHead(tmp_path_factory.mktemp("ray"), num_cpus=2)
+    head = LocalHead(tmp_path_factory.mktemp("ray"), num_cpus=2, token=SESSION_RAY_TOKEN)
     try:
         yield head.start()
     finally:
@@ -49,7 +54,6 @@ def ray_cluster(ray_head: LocalHead, caviar_data_dir: Path) -> Iterator[None]:
     """This process connected to the session's Ray head as a driver."""
     import ray
 
-    os.environ.update(ray_head.env)  # a driver authenticates with the head's token
     ray.init(address=ray_head.gcs_address, runtime_env={"env_vars": {"CAVIAR_DATA_DIR": str(caviar_data_dir)}},
              logging_level="WARNING", log_to_driver=False)
     try:

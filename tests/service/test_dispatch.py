@@ -12,8 +12,8 @@ from service.api.dispatch import dispatch_once
 from service.api.studies import Context
 from service.definition import StudyStatus
 from service.jobs import JobState, driver_env
-from service.settings import load_settings
 from service.local import wait_until
+from service.settings import load_settings
 from service.store import Store, migrate, now
 from tests.service.fakes import FakeJobs, inprocess_api, settings_for
 

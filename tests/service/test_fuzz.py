@@ -51,7 +51,7 @@ from schemathesis.checks import (
 )
 from schemathesis.errors import FailureGroup, NoLinksFound
 
-from tests.conftest import BIN, Api, no_ray
+from service.local import BIN, LocalServer
 
 MIN_CASES = 1000
 TARGET = int(os.environ.get("CAVIAR_FUZZ_CASES") or 1500)
@@ -189,10 +189,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     made = subprocess.run([str(BIN / "caviar"), "token", "create", "--owner", "fuzz"], env={**os.environ, "CAVIAR_DATA_DIR": str(data)},
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0 and made.stdout.strip(), made.stderr
-    api = Api(data, no_ray(), env=env)
-    api.start()
+    api = LocalServer(data, None, env=env).start()
     try:
-        yield Server(url=api.url, token=made.stdout.strip(), log=Path(api.log.name))
+        yield Server(url=api.url, token=made.stdout.strip(), log=api.log_path)
     finally:
         api.stop()
 

@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import optuna
@@ -22,17 +23,24 @@ import psutil
 import pytest
 from optuna.storages.journal import JournalFileBackend
 
-from service.store import optuna_journal
-from tests.conftest import Api, HeadProcess, RayHead
-from tests.service.test_studies_e2e import study, wait_for
+from service.local import LocalHead, LocalServer, wait_until
+from service.runner.optuna_storage import optuna_journal
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 EPOCHS, TRIALS = 10, 4
 
 
+def study(api: LocalServer, sid: str) -> dict[str, Any]:
+    return httpx.get(f"{api.url}/v1/studies/{sid}", timeout=30).json()  # type: ignore[no-any-return]
+
+
+def wait_for(fn: Any, timeout: float, every: float = 0.5) -> Any:
+    return wait_until(fn, timeout, "the condition", interval=every)
+
+
 @pytest.fixture
-def own_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeadProcess]:
-    head = HeadProcess(tmp_path_factory.mktemp("ray-own"))
+def own_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHead]:
+    head = LocalHead(tmp_path_factory.mktemp("ray-own"), num_cpus=2)
     head.start()
     try:
         yield head
@@ -40,7 +48,7 @@ def own_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeadProcess]:
         head.stop()
 
 
-def measured(api: Api, sid: str) -> set[tuple[str, int]]:
+def measured(api: LocalServer, sid: str) -> set[tuple[str, int]]:
     """Every (trial, epoch) the store has for the study, read over the API."""
     out = set()
     for t in httpx.get(f"{api.url}/v1/studies/{sid}/trials", timeout=30).json():
@@ -49,7 +57,7 @@ def measured(api: Api, sid: str) -> set[tuple[str, int]]:
     return out
 
 
-def max_epoch(api: Api, sid: str) -> int:
+def max_epoch(api: LocalServer, sid: str) -> int:
     return max([t["epochs"] for t in httpx.get(f"{api.url}/v1/studies/{sid}/trials", timeout=30).json()] or [0])
 
 
@@ -74,17 +82,16 @@ def drivers(sid: str) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if cmd[1:4] == ["-m", "service.driver", sid]:
+        if cmd[1:4] == ["-m", "service.runner", sid]:
             found.append(p)
     return found
 
 
-def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: HeadProcess, tmp_path: Path) -> None:
+def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: LocalHead, tmp_path: Path) -> None:
     data = tmp_path / "data"
     (data / "datasets").mkdir(parents=True)
-    head: RayHead = own_head.head
-    api = Api(data, head)
-    api.start()
+    head = own_head
+    api = LocalServer(data, head).start()
     try:
         definition = {
             "name": "crashy", "trainable": "cnn_bn_softmax", "dataset": {"name": "mnist1d"},
@@ -99,7 +106,6 @@ def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: He
         before = measured(api, sid)
         job = study(api, sid)["ray_job_id"]
         api.kill()
-        time.sleep(2)
         api.start()
         s = study(api, sid)
         assert s["status"] == "running" and s["ray_job_id"] == job and s["resumes"] == 0
@@ -107,9 +113,7 @@ def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: He
         wait_for(lambda: len(measured(api, sid)) > len(before) + 2, timeout=120)  # and it goes on
 
         # 2. kill -9 one trial's worker: Tune retries the trial from its last checkpoint
-        from ray.util.state import list_actors
-
-        actors = [a for a in list_actors(address=head.gcs_address, filters=[("state", "=", "ALIVE")]) if "ImplicitFunc" in (a.class_name or "")]
+        actors = head.alive_actors("ImplicitFunc")
         assert actors, "no trial actor alive"
         psutil.Process(int(actors[0].pid)).send_signal(signal.SIGKILL)
         wait_for(lambda: any(t["retries"] >= 1 for t in httpx.get(f"{api.url}/v1/studies/{sid}/trials").json()), timeout=60)
@@ -122,17 +126,18 @@ def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: He
         assert s["status"] == "running"
         job = s["ray_job_id"]
         wait_for(lambda: drivers(sid), timeout=60)
+        resumed_at = time.time()
 
         # 4. the whole Ray head goes down (kill -9 of its processes and of the driver, as a crash of
         # the machine's Ray would), and the API with it; start both again: the study resumes the same way
         wait_for(lambda: httpx.get(f"{api.url}/v1/studies/{sid}").json()["trial_counts"]["running"] >= 1, timeout=120)
-        time.sleep(2)
+        # the resumed driver has saved Tune's experiment state at least once (every 2 s)
+        wait_for(lambda: any(f.stat().st_mtime > resumed_at for f in (data / "ray_results" / sid).glob("experiment_state*.json")), timeout=60)
         api.kill()
         own_head.crash()
         for p in drivers(sid):
             p.kill()
         assert study_row(data, sid) == ("running", 1)  # not finished: there is work left to resume
-        time.sleep(2)
         own_head.start()
         api.start()
         s = wait_for(lambda: (x := study(api, sid))["resumes"] == 2 and x, timeout=120)
@@ -168,7 +173,7 @@ def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: He
         api.stop()
 
 
-def test_a_diverging_configuration_fails_alone_and_sigterm_leaves_the_study_running(api: Api, ray_head: RayHead) -> None:
+def test_a_diverging_configuration_fails_alone_and_sigterm_leaves_the_study_running(api: LocalServer, ray_head: LocalHead) -> None:
     definition = {
         "name": "nan", "trainable": "mlp_bn_softmax", "dataset": {"name": "digits"},
         "search_space": {"lr": {"type": "categorical", "choices": [0.01, 10.0]}},
@@ -192,9 +197,6 @@ def test_a_diverging_configuration_fails_alone_and_sigterm_leaves_the_study_runn
     assert api.proc is not None
     api.proc.send_signal(signal.SIGTERM)
     assert api.proc.wait(timeout=30) == 0
-    from ray.job_submission import JobSubmissionClient
-
-    job = JobSubmissionClient(ray_head.dashboard)
     with sqlite3.connect(api.data_dir / "caviar.db") as db:
         job_id, = db.execute("SELECT ray_job_id FROM caviar_studies WHERE id = ?", (sid,)).fetchone()
 
@@ -202,7 +204,7 @@ def test_a_diverging_configuration_fails_alone_and_sigterm_leaves_the_study_runn
             return int(db.execute("SELECT COALESCE(SUM(epochs), 0) FROM caviar_trials WHERE study_id = ?", (sid,)).fetchone()[0])
 
         seen = epochs()
-        assert str(job.get_job_status(job_id)) == "RUNNING"
+        assert ray_head.job_status(job_id) == "RUNNING"
         wait_for(lambda: epochs() > seen, timeout=60)  # the driver keeps writing with no API up
     api.start()
     assert httpx.post(f"{api.url}/v1/studies/{sid}/cancel", timeout=30).json()["status"] == "cancelled"
