@@ -66,7 +66,7 @@ def _loopback(host: str) -> bool:
 def _local_ray_head(settings: Settings, dashboard_port: int, ray_port: int) -> str:
     """The address of a Ray head on loopback at ``dashboard_port``: reused if one answers there, else started."""
     from service.jobs import RayJobs
-    from service.local import ray_head_args, wait_until
+    from service.local import head_start_args, wait_until
 
     address = f"http://127.0.0.1:{dashboard_port}"
     if RayJobs(load_settings(data_dir=settings.data_dir, ray_address=address)).ping():
@@ -75,7 +75,7 @@ def _local_ray_head(settings: Settings, dashboard_port: int, ray_port: int) -> s
     console.print(f"starting a local Ray head (dashboard {address})")
     # a temp dir of its own: Ray's jobs find their cluster through <temp dir>/ray_current_cluster,
     # which in the shared /tmp/ray names whichever head started last on this machine
-    subprocess.run(ray_head_args(ray_port, dashboard_port, f"/tmp/ray-caviar-{ray_port}"), check=True)
+    subprocess.run(head_start_args(ray_port, dashboard_port, f"/tmp/ray-caviar-{ray_port}"), check=True)
     # Ray writes the cluster's token (~/.ray/auth_token) as it starts: read the settings again
     wait_until(lambda: RayJobs(load_settings(data_dir=settings.data_dir, ray_address=address)).ping(), 60, "the local Ray head", 1.0)
     return address

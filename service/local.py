@@ -1,6 +1,6 @@
 """Caviar's processes on this machine, on loopback: a Ray head and ``caviar serve``.
 
-``caviar serve`` starts its Ray head with :func:`ray_head_args`; the tests and the benchmarks start
+``caviar serve`` starts its Ray head with :func:`head_start_args`; the tests and the benchmarks start
 theirs with :class:`LocalHead` and their servers with :class:`LocalServer`, so a test, a benchmark
 and a user's own head never collide (own ports, own token, own Ray temp dir) and each stops only
 what it started.
@@ -18,9 +18,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from service.client import Client
+
+if TYPE_CHECKING:
+    from service.jobs import RayJobs
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
@@ -63,7 +66,7 @@ def ray_temp_dir() -> str:
     return tempfile.mkdtemp(prefix="ray-", dir="/tmp")
 
 
-def ray_head_args(gcs_port: int, dashboard_port: int, temp_dir: str, *, num_cpus: int | None = None, own_ports: bool = False) -> list[str]:
+def head_start_args(gcs_port: int, dashboard_port: int, temp_dir: str, *, num_cpus: int | None = None, own_ports: bool = False) -> list[str]:
     """``ray start --head`` bound to loopback: whoever reaches Ray's ports can run code on it.
     ``own_ports`` also picks free ports for the dashboard agent, metrics and the client server."""
     args = [str(BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
@@ -88,18 +91,16 @@ class LocalHead:
         self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "RAY_USAGE_STATS_ENABLED": "0"}
         self.log_dir, self.num_cpus = log_dir, num_cpus
         self.temp_dir = ray_temp_dir()
-        self.args = ray_head_args(self.gcs, self.dash, self.temp_dir, num_cpus=num_cpus, own_ports=True)
+        self.args = head_start_args(self.gcs, self.dash, self.temp_dir, num_cpus=num_cpus, own_ports=True)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120) -> LocalHead:
-        from service.jobs import RayJobs
-        from service.settings import Settings
 
         wait_until(lambda: bindable(self.gcs) and bindable(self.dash), 60, "the head's ports to be free", interval=0.2)
         log = open(self.log_dir / f"ray-head-{time.time_ns()}.log", "w")
         self.proc = subprocess.Popen([*self.args, "--block"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                      env={**os.environ, **self.env})
-        jobs = RayJobs(Settings(ray_address=self.dashboard, ray_auth_token=self.token, data_dir=self.log_dir))
+        jobs = self.jobs()
 
         def up() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
@@ -112,21 +113,12 @@ class LocalHead:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
-    def alive_actors(self, class_contains: str = "") -> list[Any]:
-        """Ray's alive actors whose class name contains ``class_contains`` (Tune's trial actors: ``ImplicitFunc``)."""
-        from ray.util.state import StateApiClient
-        from ray.util.state.common import ListApiOptions, StateResource
+    def jobs(self) -> RayJobs:
+        """Caviar's own client of this head's Jobs API."""
+        from service.jobs import RayJobs
+        from service.settings import Settings
 
-        actors: list[Any] = StateApiClient(self.dashboard, headers=self.headers()).list(
-            StateResource.ACTORS, options=ListApiOptions(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000),
-            raise_on_missing_output=False)
-        return [a for a in actors if class_contains in (getattr(a, "class_name", None) or "")]
-
-    def job_status(self, job_id: str) -> str:
-        from ray.job_submission import JobSubmissionClient
-
-        status = JobSubmissionClient(self.dashboard, headers=self.headers()).get_job_status(job_id)
-        return str(getattr(status, "value", status))
+        return RayJobs(Settings(ray_address=self.dashboard, ray_auth_token=self.token, data_dir=self.log_dir))
 
     def crash(self) -> None:
         """kill -9 the head's whole process group, as a crash would (SIGTERM lets Ray drain for up to 30 s)."""

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,6 +71,17 @@ def api(ray_head: LocalHead, caviar_data_dir: Path) -> Iterator[LocalServer]:
         yield server
     finally:
         server.stop()
+
+
+def alive_trial_actors(head: LocalHead) -> list[Any]:
+    """The head's alive Tune trial actors (``ImplicitFunc``), through Ray's State API."""
+    from ray.util.state import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    actors: list[Any] = StateApiClient(head.dashboard, headers={"Authorization": f"Bearer {head.token}"}).list(
+        StateResource.ACTORS, options=ListApiOptions(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000),
+        raise_on_missing_output=False)
+    return [a for a in actors if "ImplicitFunc" in (getattr(a, "class_name", None) or "")]
 
 
 def in_ci() -> bool:

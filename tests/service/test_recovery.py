@@ -23,8 +23,10 @@ import psutil
 import pytest
 from optuna.storages.journal import JournalFileBackend
 
+from service.jobs import JobState
 from service.local import LocalHead, LocalServer, wait_until
 from service.runner.optuna_storage import optuna_journal
+from tests.conftest import alive_trial_actors
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 EPOCHS, TRIALS = 10, 4
@@ -113,7 +115,7 @@ def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: Lo
         wait_for(lambda: len(measured(api, sid)) > len(before) + 2, timeout=120)  # and it goes on
 
         # 2. kill -9 one trial's worker: Tune retries the trial from its last checkpoint
-        actors = head.alive_actors("ImplicitFunc")
+        actors = alive_trial_actors(head)
         assert actors, "no trial actor alive"
         psutil.Process(int(actors[0].pid)).send_signal(signal.SIGKILL)
         wait_for(lambda: any(t["retries"] >= 1 for t in httpx.get(f"{api.url}/v1/studies/{sid}/trials").json()), timeout=60)
@@ -204,7 +206,7 @@ def test_a_diverging_configuration_fails_alone_and_sigterm_leaves_the_study_runn
             return int(db.execute("SELECT COALESCE(SUM(epochs), 0) FROM caviar_trials WHERE study_id = ?", (sid,)).fetchone()[0])
 
         seen = epochs()
-        assert ray_head.job_status(job_id) == "RUNNING"
+        assert ray_head.jobs().status(job_id) == JobState.RUNNING
         wait_for(lambda: epochs() > seen, timeout=60)  # the driver keeps writing with no API up
     api.start()
     assert httpx.post(f"{api.url}/v1/studies/{sid}/cancel", timeout=30).json()["status"] == "cancelled"

@@ -14,10 +14,11 @@ import yaml
 from optuna.storages.journal import JournalFileBackend
 
 from service.client import FINISHED, CaviarError, Client
+from service.jobs import JobState
 from service.local import LocalHead, LocalServer, wait_until
 from service.runner.optuna_storage import optuna_journal
 from service.store import Store
-from tests.conftest import fresh_postgres_database
+from tests.conftest import alive_trial_actors, fresh_postgres_database
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +43,7 @@ def test_a_12_trial_tpe_asha_study_on_digits(api: LocalServer, ray_head: LocalHe
     assert counts["stopped_early"] >= 1, counts
     assert s["best"]["value"] >= 0.95
     # the study is a Ray job, and Ray's Jobs API says it succeeded (the driver exits after marking)
-    wait_until(lambda: ray_head.job_status(s["ray_job_id"]) == "SUCCEEDED", 30, "the job to succeed")
+    wait_until(lambda: ray_head.jobs().status(s["ray_job_id"]) == JobState.SUCCEEDED, 30, "the job to succeed")
     assert s["dashboard_url"].endswith(f"/#/jobs/{s['ray_job_id']}")
     for t in client.trials(sid):
         detail = client.trial(sid, t["trial_id"])
@@ -118,9 +119,9 @@ def test_restart_api_mid_study_then_cancel(api: LocalServer, ray_head: LocalHead
     seen = epochs(sid)
     wait_until(lambda: epochs(sid) > seen + 1, 120, "epochs after the restart")  # trials keep arriving
     assert client.cancel(sid)["status"] == "cancelled"
-    wait_until(lambda: ray_head.job_status(s["ray_job_id"]) == "STOPPED", 30, "the job to stop")
+    wait_until(lambda: ray_head.jobs().status(s["ray_job_id"]) == JobState.STOPPED, 30, "the job to stop")
 
-    wait_until(lambda: not ray_head.alive_actors("ImplicitFunc"), 60, "the trial actors to stop")
+    wait_until(lambda: not alive_trial_actors(ray_head), 60, "the trial actors to stop")
     frozen = epochs(sid)  # the driver and its trials are gone: nothing writes any more
     assert frozen > seen
     # what was measured stays readable through the API (once its read cache has caught up)
