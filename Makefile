@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 #   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test lint unit bench-smoke clean
+.PHONY: setup demo test lint unit e2e bench-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,15 @@ lint: setup
 	$(BIN)/ruff check service trainables search_spaces tests bench
 	$(BIN)/mypy
 
+# the fast tests first (in-process API, store, search spaces, trainables: about a minute),
+# then the few end-to-end ones that start Ray heads and servers
 unit: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not ray and not slow"
 
-test: lint unit bench-smoke
+e2e: setup
+	$(BIN)/pytest -q -m "ray or slow" --durations=10
+
+test: lint unit e2e bench-smoke
 
 # each benchmark in its smoke form (see bench/README in the README's Benchmarks section);
 # the store-under-load smoke runs on PostgreSQL too when CAVIAR_TEST_POSTGRES_URL is set (CI sets it)
