@@ -17,6 +17,17 @@ from service.jobs import JobState
 from service.local import free_port, wait_until
 from service.settings import Settings
 
+# a small valid definition the API tests vary
+GOOD: dict[str, Any] = {
+    "name": "tiny",
+    "trainable": "mlp_bn_softmax",
+    "dataset": {"name": "digits"},
+    "search_space": {"lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}},
+    "fixed": {"epochs": 2},
+    "budget": {"num_trials": 2, "max_concurrent_trials": 2},
+    "scheduler": {"type": "none"},
+}
+
 
 class FakeJobs:
     """Records calls; job states are whatever the test sets; the 'cluster' has ``resources``."""

@@ -17,17 +17,7 @@ import yaml
 
 from service.client import CaviarError, Client
 from service.definition import StudyDefinition
-from tests.service.fakes import FakeJobs, inprocess_api
-
-GOOD: dict[str, Any] = {
-    "name": "tiny",
-    "trainable": "mlp_bn_softmax",
-    "dataset": {"name": "digits"},
-    "search_space": {"lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}},
-    "fixed": {"epochs": 2},
-    "budget": {"num_trials": 2, "max_concurrent_trials": 2},
-    "scheduler": {"type": "none"},
-}
+from tests.service.fakes import GOOD, FakeJobs, inprocess_api
 
 
 def _with(path: str, value: Any) -> dict[str, Any]:

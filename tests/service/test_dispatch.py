@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from service.api.studies import Context
 from service.definition import StudyStatus
 from service.jobs import JobState, driver_env
 from service.local import wait_until
-from service.settings import load_settings
 from service.store import Store, migrate, now
 from tests.service.fakes import FakeJobs, inprocess_api, settings_for
 
@@ -167,20 +165,3 @@ def test_a_submitted_study_is_handed_to_ray_at_once_not_at_the_next_tick(tmp_pat
         second = client.submit(definition)
         wait_until(lambda: len(jobs.submitted) == 2, 10, "the second study to be submitted to Ray")
         assert jobs.submitted == [first["id"], second["id"]]
-
-
-def test_bad_settings_are_one_line_naming_the_variable_and_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CAVIAR_OPTUNA_STORAGE", "redis")
-    with pytest.raises(SystemExit, match=r"^caviar: CAVIAR_OPTUNA_STORAGE: Input should be 'journal' or 'database' \(got 'redis'\)$"):
-        load_settings()
-    monkeypatch.setenv("CAVIAR_OPTUNA_STORAGE", "database")
-    monkeypatch.setenv("CAVIAR_QUOTA_ACTIVE_STUDIES", "eight")
-    with pytest.raises(SystemExit, match=r"^caviar: CAVIAR_QUOTA_ACTIVE_STUDIES: Input should be a valid integer"):
-        load_settings()
-    monkeypatch.setenv("CAVIAR_QUOTA_ACTIVE_STUDIES", "3")
-    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:8265")
-    s = load_settings(data_dir="/tmp/caviar-settings-test")
-    assert (s.optuna_storage, s.quota_active_studies, s.ray_address) == ("database", 3, "http://10.0.0.5:8265")
-    assert s.database_url == "sqlite:////tmp/caviar-settings-test/caviar.db" and s.dashboard_url == s.ray_address
-    assert load_settings(ray_address="http://other:1").ray_address == "http://other:1"  # a flag beats the environment
-    assert "CAVIAR_QUOTA_ACTIVE_STUDIES" in os.environ  # settings read the environment, never write it

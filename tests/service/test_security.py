@@ -23,17 +23,9 @@ import yaml
 
 from service.client import Client
 from service.local import LocalServer, wait_until
-from tests.service.fakes import inprocess_api
+from tests.service.fakes import GOOD, inprocess_api
 
 CAVIAR = str(Path(sys.executable).parent / "caviar")
-GOOD: dict[str, Any] = {
-    "name": "tiny",
-    "trainable": "mlp_bn_softmax",
-    "dataset": {"name": "digits"},
-    "search_space": {"lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}},
-    "fixed": {"epochs": 2},
-    "budget": {"num_trials": 2, "max_concurrent_trials": 2},
-}
 
 
 def _dir(tmp_path: Path) -> Path:

@@ -1,0 +1,43 @@
+"""Settings: one object from the environment and the CLI's flags; a bad value is one line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings, load_settings
+
+
+def test_bad_settings_are_one_line_naming_the_variable_and_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAVIAR_OPTUNA_STORAGE", "redis")
+    with pytest.raises(SystemExit, match=r"^caviar: CAVIAR_OPTUNA_STORAGE: Input should be 'journal' or 'database' \(got 'redis'\)$"):
+        load_settings()
+    monkeypatch.setenv("CAVIAR_OPTUNA_STORAGE", "database")
+    monkeypatch.setenv("CAVIAR_QUOTA_ACTIVE_STUDIES", "eight")
+    with pytest.raises(SystemExit, match=r"^caviar: CAVIAR_QUOTA_ACTIVE_STUDIES: Input should be a valid integer"):
+        load_settings()
+    monkeypatch.setenv("CAVIAR_QUOTA_ACTIVE_STUDIES", "3")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:8265")
+    s = load_settings(data_dir="/tmp/caviar-settings-test")
+    assert (s.optuna_storage, s.quota_active_studies, s.ray_address) == ("database", 3, "http://10.0.0.5:8265")
+    assert s.database_url == "sqlite:////tmp/caviar-settings-test/caviar.db" and s.dashboard_url == s.ray_address
+    assert load_settings(ray_address="http://other:1").ray_address == "http://other:1"  # a flag beats the environment
+    assert "CAVIAR_QUOTA_ACTIVE_STUDIES" in os.environ  # settings read the environment, never write it
+
+
+def test_settings_are_frozen_and_the_ray_token_comes_from_the_environment_or_ray_s_file(monkeypatch: pytest.MonkeyPatch,
+                                                                                        tmp_path: Path) -> None:
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    s = load_settings(data_dir=tmp_path)
+    assert s.ray_auth_token is not None and s.ray_auth_token.get_secret_value() == "from-env"
+    assert "from-env" not in repr(s)  # a secret is not printed
+    with pytest.raises(ValidationError):
+        s.max_resumes = 5  # type: ignore[misc]
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-file\n")
+    assert Settings(data_dir=tmp_path).ray_auth_token.get_secret_value() == "from-file"  # type: ignore[union-attr]
