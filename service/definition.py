@@ -27,11 +27,14 @@ from search_spaces import (
     parse_space,
     resolve_space,
 )
-from service.runner.schedulers import RUNG_BASED, SCHEDULERS
 from trainables import UnknownTrainable, get_trainable
 from trainables.datasets import DatasetError, DatasetSpec, FileSpec, check_file
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+# trial schedulers by name (service.runner.schedulers builds each); the rung-based ones stop trials
+# at rungs, so their grace_period must fit in a trial's epochs
+SCHEDULERS = ("asha", "hyperband", "median", "none")
+RUNG_BASED = ("asha", "hyperband")
 METRIC = r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$"
 
 

@@ -1,49 +1,40 @@
-"""Trial schedulers by name: the one list of names (``SCHEDULERS``), each with the function that
-builds its Ray Tune scheduler.
+"""How each scheduler named in ``service.definition.SCHEDULERS`` is built as a Ray Tune scheduler.
 
-The API validates ``scheduler.type`` against these names without loading Ray Tune: each builder
-imports Ray when it is called, in the study's driver.
+The names are the definition's (the API validates ``scheduler.type`` against them without this
+module); here is the one place that builds each, checked at import to cover exactly those names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from service.definition import Scheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
 
-Builder = Callable[["Scheduler", int], Any]  # (the study's scheduler settings, epochs a trial runs) -> a Tune scheduler
+from service.definition import SCHEDULERS, Scheduler
+
+Builder = Callable[[Scheduler, int], Any]  # (the study's scheduler settings, epochs a trial runs) -> a Tune scheduler
 
 
 def _asha(s: Scheduler, epochs: int) -> Any:
-    from ray.tune.schedulers import ASHAScheduler
-
     return ASHAScheduler(time_attr="epoch", max_t=s.max_t or epochs, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
 
 
 def _hyperband(s: Scheduler, epochs: int) -> Any:
-    from ray.tune.schedulers import HyperBandScheduler
-
     return HyperBandScheduler(time_attr="epoch", max_t=s.max_t or epochs, reduction_factor=s.reduction_factor)
 
 
 def _median(s: Scheduler, epochs: int) -> Any:
-    from ray.tune.schedulers import MedianStoppingRule
-
     return MedianStoppingRule(time_attr="epoch", grace_period=s.grace_period, min_samples_required=3)
 
 
 def _none(s: Scheduler, epochs: int) -> Any:
-    from ray.tune.schedulers import FIFOScheduler
-
     return FIFOScheduler()
 
 
-SCHEDULERS: dict[str, Builder] = {"asha": _asha, "hyperband": _hyperband, "median": _median, "none": _none}
-# schedulers that stop trials at rungs, for which grace_period must fit in a trial's epochs
-RUNG_BASED = ("asha", "hyperband")
+BUILDERS: dict[str, Builder] = {"asha": _asha, "hyperband": _hyperband, "median": _median, "none": _none}
+assert tuple(BUILDERS) == SCHEDULERS, "every scheduler the definition names is built here, and no other"
 
 
 def make_scheduler(s: Scheduler, epochs: int) -> Any:
-    return SCHEDULERS[s.type](s, epochs)
+    return BUILDERS[s.type](s, epochs)
