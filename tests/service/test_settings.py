@@ -41,3 +41,14 @@ def test_settings_are_frozen_and_the_ray_token_comes_from_the_environment_or_ray
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text("from-file\n")
     assert Settings(data_dir=tmp_path).ray_auth_token.get_secret_value() == "from-file"  # type: ignore[union-attr]
+
+
+def test_caviar_serve_with_a_bad_value_says_so_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    caviar = str(Path(sys.executable).parent / "caviar")
+    env = {**os.environ, "CAVIAR_DATA_DIR": str(tmp_path), "CAVIAR_READ_CACHE_S": "half a second"}
+    r = subprocess.run([caviar, "serve", "--port", "1"], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode != 0 and r.stderr.strip().splitlines() == [
+        "caviar: CAVIAR_READ_CACHE_S: Input should be a valid number, unable to parse string as a number (got 'half a second')"]
