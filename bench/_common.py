@@ -30,12 +30,13 @@ DOCS_BENCH = Path(__file__).resolve().parent.parent / "docs" / "bench"
 # -- flags, output --------------------------------------------------------------------------------
 
 
-def parser(doc: str | None, smoke_help: str) -> argparse.ArgumentParser:
-    """An ArgumentParser with the flags every benchmark takes: ``--smoke`` and ``--json PATH``."""
-    ap = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(doc: str | None, smoke_help: str, json_name: str) -> argparse.ArgumentParser:
+    """An ArgumentParser with the flags every benchmark takes: ``--smoke`` and ``--json PATH``
+    (``json_name``: the file a full run writes under docs/bench/ by default)."""
+    ap = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help=f"{smoke_help}; asserts the benchmark's invariants (what CI runs)")
     ap.add_argument("--json", type=Path, default=None, metavar="PATH",
-                    help="write the results here (default: docs/bench/<name>.json for a full run, nothing for --smoke)")
+                    help=f"write the results here (default: docs/bench/{json_name} for a full run, none for --smoke)")
     return ap
 
 
@@ -141,7 +142,7 @@ def submit(client: Client, definition: dict[str, Any], timeout_s: float = 120) -
                 return None
             raise
 
-    return wait_until(attempt, timeout_s, "a study submission the Ray cluster can hold", interval=0.5)
+    return str(wait_until(attempt, timeout_s, "a study submission the Ray cluster can hold", interval=0.5))
 
 
 def submit_and_wait(client: Client, definition: dict[str, Any], *, poll_s: float = 0.25,

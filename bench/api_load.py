@@ -186,7 +186,7 @@ def run_wrk(wrk: str, lua: Path, url: str, connections: int, threads: int, secon
     r = subprocess.run(cmd, env={**os.environ, "API_LOAD_WRK_OUT": str(out)}, capture_output=True, text=True, timeout=seconds + 60)
     if r.returncode != 0 or not out.exists():
         raise RuntimeError(f"wrk failed (exit {r.returncode}): {' '.join(cmd)}\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
-    data = json.loads(out.read_text())
+    data: dict[str, Any] = json.loads(out.read_text())
     data["hist"] = [(int(v), int(c)) for v, c in data["hist"]]
     data["stdout"] = r.stdout
     # wrk's own "Non-2xx or 3xx responses" line; its Lua summary counts only status > 399
@@ -419,7 +419,7 @@ def run(args: argparse.Namespace, wrk: str | None, work: Path) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser(__doc__, "8 connections, 5 s per endpoint in one round, the Python generator, a tiny study")
+    ap = parser(__doc__, "8 connections, 5 s per endpoint in one round, the Python generator, a tiny study", "api_load.json")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of load per endpoint, split over --rounds")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (ping, study, trials) per endpoint")
     ap.add_argument("--connections", type=int, default=32)

@@ -50,7 +50,7 @@ def run_level(k: int, epochs: int, device: str, threads: int, config: dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser(__doc__, "CPU, 1 epoch, levels 1,2, one repeat")
+    ap = parser(__doc__, "CPU, 1 epoch, levels 1,2, one repeat", "gpu_packing.json")
     ap.add_argument("--levels", default="1,2,4,8")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2, help="runs per level; the median is reported")

@@ -99,6 +99,7 @@ from bench._common import (
 from search_spaces import FastTPESampler, SearchSpace, define_by_run, make_sampler, resolve_space, suggest
 from service.runner.callbacks import store_for
 from service.runner.optuna_storage import optuna_storage
+from service.settings import OptunaStorage
 from service.store import Store, migrate, now, sqlalchemy_url
 from service.store.models import MetricRow, TrialRow
 
@@ -225,7 +226,7 @@ class Bench:
             storage = SqliteTunedRDBStorage(sqlalchemy_url(self.url), engine_kwargs={"connect_args": {"timeout": 30}})
         else:  # as run_study builds it (create_study wraps an RDBStorage in Optuna's _CachedStorage, as OptunaSearch does)
             assert self.url is not None and self.data_dir is not None
-            kind = "database" if self.storage_kind.endswith("-rdb") else "journal"
+            kind: OptunaStorage = "database" if self.storage_kind.endswith("-rdb") else "journal"
             storage = optuna_storage(kind, self.url, self.data_dir, self.study_id)
         self.study = optuna.create_study(
             storage=storage, sampler=sampler, pruner=optuna.pruners.NopPruner(), study_name=name,
@@ -391,10 +392,10 @@ class Bench:
 
     def holds_what_was_written(self, got: dict[str, Any]) -> bool:
         n = self.trials_written
-        ok = got["optuna_trials"] == n and got["optuna_complete"] == n
+        want = {"optuna_trials": n, "optuna_complete": n}
         if self.store is not None:
-            ok = ok and got["store_trials"] == n and got["store_completed"] == n and got["store_metric_rows"] == self.epochs_written
-        return ok
+            want |= {"store_trials": n, "store_completed": n, "store_metric_rows": self.epochs_written}
+        return all(got.get(k) == v for k, v in want.items())
 
     def close(self) -> None:
         if self.store is not None:
@@ -550,7 +551,7 @@ def verdicts(rows: list[dict[str, Any]], n: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__, "N = 20, 100; window 3; inmemory, sqlite, postgres; tens of seconds")
+    p = parser(__doc__, "N = 20, 100; window 3; inmemory, sqlite, postgres; tens of seconds", "sampler_store_cost.json")
     p.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000], help="study sizes N at which a window is timed")
     p.add_argument("--grown-sizes", type=int, nargs="*", default=[100],
                    help="sizes also reached by real trials (no prefill), every configuration, to check prefilling against")

@@ -311,7 +311,8 @@ def plot(runs: dict[str, list[dict[str, Any]]], target: float | None, path: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser(__doc__, "6 configs, 3 epochs, 1 seed, the JSON and plot in a temporary directory")
+    ap = parser(__doc__, "6 configs, 3 epochs, 1 seed, the JSON and plot in a temporary directory",
+                "search_efficiency_<trainable><tag>.json, the folder set by --out, the PNG beside it")
     ap.add_argument("--trainable", default="mlp_bn_softmax", choices=["mlp_bn_softmax", "cnn_bn_softmax"])
     ap.add_argument("--configs", type=int, default=32, help="configurations per method and seed")
     ap.add_argument("--epochs", type=int, default=30)

@@ -108,7 +108,7 @@ BREAKDOWN = ("submit_to_driver_s", "driver_to_first_trial_s", "trials_s", "last_
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser(__doc__, "4 short trials, once")
+    ap = parser(__doc__, "4 short trials, once", "service_overhead.json")
     ap.add_argument("--trials", type=int, default=64)
     ap.add_argument("--reports", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=0.1, help="busy seconds per report")

@@ -658,7 +658,7 @@ FAILURES = {  # what each count in res["failures"] asserts is zero
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__, "30 s")
+    p = parser(__doc__, "30 s", "store_load_<sqlite|postgresql>_<duration>s.json")
     p.add_argument("--duration", type=float, default=300.0, help="seconds of load (default 300)")
     p.add_argument("--database-url", default=None,
                    help="default: SQLite in the temp data dir; a postgresql:// admin URL: a fresh caviar_bench_* database, dropped after")

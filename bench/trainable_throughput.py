@@ -83,7 +83,7 @@ def run_hand(cfg: MLPConfig, dataloader: bool) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__, "digits, 1 repeat x 1 epoch")
+    p = parser(__doc__, "digits, 1 repeat x 1 epoch", "trainable_throughput.json")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch threads (a trial's CPU allocation)")
