@@ -33,7 +33,7 @@ e2e: setup
 
 test: lint unit e2e bench-smoke
 
-# each benchmark in its smoke form (see bench/README in the README's Benchmarks section);
+# each benchmark in its smoke form (what each asserts: docs/benchmarks.md);
 # the store-under-load smoke runs on PostgreSQL too when CAVIAR_TEST_POSTGRES_URL is set (CI sets it)
 bench-smoke: setup
 	$(BIN)/python -m bench.trainable_throughput --smoke

@@ -77,7 +77,10 @@ def _local_ray_head(settings: Settings, dashboard_port: int, ray_port: int) -> s
     # which in the shared /tmp/ray names whichever head started last on this machine
     subprocess.run(head_start_args(ray_port, dashboard_port, f"/tmp/ray-caviar-{ray_port}"), check=True)
     # Ray writes the cluster's token (~/.ray/auth_token) as it starts: read the settings again
-    wait_until(lambda: RayJobs(load_settings(data_dir=settings.data_dir, ray_address=address)).ping(), 60, "the local Ray head", 1.0)
+    try:
+        wait_until(lambda: RayJobs(load_settings(data_dir=settings.data_dir, ray_address=address)).ping(), 60, "the local Ray head", 1.0)
+    except TimeoutError:
+        _fail(f"the local Ray head at {address} did not answer within 60 s; see /tmp/ray-caviar-{ray_port}/session_latest/logs")
     return address
 
 

@@ -41,7 +41,7 @@ def _retry_after(state: RetryCallState) -> float:
 
 
 class Client:
-    """``Client(url, token=...)``; ``transport`` lets tests run it against an app in-process."""
+    """``Client(url, token=...)``; ``transport`` replaces the network (tests script answers with httpx.MockTransport)."""
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *, timeout: float = 30.0, retry_for_s: float = 30.0,
                  transport: httpx.BaseTransport | None = None) -> None:

@@ -11,7 +11,6 @@ run the space the study was submitted with, whatever happens to preset files lat
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,8 +26,12 @@ from search_spaces import (
     parse_space,
     resolve_space,
 )
+from service.store.models import ACTIVE, FINISHED, StudyStatus, TrialState
 from trainables import UnknownTrainable, get_trainable
 from trainables.datasets import DatasetError, DatasetSpec, FileSpec, check_file
+
+__all__ = ["ACTIVE", "FINISHED", "SCHEDULERS", "DefinitionError", "StudyDefinition", "StudyStatus", "TrialState",
+           "check_definition", "freeze", "trial_outcome"]
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 # trial schedulers by name (service.runner.schedulers builds each); the rung-based ones stop trials
@@ -36,26 +39,6 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 SCHEDULERS = ("asha", "hyperband", "median", "none")
 RUNG_BASED = ("asha", "hyperband")
 METRIC = r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$"
-
-
-class StudyStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINISHED = frozenset({StudyStatus.COMPLETED, StudyStatus.FAILED, StudyStatus.CANCELLED})
-ACTIVE = (StudyStatus.QUEUED.value, StudyStatus.RUNNING.value)
-
-
-class TrialState(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    STOPPED_EARLY = "stopped_early"
-    FAILED = "failed"
 
 
 class DefinitionError(ValueError):

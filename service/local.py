@@ -95,19 +95,19 @@ class LocalHead:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120) -> LocalHead:
-
         wait_until(lambda: bindable(self.gcs) and bindable(self.dash), 60, "the head's ports to be free", interval=0.2)
-        log = open(self.log_dir / f"ray-head-{time.time_ns()}.log", "w")
-        self.proc = subprocess.Popen([*self.args, "--block"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     env={**os.environ, **self.env})
+        log_path = self.log_dir / f"ray-head-{time.time_ns()}.log"
+        with open(log_path, "w") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([*self.args, "--block"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env={**os.environ, **self.env})
         jobs = self.jobs()
 
         def up() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"the Ray head exited; see {log.name}")
+                raise RuntimeError(f"the Ray head exited; see {log_path}")
             return jobs.ping()
 
-        wait_until(up, timeout, f"the Ray head (see {log.name})", interval=0.5)
+        wait_until(up, timeout, f"the Ray head (see {log_path})", interval=0.5)
         return self
 
     def headers(self) -> dict[str, str]:
@@ -160,9 +160,9 @@ class LocalServer:
         return env
 
     def start(self, timeout: float = 60) -> LocalServer:
-        log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([str(BIN / "caviar"), "serve", "--port", str(self.port), *self.args], env=self.environment(),
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log_path, "a") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([str(BIN / "caviar"), "serve", "--port", str(self.port), *self.args], env=self.environment(),
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         probe = Client(self.url)
 
         def up() -> bool:

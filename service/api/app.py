@@ -75,7 +75,7 @@ def create_app(settings: Settings, *, jobs: Jobs | None = None, run_migrations: 
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.ctx = ctx
-    app.state.draining = False  # set on SIGTERM (service.cli's server): /readyz turns 503 before the server stops
+    app.state.draining = False  # set on SIGTERM (service.api.server): /readyz turns 503 before the server stops
 
     async def docs_token_ok(authorization: str) -> bool:
         scheme, _, token = authorization.partition(" ")

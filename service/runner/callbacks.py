@@ -34,7 +34,7 @@ def error_reason(trial: Any) -> str:
     return f"{lines[-1][:500]} ({where})" if lines else f"the trial raised an error ({where})"
 
 
-class StoreCallback(tune.Callback):  # type: ignore[misc]
+class StoreCallback(tune.Callback):
     """Trial states and per-epoch metrics into the store, as they happen.
 
     ``metrics`` are the trainable's declared metrics: each epoch stores those it reported, with

@@ -13,7 +13,7 @@ from service.definition import TrialState, trial_outcome
 log = logging.getLogger("caviar.runner")
 
 
-class PruningOptunaSearch(OptunaSearch):  # type: ignore[misc]
+class PruningOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch tells Optuna every finished trial as COMPLETE with its last value, so an
     ASHA-stopped trial looks like a finished one with a low-fidelity score. Here a stopped trial is
     PRUNED (with its last intermediate value) and a diverged or errored one FAILED.

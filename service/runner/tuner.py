@@ -41,7 +41,7 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
     if resumed and tune.Tuner.can_restore(experiment):
         log.info("resuming study %s from Tune's saved state in %s", study_id, experiment)
         grid = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=False).fit()
-        return held_out_metrics(grid, study_id, settings.database_url, spec, constants, mode)
+        return best_trial_test_metrics(grid, study_id, settings.database_url, spec, constants, mode)
     space = d.space()
     search = PruningOptunaSearch(
         space=define_by_run(space, constants), metric=metric, mode=mode,
@@ -73,10 +73,10 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
             verbose=1,
         ),
     )
-    return held_out_metrics(tuner.fit(), study_id, settings.database_url, spec, constants, mode)
+    return best_trial_test_metrics(tuner.fit(), study_id, settings.database_url, spec, constants, mode)
 
 
-def held_out_metrics(grid: Any, study_id: str, database_url: str, spec: TrainableSpec, constants: dict[str, Any], mode: str) -> dict[str, Any]:
+def best_trial_test_metrics(grid: Any, study_id: str, database_url: str, spec: TrainableSpec, constants: dict[str, Any], mode: str) -> dict[str, Any]:
     """Held-out test metrics of the best trial's last checkpoint (empty for a trainable without a
     model builder, or when the best trial left no checkpoint)."""
     build = spec.load_model_builder()

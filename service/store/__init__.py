@@ -6,7 +6,7 @@
 Every call is one short transaction, retried on transient lock errors (``engine.retry_transient``).
 """
 
-from service.store.engine import Database, migrate, sqlalchemy_url
+from service.store.engine import SQLITE_BUSY_TIMEOUT_S, Database, migrate, sqlalchemy_url
 from service.store.keys import ClaimOutcome, KeyRepo
 from service.store.models import LOCAL_OWNER, StudyRow, TokenRow, TrialRow, now
 from service.store.studies import StudyRepo
@@ -17,8 +17,8 @@ from service.store.trials import TrialRepo
 class Store:
     """The repositories over one database. Thread-safe."""
 
-    def __init__(self, url: str) -> None:
-        self.db = Database(url)
+    def __init__(self, url: str, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> None:
+        self.db = Database(url, busy_timeout_s)
         self.url = url
         self.studies = StudyRepo(self.db)
         self.trials = TrialRepo(self.db)

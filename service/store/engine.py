@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import before_sleep_log, retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
 VERSION_TABLE = "caviar_alembic_version"  # Optuna keeps its own alembic_version beside ours
-SQLITE_BUSY_TIMEOUT_S = 5.0  # how long one SQLite statement waits for another writer's lock
+SQLITE_BUSY_TIMEOUT_S = 30.0  # default: how long one SQLite statement waits for another writer's lock
 RETRY_FOR_S = 5.0  # how long, from its first attempt, a store call is retried (jittered exponential backoff, 10 ms .. 1 s)
 log = logging.getLogger("caviar.store")
 P = ParamSpec("P")
@@ -38,9 +38,9 @@ def retry_transient(fn: Callable[P, R]) -> Callable[P, R]:
     """Retry a whole store call on a transient error that fails fast (a PostgreSQL deadlock or
     serialization failure, SQLite's 'locked' on a lock upgrade) with backoff, for up to
     ``RETRY_FOR_S`` from the first attempt. Against a SQLite write lock held by another writer, a
-    statement itself waits ``SQLITE_BUSY_TIMEOUT_S``: a lock that is never released makes a call give
-    up after about 5 s (tests/service/test_store.py measures it), which the API answers with 503
-    and Retry-After."""
+    statement itself waits the busy timeout (``SQLITE_BUSY_TIMEOUT_S``, 30 s by default): a lock that
+    is never released makes a call give up after about that long (tests/service/test_store.py
+    measures the rule), which the API answers with 503 and Retry-After."""
     return retry(
         retry=retry_if_exception(_transient),
         wait=wait_random_exponential(multiplier=0.01, max=1.0),
@@ -55,19 +55,19 @@ def sqlalchemy_url(url: str) -> str:
     return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # a pool as large as the API's thread pool (40): connections are kept, not opened per request
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}, pool_size=40, max_overflow=8)
+        engine = create_engine(url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False}, pool_size=40, max_overflow=8)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-            cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
@@ -87,9 +87,9 @@ def make_engine(url: str) -> Engine:
 class Database:
     """An engine and its sessions: one short transaction per ``session()``. Thread-safe."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, busy_timeout_s)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -1,4 +1,5 @@
-"""The store's tables: studies, trials, per-epoch metrics, API tokens, idempotency keys.
+"""The store's tables (studies, trials, per-epoch metrics, API tokens, idempotency keys) and the
+statuses their rows take (``service.definition`` hands those on as the study's vocabulary).
 
 Tables are prefixed ``caviar_`` so that Optuna's own tables can live in the same database. The
 schema is created by the Alembic migrations in ``migrations/``; these classes describe it.
@@ -7,6 +8,7 @@ schema is created by the Alembic migrations in ``migrations/``; these classes de
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
@@ -15,6 +17,26 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 LOCAL_OWNER = "local"  # who owns what unauthenticated loopback requests create
+
+
+class StudyStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = frozenset({StudyStatus.COMPLETED, StudyStatus.FAILED, StudyStatus.CANCELLED})
+ACTIVE = (StudyStatus.QUEUED.value, StudyStatus.RUNNING.value)
+
+
+class TrialState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    STOPPED_EARLY = "stopped_early"
+    FAILED = "failed"
 
 
 def now() -> datetime:

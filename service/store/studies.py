@@ -8,9 +8,18 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from service.definition import ACTIVE, FINISHED, StudyStatus, TrialState
 from service.store.engine import Database, retry_transient
-from service.store.models import LOCAL_OWNER, IdempotencyRow, StudyRow, TrialRow, now
+from service.store.models import (
+    ACTIVE,
+    FINISHED,
+    LOCAL_OWNER,
+    IdempotencyRow,
+    StudyRow,
+    StudyStatus,
+    TrialRow,
+    TrialState,
+    now,
+)
 from service.store.trials import best_query, counts_query
 
 

@@ -8,9 +8,8 @@ from typing import Any
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from service.definition import TrialState
 from service.store.engine import Database, retry_transient
-from service.store.models import MetricRow, TrialRow, now
+from service.store.models import MetricRow, TrialRow, TrialState, now
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, Any]:

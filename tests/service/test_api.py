@@ -150,7 +150,6 @@ SERVE_AND_LIST_MODULES = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     from service.api.app import create_app
-    from service.local import LocalServer
     from service.settings import load_settings
     from tests.service.fakes import serve_in_thread
     from service.client import Client
@@ -159,10 +158,12 @@ SERVE_AND_LIST_MODULES = textwrap.dedent("""
     (data / "datasets").mkdir(exist_ok=True)
     # the real app with the real Ray side (RayJobs), pointed where no Ray listens
     app = create_app(load_settings(data_dir=data, ray_address="http://127.0.0.1:9"))
-    definition = json.loads(sys.argv[2])
+    definitions = json.loads(sys.argv[2])
     with serve_in_thread(app) as url, Client(url) as client:
-        study = client.submit(definition)
-        client.study(study["id"]); client.trials(study["id"]); client.trainables(); client.search_spaces()
+        for definition in definitions:  # a built-in PyTorch trainable and a plug-in's
+            study = client.submit(definition)
+            client.study(study["id"]); client.trials(study["id"]); client.best(study["id"])
+        client.trainables(); client.search_spaces()
     loaded = sorted(m for m in sys.modules if m.split(".")[0] == "torch" or m.startswith(("ray.tune", "ray.train")))
     print(json.dumps({"status": study["status"], "loaded": loaded}))
 """)
@@ -170,8 +171,9 @@ SERVE_AND_LIST_MODULES = textwrap.dedent("""
 
 def test_the_api_process_serving_a_submission_loads_neither_torch_nor_ray_tune(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
-    definition = {**GOOD, "search_space": ["seven_key", "batchnorm"], "fixed": {"epochs": 3}}
-    out = subprocess.run([sys.executable, "-c", SERVE_AND_LIST_MODULES, str(tmp_path), json.dumps(definition)],
+    definitions = [{**GOOD, "search_space": ["seven_key", "batchnorm"], "fixed": {"epochs": 3}},
+                   {**GOOD, "trainable": "softmax_f1", "objective": {"metric": "val_f1"}, "search_space": {"lr": {"type": "float", "low": 0.01, "high": 1}}}]
+    out = subprocess.run([sys.executable, "-c", SERVE_AND_LIST_MODULES, str(tmp_path), json.dumps(definitions)],
                          capture_output=True, text=True, timeout=120, cwd=root)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import optuna
 import psutil
 import pytest
@@ -33,7 +32,7 @@ EPOCHS, TRIALS = 10, 4
 
 
 def study(api: LocalServer, sid: str) -> dict[str, Any]:
-    return httpx.get(f"{api.url}/v1/studies/{sid}", timeout=30).json()  # type: ignore[no-any-return]
+    return api.client().study(sid)
 
 
 def wait_for(fn: Any, timeout: float, every: float = 0.5) -> Any:
@@ -52,15 +51,14 @@ def own_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHead]:
 
 def measured(api: LocalServer, sid: str) -> set[tuple[str, int]]:
     """Every (trial, epoch) the store has for the study, read over the API."""
-    out = set()
-    for t in httpx.get(f"{api.url}/v1/studies/{sid}/trials", timeout=30).json():
-        history = httpx.get(f"{api.url}/v1/studies/{sid}/trials/{t['trial_id']}", timeout=30).json()["history"]
-        out |= {(t["trial_id"], int(h["epoch"])) for h in history}
+    client, out = api.client(), set()
+    for t in client.trials(sid):
+        out |= {(t["trial_id"], int(h["epoch"])) for h in client.trial(sid, t["trial_id"])["history"]}
     return out
 
 
 def max_epoch(api: LocalServer, sid: str) -> int:
-    return max([t["epochs"] for t in httpx.get(f"{api.url}/v1/studies/{sid}/trials", timeout=30).json()] or [0])
+    return max([t["epochs"] for t in api.client().trials(sid)] or [0])
 
 
 def tune_epochs(data_dir: Path, sid: str) -> dict[str, list[int]]:
@@ -101,7 +99,7 @@ def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: Lo
             "fixed": {"epochs": EPOCHS, "channels": 32, "batch_size": 8, "checkpoint_every": 1}, "scheduler": {"type": "none"},
             "budget": {"num_trials": TRIALS, "max_concurrent_trials": 2, "max_failures": 2},
         }
-        sid = httpx.post(f"{api.url}/v1/studies", json=definition, timeout=30).json()["id"]
+        sid = api.client().submit(definition)["id"]
 
         # 1. kill -9 the API: the study keeps running on Ray; every measured epoch is there afterwards
         wait_for(lambda: max_epoch(api, sid) >= 2, timeout=240)
@@ -118,7 +116,7 @@ def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: Lo
         actors = alive_trial_actors(head)
         assert actors, "no trial actor alive"
         psutil.Process(int(actors[0].pid)).send_signal(signal.SIGKILL)
-        wait_for(lambda: any(t["retries"] >= 1 for t in httpx.get(f"{api.url}/v1/studies/{sid}/trials").json()), timeout=60)
+        wait_for(lambda: any(t["retries"] >= 1 for t in api.client().trials(sid)), timeout=60)
 
         # 3. kill -9 the study's driver: the service notices and resumes from Tune's saved state
         wait_for(lambda: len(study(api, sid)["trial_counts"]) and max_epoch(api, sid) >= 3, timeout=120)
@@ -132,7 +130,7 @@ def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: Lo
 
         # 4. the whole Ray head goes down (kill -9 of its processes and of the driver, as a crash of
         # the machine's Ray would), and the API with it; start both again: the study resumes the same way
-        wait_for(lambda: httpx.get(f"{api.url}/v1/studies/{sid}").json()["trial_counts"]["running"] >= 1, timeout=120)
+        wait_for(lambda: study(api, sid)["trial_counts"]["running"] >= 1, timeout=120)
         # the resumed driver has saved Tune's experiment state at least once (every 2 s)
         wait_for(lambda: any(f.stat().st_mtime > resumed_at for f in (data / "ray_results" / sid).glob("experiment_state*.json")), timeout=60)
         api.kill()
@@ -148,11 +146,11 @@ def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: Lo
         s = wait_for(lambda: (x := study(api, sid))["status"] in ("completed", "failed") and x, timeout=420, every=2)
         assert s["status"] == "completed", s["error"]
         assert s["resumes"] == 2
-        trials = httpx.get(f"{api.url}/v1/studies/{sid}/trials").json()
+        trials = api.client().trials(sid)
         assert len(trials) == TRIALS and len({t["trial_id"] for t in trials}) == TRIALS
         assert all(t["state"] == "completed" and t["epochs"] == EPOCHS for t in trials), trials
         for t in trials:
-            history = httpx.get(f"{api.url}/v1/studies/{sid}/trials/{t['trial_id']}").json()["history"]
+            history = api.client().trial(sid, t["trial_id"])["history"]
             assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
         assert sum(t["retries"] for t in trials) >= 1
         # no trial that had a checkpoint started again from scratch: in Tune's own log of results,
@@ -162,7 +160,7 @@ def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: Lo
         for trial_id, epochs in seen.items():
             assert epochs.count(1) == 1, (trial_id, epochs)
             assert epochs[-1] == EPOCHS
-        best = httpx.get(f"{api.url}/v1/studies/{sid}/best", params={"k": 1}).json()
+        best = api.client().best(sid, 1)
         assert best["test_metrics"] and best["test_metrics"]["test_accuracy"] > 0.3
         with sqlite3.connect(data / "caviar.db") as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -183,10 +181,10 @@ def test_a_diverging_configuration_fails_alone_and_sigterm_leaves_the_study_runn
         "scheduler": {"type": "none"}, "sampler": {"type": "grid"},
         "budget": {"num_trials": 2, "max_concurrent_trials": 2},
     }
-    sid = httpx.post(f"{api.url}/v1/studies", json=definition, timeout=30).json()["id"]
+    sid = api.client().submit(definition)["id"]
     s = wait_for(lambda: (x := study(api, sid))["status"] in ("completed", "failed") and x, timeout=180)
     assert s["status"] == "completed", s["error"]
-    by_lr = {t["config"]["lr"]: t for t in httpx.get(f"{api.url}/v1/studies/{sid}/trials").json()}
+    by_lr = {t["config"]["lr"]: t for t in api.client().trials(sid)}
     assert by_lr[10.0]["state"] == "failed" and "diverged" in by_lr[10.0]["error"]
     assert by_lr[0.01]["state"] == "completed"
     assert s["best"]["config"]["lr"] == 0.01
@@ -194,7 +192,7 @@ def test_a_diverging_configuration_fails_alone_and_sigterm_leaves_the_study_runn
     # SIGTERM the API mid-study: it drains and exits; the study runs on in Ray meanwhile
     long = {**definition, "name": "long", "search_space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2}},
             "fixed": {"epochs": 400}, "sampler": {"type": "random"}}
-    sid = httpx.post(f"{api.url}/v1/studies", json=long, timeout=30).json()["id"]
+    sid = api.client().submit(long)["id"]
     wait_for(lambda: max_epoch(api, sid) >= 1, timeout=120)
     assert api.proc is not None
     api.proc.send_signal(signal.SIGTERM)
@@ -209,5 +207,5 @@ def test_a_diverging_configuration_fails_alone_and_sigterm_leaves_the_study_runn
         assert ray_head.jobs().status(job_id) == JobState.RUNNING
         wait_for(lambda: epochs() > seen, timeout=60)  # the driver keeps writing with no API up
     api.start()
-    assert httpx.post(f"{api.url}/v1/studies/{sid}/cancel", timeout=30).json()["status"] == "cancelled"
-    wait_for(lambda: all(t["state"] != "running" for t in httpx.get(f"{api.url}/v1/studies/{sid}/trials").json()), timeout=30)
+    assert api.client().cancel(sid)["status"] == "cancelled"
+    wait_for(lambda: all(t["state"] != "running" for t in api.client().trials(sid)), timeout=30)

@@ -54,7 +54,7 @@ async def submit_study(  # type: ignore[no-untyped-def]
         "while the first request is in flight, 409. Keys are per owner. CI can pass the commit SHA.",
     )] = None,
 ):
-    raw = await request.body()  # the size limit (413) is enforced while reading, by service.limits
+    raw = await request.body()  # the size limit (413) is enforced while reading, by service.api.limits
     kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
     try:
         data = yaml.safe_load(raw) if kind in ("application/yaml", "application/x-yaml", "text/yaml") else json.loads(raw or b"null", parse_constant=_no_constants)
