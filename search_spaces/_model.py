@@ -311,6 +311,8 @@ def parse_space(data: Any) -> SearchSpace:
     """
     if not isinstance(data, Mapping):
         raise SearchSpaceError(None, "a search space must be a mapping of parameter name to declaration")
+    if not data:
+        raise SearchSpaceError(None, "a search space needs at least one parameter")
     try:
         return SearchSpace.model_validate(dict(data))
     except ValidationError as exc:

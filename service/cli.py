@@ -20,8 +20,8 @@ from service.settings import Settings, load_settings
 app = typer.Typer(help="Caviar: caviar-mode hyperparameter tuning as a service.", no_args_is_help=True, add_completion=False)
 token_app = typer.Typer(help="API tokens (run on the server's host: they are written to its database).", no_args_is_help=True)
 app.add_typer(token_app, name="token")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)  # a line is one line, in a terminal or a CI log
+err = Console(stderr=True, soft_wrap=True)
 _token: dict[str, str] = {}
 
 
@@ -33,7 +33,9 @@ def main(
         _token["value"] = token
 
 
+RAY_WORKER_PORTS = (10002, 19999)  # Ray's default min/max worker port
 UrlOpt = Annotated[str, typer.Option("--url", envvar="CAVIAR_URL", help="The Caviar server.")]
+TokenOpt = Annotated[str | None, typer.Option("--token", envvar="CAVIAR_TOKEN", help="API token (needed when the server is not on loopback).")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="CAVIAR_DATA_DIR", help="The server's data directory.")]
 
 
@@ -42,9 +44,9 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _call(url: str, fn: Any, *args: Any, **kw: Any) -> Any:
+def _call(url: str, fn: Any, *args: Any, token: str | None = None, **kw: Any) -> Any:
     """Run one client call against ``url``; an API error is one line on stderr, exit 2."""
-    with Client(url, _token.get("value")) as client:
+    with Client(url, token or _token.get("value")) as client:
         try:
             return fn(client, *args, **kw)
         except CaviarError as exc:
@@ -76,6 +78,9 @@ def _local_ray_head(settings: Settings, dashboard_port: int, ray_port: int) -> s
     # a temp dir of its own: Ray's jobs find their cluster through <temp dir>/ray_current_cluster,
     # which in the shared /tmp/ray names whichever head started last on this machine
     subprocess.run(head_start_args(ray_port, dashboard_port, f"/tmp/ray-caviar-{ray_port}"), check=True)
+    token = Path.home() / ".ray" / "auth_token"
+    if token.is_file() and token.stat().st_mode & 0o077:
+        token.chmod(0o600)  # Ray writes the cluster's token world-readable
     # Ray writes the cluster's token (~/.ray/auth_token) as it starts: read the settings again
     try:
         wait_until(lambda: RayJobs(load_settings(data_dir=settings.data_dir, ray_address=address)).ping(), 60, "the local Ray head", 1.0)
@@ -97,6 +102,12 @@ def serve(
     """Start the API; without --ray-address, start (or reuse) a local Ray head bound to 127.0.0.1."""
     from service.store import Store, migrate
 
+    if ray_address is None:
+        for flag, value in (("--ray-port", ray_port), ("--dashboard-port", dashboard_port)):
+            if RAY_WORKER_PORTS[0] <= value <= RAY_WORKER_PORTS[1] or not 1024 <= value <= 65535:
+                _fail(f"{flag} {value}: choose a port in 1024-65535 outside {RAY_WORKER_PORTS[0]}-{RAY_WORKER_PORTS[1]}, "
+                      "which Ray's worker processes use")
+
     settings = load_settings(data_dir=data_dir, ray_address=ray_address)
     migrate(settings.database_url)
     if _loopback(host):
@@ -115,6 +126,8 @@ def serve(
     from service.api.app import create_app
     from service.api.server import run_server
 
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    console.print(f"Caviar API on {url}" + ("" if url == DEFAULT_URL else f" (for the CLI: export CAVIAR_URL={url})"))
     run_server(create_app(settings, run_migrations=False), host, port, settings.drain_s)
 
 
@@ -139,8 +152,12 @@ def token_create(
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}", owner):
         _fail("--owner: 1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit")
-    token_id, token = _local_store(data_dir).tokens.create(owner)
-    err.print(f"token {token_id} for owner '{owner}' (shown once; store it now):", markup=False, highlight=False)
+    store = _local_store(data_dir)
+    token_id, token = store.tokens.create(owner)
+    from sqlalchemy.engine import make_url
+
+    where = make_url(store.url).render_as_string(hide_password=True)
+    err.print(f"token {token_id} for owner '{owner}' in {where} (shown once; store it now):", markup=False, highlight=False)
     print(token)
 
 
@@ -188,15 +205,16 @@ def _wait(client: Client, study: dict[str, Any]) -> dict[str, Any]:
             done = c["completed"] + c["stopped_early"] + c["failed"]
             best = s["best"]["value"] if s["best"] else None
             info = f"{c['running']} running, {c['stopped_early']} stopped early, {c['failed']} failed" + (f", best {best:.4f}" if best is not None else "")
-            bar.update(task, completed=done, info=f"{s['status']}: {info}")
+            bar.update(task, completed=done, info=info if s["status"] == "running" else f"{s['status']}: {info}")
 
         return client.wait(study["id"], on_update=show)
 
 
 @app.command()
 def submit(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Study definition (YAML or JSON).")],
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, metavar="FILE", help="Study definition (YAML or JSON).")],
     url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the study until it ends, with a progress bar.")] = False,
     fail_under: Annotated[str | None, typer.Option("--fail-under", help="With --wait: exit 1 unless best METRIC >= VALUE (<= for min objectives).")] = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key", help="Retry-safe submit: the same key and file give the same study (CI: the commit SHA).")] = None,
@@ -206,21 +224,28 @@ def submit(
     if threshold and not wait:
         _fail("--fail-under needs --wait")
     text = file.read_text()
-    study = _call(url, Client.submit, text, idempotency_key=idempotency_key)
+    try:  # syntax errors named by file, line and column here; the server checks the rest
+        yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        _fail(f"{file}:{mark.line + 1}:{mark.column + 1}: {exc.problem or exc.context}" if mark else f"{file}: {exc}")
+    except yaml.YAMLError as exc:
+        _fail(f"{file}: {exc}")
+    study = _call(url, Client.submit, text, idempotency_key=idempotency_key, token=token)
     console.print(f"study {study['id']} {study['status']}")
     if not wait:
         return
-    study = _call(url, _wait, study)
+    study = _call(url, _wait, study, token=token)
     if study["status"] != "completed":
         _fail(f"study {study['id']} {study['status']}" + (f": {study['error']}" if study.get("error") else ""), 2)
-    best = _call(url, Client.best, study["id"], 1)
+    best = _call(url, Client.best, study["id"], 1, token=token)
     if not best["items"]:
         _fail(f"study {study['id']} completed without a measured trial", 2)
     top = best["items"][0]
     console.print(f"best trial {top['trial_id']}: {best['objective']['metric']} = {top['value']:.4f}")
-    console.print_json(json.dumps(top["config"]))
+    console.print(f"config: {_pairs(top['config'])}")
     if best.get("test_metrics"):
-        console.print(f"held-out test: {best['test_metrics']}")
+        console.print(f"held-out test: {_pairs(best['test_metrics'])}")
     if threshold:
         metric, value = threshold
         got = (top["metrics"] or {}).get(metric) if metric != best["objective"]["metric"] else top["value"]
@@ -233,46 +258,72 @@ def submit(
 
 
 @app.command()
-def status(study_id: str, url: UrlOpt = DEFAULT_URL) -> None:
+def status(study_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
     """A study's status, trial counts and best so far."""
-    s = _call(url, Client.study, study_id)
+    s = _call(url, Client.study, study_id, token=token)
     console.print(yaml.safe_dump({k: s[k] for k in ("id", "name", "status", "trial_counts", "best", "ray_job_id", "dashboard_url", "error")}, sort_keys=False))
 
 
+def _value(v: Any) -> str:
+    """A value as a person reads it: floats to 4 significant digits."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _pairs(d: dict[str, Any] | None, skip: tuple[str, ...] = ()) -> str:
+    return ", ".join(f"{k}={_value(v)}" for k, v in (d or {}).items() if k not in skip)
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of a table.")]
+
+
 @app.command()
-def trials(study_id: str, url: UrlOpt = DEFAULT_URL) -> None:
-    """The study's trials."""
-    rows = _call(url, Client.trials, study_id)
-    table = Table("trial", "state", "epochs", "best", "config")
+def trials(study_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """The study's trials: state, epochs, best value, retries, configuration and error."""
+    rows = _call(url, Client.trials, study_id, token=token)
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table("trial", "state", "epochs", "best", "retries", "config", "error")
     for t in rows:
-        table.add_row(t["trial_id"], t["state"], str(t["epochs"]), f"{t['best_value']:.4f}" if t["best_value"] is not None else "-", json.dumps(t["config"])[:80])
+        best = f"{t['best_value']:.4f}" if t["best_value"] is not None else "-"
+        table.add_row(t["trial_id"], t["state"], str(t["epochs"]), best, str(t["retries"]), _pairs(t["config"]), t["error"] or "")
     console.print(table)
 
 
 @app.command()
-def best(study_id: str, k: int = 5, url: UrlOpt = DEFAULT_URL) -> None:
-    """Top-k configurations, best first."""
-    console.print_json(json.dumps(_call(url, Client.best, study_id, k)))
+def best(study_id: str, k: int = 5, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Top-k configurations, best first, with the best one's held-out test metrics."""
+    top = _call(url, Client.best, study_id, k, token=token)
+    if as_json:
+        console.print_json(json.dumps(top))
+        return
+    metric = top["objective"]["metric"]
+    table = Table("rank", "trial", metric, "metrics", "config")
+    for i, item in enumerate(top["items"], 1):
+        table.add_row(str(i), item["trial_id"], f"{item['value']:.4f}", _pairs(item["metrics"], skip=(metric, "reported_at")), _pairs(item["config"]))
+    console.print(table)
+    if top.get("test_metrics"):
+        console.print(f"held-out test (best trial): {_pairs(top['test_metrics'])}")
 
 
 @app.command()
-def cancel(study_id: str, url: UrlOpt = DEFAULT_URL) -> None:
+def cancel(study_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
     """Cancel a queued or running study."""
-    s = _call(url, Client.cancel, study_id)
+    s = _call(url, Client.cancel, study_id, token=token)
     console.print(f"study {s['id']} {s['status']}")
 
 
 @app.command("trainables")
-def list_trainables_cmd(url: UrlOpt = DEFAULT_URL) -> None:
+def list_trainables_cmd(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
     """Registered trainables."""
-    for t in _call(url, Client.trainables):
+    for t in _call(url, Client.trainables, token=token):
         console.print(f"[bold]{t['name']}[/bold]  {t['description']}  [dim](metrics: {', '.join(t['metrics'])})[/dim]")
 
 
 @app.command()
-def spaces(url: UrlOpt = DEFAULT_URL) -> None:
+def spaces(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
     """Search-space presets."""
-    for s in _call(url, Client.search_spaces):
+    for s in _call(url, Client.search_spaces, token=token):
         console.print(f"[bold]{s['name']}[/bold]  {', '.join(s['parameters'])}")
 
 

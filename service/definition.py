@@ -28,7 +28,7 @@ from search_spaces import (
 )
 from service.store.models import ACTIVE, FINISHED, StudyStatus, TrialState
 from trainables import UnknownTrainable, get_trainable
-from trainables.datasets import DatasetError, DatasetSpec, FileSpec, check_file
+from trainables.datasets import MAX_FILE_BYTES, DatasetError, DatasetSpec, FileSpec, check_file
 
 __all__ = ["ACTIVE", "FINISHED", "SCHEDULERS", "DefinitionError", "StudyDefinition", "StudyStatus", "TrialState",
            "check_definition", "freeze", "trial_outcome"]
@@ -101,7 +101,7 @@ class Budget(BaseModel):
 
 class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    cpu: float = Field(1.0, gt=0, le=256)
+    cpu: float = Field(1.0, ge=0.01, le=256, description="At least 0.01: Ray cannot place smaller shares.")
     gpu: float = Field(0.0, ge=0, le=16, description="May be fractional: 0.25 packs four trials on one GPU.")
 
 
@@ -161,7 +161,8 @@ def _space_error(exc: SearchSpaceError) -> DefinitionError:
     return DefinitionError(f"search_space.{exc.parameter}" if exc.parameter else "search_space", exc.rule)
 
 
-def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[str, float] | None, data_dir: Path) -> SearchSpace:
+def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[str, float] | None, data_dir: Path,
+                     max_file_bytes: int = MAX_FILE_BYTES) -> SearchSpace:
     """Check a shape-valid definition against the registries; returns its resolved search space.
 
     ``cluster`` is the largest Ray node's resources (None when Ray is unreachable: resource
@@ -204,7 +205,7 @@ def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[
         raise DefinitionError("fixed." + ".".join(str(p) for p in err["loc"]), err["msg"]) from None
     if isinstance(d.dataset, FileSpec):
         try:
-            check_file(d.dataset, data_dir)
+            check_file(d.dataset, data_dir, max_file_bytes)
         except DatasetError as exc:
             field, _, rule = str(exc).partition(": ")
             raise DefinitionError(field, rule) from None

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
                                              description="The Ray cluster's token (default: the file ~/.ray/auth_token, if any).")
     dashboard_url: str = Field("", description="What users open in a browser (default: the Ray address).")
     max_grid_points: int = Field(10_000, ge=1, le=10_000_000)
+    max_dataset_file_bytes: int = Field(1 << 30, ge=1, description="Largest file dataset a study may name (every trial reads it whole).")
     # bearer tokens: "required" when the API binds beyond loopback (`caviar serve` decides), else
     # "optional" (a token given is checked and names the owner; none means the owner "local")
     auth: Literal["optional", "required"] = "optional"

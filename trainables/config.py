@@ -26,7 +26,7 @@ class TrainConfig(BaseModel):
     # run
     dataset: DatasetSpec = Field(default_factory=lambda: DigitsSpec(name="digits"))
     epochs: int = Field(20, ge=1, le=1000)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds torch and the batch order (below 2**32, as NumPy's seeds).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["none", "bf16"] = Field("none", description="bf16 autocast; used on CUDA only.")
     checkpoint_every: int = Field(0, ge=0, le=1000, description="Also checkpoint every N epochs (0: by time only).")

@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DATASET_NAMES = ("digits", "mnist1d", "synthetic", "file")
+MAX_SEED = 2**32 - 1  # NumPy's and scikit-learn's random_state take seeds below 2**32
+MAX_SYNTHETIC_BYTES = 2 << 30  # a generated dataset (float64 while scikit-learn builds it) fits in 2 GiB
+MAX_FILE_BYTES = 1 << 30  # a file dataset is read whole into memory by every trial
 
 
 def data_dir() -> Path:
@@ -28,7 +31,7 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     validation_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Share of the training data held out for validation.")
-    seed: int = Field(0, ge=0, description="Seed of the train/validation split (and of generated data).")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the train/validation split (and of generated data).")
 
 
 class DigitsSpec(_Spec):
@@ -54,6 +57,17 @@ class SyntheticSpec(_Spec):
     n_classes: int = Field(3, ge=2, le=100)
     imbalance: float = Field(1.0, ge=1.0, le=1000.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _feasible(self) -> SyntheticSpec:
+        if self.n_informative > self.n_features:
+            raise ValueError(f"n_informative ({self.n_informative}) must be <= n_features ({self.n_features})")
+        if self.n_classes * 2 > 2**self.n_informative:
+            raise ValueError(f"n_classes ({self.n_classes}) needs n_informative >= {max(1, (self.n_classes * 2 - 1).bit_length())} (make_classification puts 2 clusters per class on the hypercube's corners)")
+        size = self.n_samples * self.n_features * 8
+        if size > MAX_SYNTHETIC_BYTES:
+            raise ValueError(f"n_samples x n_features is {size / 2**30:.1f} GiB as float64; the limit is {MAX_SYNTHETIC_BYTES / 2**30:g} GiB")
+        return self
 
 
 class FileSpec(_Spec):
@@ -91,9 +105,16 @@ class DatasetError(ValueError):
 def resolve_file(path: str, root: Path | None = None) -> Path:
     """Resolve ``path`` inside ``<data dir>/datasets``; refuse anything that lands outside it."""
     base = ((root or data_dir()) / "datasets").resolve()
+    if "\x00" in path:
+        raise DatasetError("dataset.path: must not contain a NUL character")
+    if any(len(part.encode()) > 255 for part in Path(path).parts):
+        raise DatasetError("dataset.path: each name in the path must be at most 255 bytes")
     if Path(path).is_absolute():
         raise DatasetError(f"dataset.path: must be relative to the data directory, got an absolute path '{path}'")
-    target = (base / path).resolve()  # resolves symlinks too
+    try:
+        target = (base / path).resolve()  # resolves symlinks too
+    except (OSError, ValueError, RuntimeError) as exc:  # a symlink loop, a name the filesystem refuses
+        raise DatasetError(f"dataset.path: cannot resolve '{path}': {type(exc).__name__}") from None
     if not target.is_relative_to(base):
         raise DatasetError(f"dataset.path: '{path}' resolves outside the data directory")
     if target.suffix not in (".npz", ".csv", ".parquet"):
@@ -101,35 +122,42 @@ def resolve_file(path: str, root: Path | None = None) -> Path:
     return target
 
 
-def check_file(spec: FileSpec, root: Path) -> None:
+def check_file(spec: FileSpec, root: Path, max_bytes: int = MAX_FILE_BYTES) -> None:
     """What can be known of a file dataset before any trial runs: the file exists under
     ``<root>/datasets`` and holds its label (a table's ``target`` column, a .npz's ``x`` and ``y``).
-    Reads the header or the array names only. Raises DatasetError naming the field."""
+    Reads the header and the first rows (a table) or the arrays (a .npz, within ``max_bytes``).
+    Raises DatasetError naming the field."""
     path = resolve_file(spec.path, root=root)
     if not path.is_file():
         raise DatasetError(f"dataset.path: no file '{spec.path}' under {root / 'datasets'}")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise DatasetError(f"dataset.path: {path.name} has {size / 2**20:.0f} MiB; the limit is {max_bytes / 2**20:.0f} MiB "
+                           "(every trial reads the whole file into memory)")
     try:
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as f:
+            with np.load(path, allow_pickle=False) as f:  # object arrays (pickles) raise here
                 missing = [k for k in ("x", "y") if k not in f]
-            if missing:
-                raise DatasetError(f"dataset.path: a .npz needs arrays 'x' and 'y'; {path.name} lacks {', '.join(missing)}")
+                if missing:
+                    raise DatasetError(f"dataset.path: a .npz needs arrays 'x' and 'y'; {path.name} lacks {', '.join(missing)}")
+                x = f["x"]
+                if x.dtype.kind not in "biuf":
+                    raise DatasetError(f"dataset.path: the array 'x' of {path.name} must be numeric, not {x.dtype}")
             return
-        if path.suffix == ".csv":
-            import pandas as pd
+        import pandas as pd
 
-            columns = [str(c) for c in pd.read_csv(path, nrows=0).columns]
-        else:
-            import pyarrow.parquet as pq
-
-            columns = list(pq.read_schema(path).names)
+        frame = pd.read_csv(path, nrows=200) if path.suffix == ".csv" else pd.read_parquet(path).head(200)
+        columns = [str(c) for c in frame.columns]
     except DatasetError:
         raise
-    except Exception as exc:  # unreadable: a malformed file, not ours to diagnose further
+    except Exception as exc:  # unreadable: a malformed or pickled file, not ours to diagnose further
         raise DatasetError(f"dataset.path: cannot read {path.name}: {type(exc).__name__}: {str(exc)[:200]}") from None
     if spec.target not in columns:
         shown = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
         raise DatasetError(f"dataset.target: column '{spec.target}' is not in {path.name} (its columns: {shown})")
+    text = [str(c) for c in frame.columns if str(c) != spec.target and frame[c].dtype.kind not in "biuf"]
+    if text:
+        raise DatasetError(f"dataset.path: the feature columns of {path.name} must be numeric; not numeric: {', '.join(text[:10])}")
 
 
 def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:

@@ -25,9 +25,13 @@ ContextDep = Annotated[Context, Depends(get_context)]
 _bearer = HTTPBearer(auto_error=False, description="An API token from `caviar token create --owner NAME`.")
 
 
-async def current_owner(ctx: ContextDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-    """The owner of the request's bearer token. Without a token: the owner 'local' when auth is
-    optional (the API listens on loopback only), else 401. A wrong or revoked token is always 401."""
+async def current_owner(request: Request, ctx: ContextDep,
+                        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """The owner of the request's bearer token. Without an Authorization header: the owner 'local'
+    when auth is optional (the API listens on loopback only), else 401. A wrong or revoked token, and
+    an Authorization header that is not ``Bearer <token>``, are always 401."""
+    if credentials is None and "authorization" in request.headers:
+        raise Unauthorized("the Authorization header must be 'Bearer <token>'")
     if credentials is None:
         if ctx.settings.auth == "required":
             raise Unauthorized("this endpoint needs a bearer token (Authorization: Bearer <token>); create one with `caviar token create --owner NAME`")

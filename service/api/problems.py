@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from service.api.studies import Conflict, InFlight, KeyReused, NotFound, QuotaExceeded
 from service.definition import DefinitionError
+from trainables import DATASET_NAMES
 
 log = logging.getLogger("caviar.api")
 PROBLEM = "application/problem+json"
@@ -39,6 +40,8 @@ def problem(status: int, title: str, detail: str, *, field: str | None = None, e
 def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
     # drop FastAPI's "body" prefix and pydantic's union tags; keep the path a user wrote
     parts = [str(p) for p in loc if p not in ("body",) and not str(p).startswith("function-")]
+    if len(parts) >= 2 and parts[0] == "dataset" and parts[1] in DATASET_NAMES:  # the union's tag, not a field
+        del parts[1]
     return ".".join(parts)
 
 
@@ -99,6 +102,20 @@ def install(app: FastAPI) -> None:
         return problem(409, "Conflict", str(exc))
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         title = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}.get(exc.status_code, str(exc.detail))
-        return problem(exc.status_code, title, str(exc.detail), headers=dict(exc.headers) if exc.headers else None)
+        headers = dict(exc.headers) if exc.headers else {}
+        if exc.status_code == 405:  # every method the path takes, not only the first route's
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return problem(exc.status_code, title, str(exc.detail), headers=headers or None)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the request's path takes, from the app's OpenAPI paths (routers may nest routes)."""
+    from starlette.routing import compile_path
+
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(request.url.path):
+            methods |= {m.upper() for m in operations if m.upper() in ("GET", "POST", "PUT", "PATCH", "DELETE")}
+    return sorted(methods)

@@ -80,7 +80,8 @@ def submit(ctx: Context, data: dict[str, Any], owner: str = LOCAL_OWNER, idempot
         except Exception:  # Ray unreachable: resources are checked by Ray when it comes back
             cluster = None
         s = ctx.settings
-        space = check_definition(definition, max_grid_points=s.max_grid_points, cluster=cluster, data_dir=s.data_dir)
+        space = check_definition(definition, max_grid_points=s.max_grid_points, cluster=cluster, data_dir=s.data_dir,
+                                 max_file_bytes=s.max_dataset_file_bytes)
         studies_active, trials_active = ctx.store.studies.owner_usage(owner)
         if studies_active + 1 > s.quota_active_studies:
             raise QuotaExceeded(f"owner '{owner}' has {studies_active} studies queued or running; the quota is {s.quota_active_studies}. "

@@ -8,10 +8,12 @@ cancelled meanwhile stays cancelled. Its settings come from the job's environmen
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import traceback
+from collections import Counter
 
-from service.definition import ACTIVE, StudyDefinition, StudyStatus
+from service.definition import ACTIVE, StudyDefinition, StudyStatus, TrialState
 from service.settings import load_settings
 from service.store import Store, now
 
@@ -34,6 +36,10 @@ def main(study_id: str) -> int:
     try:
         definition = StudyDefinition.model_validate(row.definition)
         test = run_study(study_id, definition, settings, resumed=row.resumes > 0)
+        failure = nothing_measured(store, study_id)
+        if failure:  # every trial failed: the study did not do its job, and says why
+            store.studies.finish(study_id, StudyStatus.FAILED, error=failure)
+            return 1
         store.studies.update(study_id, test_metrics=test or None)
         store.studies.finish(study_id, StudyStatus.COMPLETED)
         return 0
@@ -47,6 +53,20 @@ def main(study_id: str) -> int:
             return EXIT_LOST_CLUSTER
         store.studies.finish(study_id, StudyStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
         return 1
+
+
+def nothing_measured(store: Store, study_id: str) -> str | None:
+    """Why a study whose trials all failed failed: the most common trial error, with its count
+    (None when some trial was measured to its end or stopped early)."""
+    trials = store.trials.for_study(study_id)
+    if any(t.state in (TrialState.COMPLETED.value, TrialState.STOPPED_EARLY.value) for t in trials):
+        return None
+    if not trials:
+        return "no trial ran"
+    # the same error from different trials differs only in where its traceback lies
+    reasons = Counter(re.sub(r" \(full traceback in [^)]*\)$", "", t.error or "unknown error") for t in trials)
+    reason, n = reasons.most_common(1)[0]
+    return f"all {len(trials)} trials failed; the most common error ({n} of {len(trials)}): {reason}"[:2000]
 
 
 def lost_cluster(exc: BaseException) -> bool:

@@ -174,17 +174,22 @@ def test_cli_wait_and_fail_under_exit_codes(api: LocalServer, tmp_path: Path) ->
     assert "best trial" in ok.stdout
     missed = _cli(api, "submit", str(path), "--wait", "--fail-under", "val_accuracy=1.01")
     assert missed.returncode == 1 and "misses the threshold" in missed.stderr
-    # a table whose label column exists (so it passes submission) but whose features are text: every trial raises
-    (api.data_dir / "datasets" / "words.csv").write_text("word,label\n" + "".join(f"w{i},{i % 2}\n" for i in range(40)))
+    # arrays that pass submission (named x and y, numeric) but disagree in length: every trial raises
+    import numpy as np
+
+    np.savez(api.data_dir / "datasets" / "ragged.npz", x=np.ones((40, 3)), y=np.zeros(30))
     broken = tmp_path / "broken.yaml"
-    broken.write_text(yaml.safe_dump({**tiny, "dataset": {"name": "file", "path": "words.csv"}, "budget": {"num_trials": 1, "max_failures": 0}}))
+    broken.write_text(yaml.safe_dump({**tiny, "dataset": {"name": "file", "path": "ragged.npz"}, "budget": {"num_trials": 2, "max_failures": 0}}))
     failed = _cli(api, "submit", str(broken), "--wait")
     assert failed.returncode == 2 and failed.stderr.startswith("error: ") and failed.stderr.count("\n") == 1
+    # a study whose every trial failed is failed, and says why: the most common trial error
+    assert "failed: all 2 trials failed; the most common error (2 of 2): ValueError" in failed.stderr, failed.stderr
     failed_id = failed.stdout.split()[1]
-    (trial,) = api.client().trials(failed_id)
-    assert trial["state"] == "failed"
+    assert api.client().study(failed_id)["status"] == "failed"
+    trials = api.client().trials(failed_id)
+    assert [t["state"] for t in trials] == ["failed", "failed"]
     # the exception itself, not only where its traceback lies
-    assert not trial["error"].startswith("the trial raised an error") and "Error" in trial["error"], trial["error"]
+    assert all(t["error"].startswith("ValueError") and "full traceback in" in t["error"] for t in trials), trials
     bad = _cli(api, "submit", str(path), "--wait", "--fail-under", "accuracy")
     assert bad.returncode == 2 and "expected METRIC=VALUE" in bad.stderr
     invalid = tmp_path / "invalid.yaml"

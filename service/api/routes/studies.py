@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
-import yaml
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from service.api import studies
+from service.api.bodies import BodyError, parse_body
 from service.api.deps import ContextDep, OwnerDep
 from service.api.problems import ERRORS, PROBLEM, problem
 from service.api.schemas import BestOut, StudyOut, StudyPage, TrialDetail, TrialOut
@@ -17,10 +16,6 @@ from service.definition import StudyStatus
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"], responses={401: ERRORS[401], 422: ERRORS[422], 503: ERRORS[503]})
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,255}$"  # printable ASCII, no spaces: a UUID, a commit SHA, ...
-
-
-def _no_constants(name: str) -> None:
-    raise ValueError(f"{name} is not JSON (numbers must be finite)")
 
 
 @router.post(
@@ -56,14 +51,10 @@ async def submit_study(  # type: ignore[no-untyped-def]
 ):
     raw = await request.body()  # the size limit (413) is enforced while reading, by service.api.limits
     kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    try:
-        data = yaml.safe_load(raw) if kind in ("application/yaml", "application/x-yaml", "text/yaml") else json.loads(raw or b"null", parse_constant=_no_constants)
-    except (ValueError, yaml.YAMLError) as exc:
-        return problem(422, "Invalid definition", f"the body is not valid {'YAML' if 'yaml' in kind else 'JSON'}: {str(exc).splitlines()[0]}", field="body")
-    except RecursionError:
-        return problem(422, "Invalid definition", "the body is nested too deeply", field="body")
-    if not isinstance(data, dict):
-        return problem(422, "Invalid definition", "the body must be a mapping (a study definition)", field="body")
+    try:  # off the event loop: a large YAML body must not stall other requests
+        data = await run_in_threadpool(parse_body, raw, kind)
+    except BodyError as exc:
+        return problem(exc.status, "Invalid definition" if exc.status == 422 else "Payload too large", exc.detail, field="body")
     study, created = await run_in_threadpool(studies.submit, ctx, data, owner, idempotency_key)
     ctx.dispatch_now.set()  # hand it to Ray now, not at the dispatcher's next tick
     if not created:
