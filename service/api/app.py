@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from service.api import problems
 from service.api.dispatch import dispatch_once
@@ -55,7 +56,7 @@ def create_app(settings: Settings, *, jobs: Jobs | None = None, run_migrations: 
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app = FastAPI(
+    app = FastAPIOffline(  # FastAPI, with /docs and /redoc assets served from the package
         title="Caviar",
         version="0.1.0",
         description="Caviar-mode hyperparameter tuning: submit a study, Ray Tune trains many configurations in "

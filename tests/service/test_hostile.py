@@ -138,3 +138,15 @@ def test_serve_refuses_ray_ports_in_the_worker_range_in_one_line(tmp_path: Path,
     r = subprocess.run([CAVIAR, "serve", "--port", "1", port], capture_output=True, text=True, timeout=60,
                        env={**env, "CAVIAR_DATA_DIR": str(tmp_path)})
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "outside 10002-19999" in r.stderr, r.stderr
+
+
+def test_the_api_docs_load_nothing_from_the_internet(server: LocalServer) -> None:
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = httpx.get(f"{server.url}{page}").text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert assets and not [a for a in assets if a.startswith(("http://", "https://", "//"))], assets
+        for asset in assets:  # each served by the API itself
+            r = httpx.get(f"{server.url}{asset}")
+            assert r.status_code == 200 and len(r.content) > 1000, asset
