@@ -123,7 +123,29 @@ class StudyDefinition(BaseModel):
                     "scheduler": {"type": "asha", "max_t": 8, "grace_period": 1, "reduction_factor": 3},
                     "budget": {"num_trials": 12, "max_concurrent_trials": 2},
                     "resources_per_trial": {"cpu": 1, "gpu": 0},
-                }
+                },
+                {
+                    "name": "mnist1d-mlp-inline",
+                    "trainable": "mlp_bn_softmax",
+                    "dataset": {"name": "mnist1d"},
+                    "search_space": {
+                        "lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
+                        "batch_size": {"type": "categorical", "choices": [32, 64, 128]},
+                        "optimizer": {"type": "categorical", "choices": ["momentum", "adam"]},
+                        "momentum": {"type": "float", "low": 0.8, "high": 0.99, "when": {"optimizer": ["momentum"]}},
+                    },
+                    "fixed": {"epochs": 30},
+                    "objective": {"metric": "val_loss", "mode": "min"},
+                    "budget": {"num_trials": 64, "max_concurrent_trials": 4, "time_budget_s": 3600},
+                },
+                {
+                    "name": "csv-presets-merged",
+                    "trainable": "mlp_bn_softmax",
+                    "dataset": {"name": "file", "path": "churn.csv", "target": "churned"},
+                    "search_space": ["seven_key", "batchnorm", {"width": {"type": "int", "low": 16, "high": 256, "log": True}}],
+                    "sampler": {"type": "random", "seed": 7},
+                    "scheduler": {"type": "none"},
+                },
             ]
         },
     )

@@ -18,6 +18,7 @@ from service.api.dispatch import dispatch_once
 from service.api.limits import Limits
 from service.api.routes import catalog, health
 from service.api.routes import studies as study_routes
+from service.api.schemas import Problem
 from service.api.studies import Context
 from service.definition import StudyDefinition
 from service.jobs import Jobs, RayJobs
@@ -25,6 +26,31 @@ from service.settings import Settings
 from service.store import Store, migrate
 
 log = logging.getLogger("caviar.api")
+
+
+def document_definition(components: dict[str, Any]) -> None:
+    """What the definition's free-form fields accept, for readers and generated clients: the
+    search-space language (validated by search_spaces at submission), and problem details."""
+    from pydantic import TypeAdapter
+
+    from search_spaces import CategoricalParam, FloatParam, IntParam
+
+    params = TypeAdapter(dict[str, FloatParam | IntParam | CategoricalParam]).json_schema(ref_template="#/components/schemas/{model}")
+    components.update(params.pop("$defs", {}))
+    components["SearchSpace"] = {**params, "title": "SearchSpace", "description": "Parameter name -> declaration, discriminated by `type`.",
+                                 "examples": [{"lr": {"type": "float", "low": 1e-4, "high": 1, "log": True},
+                                               "optimizer": {"type": "categorical", "choices": ["sgd", "momentum", "adam"]},
+                                               "momentum": {"type": "float", "low": 0.8, "high": 0.99, "when": {"optimizer": ["momentum"]}}}]}
+    space = {"$ref": "#/components/schemas/SearchSpace"}
+    preset = {"type": "string", "description": "A preset's name (GET /v1/search-spaces)."}
+    definition = components["StudyDefinition"]
+    definition["properties"]["search_space"] = {
+        **{k: v for k, v in definition["properties"]["search_space"].items() if k in ("title", "description")},
+        "anyOf": [preset, space, {"type": "array", "items": {"anyOf": [preset, space]}, "minItems": 1}],
+    }
+    definition["properties"]["fixed"] = {**definition["properties"]["fixed"], "type": "object",
+                                         "additionalProperties": {"description": "a knob's value"}, "examples": [{"epochs": 30, "batch_size": 64}]}
+    components["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
 
 
 def create_app(settings: Settings, *, jobs: Jobs | None = None, run_migrations: bool = True) -> FastAPI:
@@ -71,6 +97,7 @@ def create_app(settings: Settings, *, jobs: Jobs | None = None, run_migrations: 
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(definition.pop("$defs", {}))
             components["StudyDefinition"] = definition
+            document_definition(components)
             if settings.auth == "optional":  # on loopback a token is optional: say so (an empty requirement)
                 for operations in schema.get("paths", {}).values():
                     for operation in operations.values():

@@ -18,13 +18,14 @@ from trainables import DATASET_NAMES
 
 log = logging.getLogger("caviar.api")
 PROBLEM = "application/problem+json"
+PROBLEM_CONTENT: dict[str, Any] = {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing, unknown or revoked bearer token", "content": {PROBLEM: {}}},
-    404: {"description": "Unknown study or trial (or another owner's)", "content": {PROBLEM: {}}},
-    413: {"description": "Body over 1 MiB", "content": {PROBLEM: {}}},
-    422: {"description": "Invalid input: problem details naming the field and the rule", "content": {PROBLEM: {}}},
-    429: {"description": "The owner's quota of active studies or concurrent trials is used up", "content": {PROBLEM: {}}},
-    503: {"description": "The store is busy; retry after Retry-After seconds", "content": {PROBLEM: {}}},
+    401: {"description": "Missing, unknown or revoked bearer token", "content": PROBLEM_CONTENT},
+    404: {"description": "Unknown study or trial (or another owner's)", "content": PROBLEM_CONTENT},
+    413: {"description": "Body over 1 MiB", "content": PROBLEM_CONTENT},
+    422: {"description": "Invalid input: problem details naming the field and the rule", "content": PROBLEM_CONTENT},
+    429: {"description": "The owner's quota of active studies or concurrent trials is used up", "content": PROBLEM_CONTENT},
+    503: {"description": "The store is busy; retry after Retry-After seconds", "content": PROBLEM_CONTENT},
 }
 
 

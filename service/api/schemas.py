@@ -10,6 +10,30 @@ from pydantic import BaseModel, Field
 from service.definition import Objective, StudyStatus, TrialState
 
 
+class Problem(BaseModel):
+    """RFC 9457 problem details: every error the API returns."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    field: str | None = Field(None, description="The dotted path of the field at fault (search_space.lr, dataset.path, Authorization, ...).")
+    errors: list[dict[str, str]] | None = Field(None, description="Every field at fault: {field, message}.")
+
+
+class TrainableOut(BaseModel):
+    name: str
+    description: str
+    metrics: list[str] = Field(description="What the trainable reports each epoch: the names an objective may use.")
+    knobs: dict[str, Any] = Field(description="Knob name -> default: what a search space or `fixed` may set.")
+
+
+class SearchSpaceOut(BaseModel):
+    name: str
+    description: str
+    parameters: dict[str, Any] = Field(description="Parameter name -> declaration (see the SearchSpace schema).")
+
+
 class TrialOut(BaseModel):
     trial_id: str
     state: TrialState

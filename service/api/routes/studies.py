@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from service.api import studies
 from service.api.bodies import BodyError, parse_body
 from service.api.deps import ContextDep, OwnerDep
-from service.api.problems import ERRORS, PROBLEM, problem
+from service.api.problems import ERRORS, PROBLEM_CONTENT, problem
 from service.api.schemas import BestOut, StudyOut, StudyPage, TrialDetail, TrialOut
 from service.definition import StudyStatus
 
@@ -27,7 +27,7 @@ IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,255}$"  # printable ASCII, no spaces: a UUID,
     "budget, resources) before anything runs, stores the study as `queued` and hands it to Ray as one job.",
     responses={
         200: {"description": "A replay: the Idempotency-Key was used before with the same body; this is that study", "model": StudyOut},
-        409: {"description": "A request with the same Idempotency-Key is still in flight", "content": {PROBLEM: {}}},
+        409: {"description": "A request with the same Idempotency-Key is still in flight", "content": PROBLEM_CONTENT},
         413: ERRORS[413], 422: ERRORS[422], 429: ERRORS[429],
     },
     openapi_extra={
@@ -103,7 +103,7 @@ async def best(study_id: str, ctx: ContextDep, owner: OwnerDep, k: Annotated[int
 
 @router.post(
     "/{study_id}/cancel", response_model=StudyOut,
-    responses={404: ERRORS[404], 409: {"description": "The study already finished", "content": {PROBLEM: {}}}},
+    responses={404: ERRORS[404], 409: {"description": "The study already finished", "content": PROBLEM_CONTENT}},
     summary="Stop the study's Ray job and its trials; what was measured stays readable",
 )
 async def cancel(study_id: str, ctx: ContextDep, owner: OwnerDep) -> StudyOut:
