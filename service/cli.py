@@ -11,6 +11,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -317,7 +318,7 @@ def cancel(study_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> 
 def list_trainables_cmd(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
     """Registered trainables."""
     for t in _call(url, Client.trainables, token=token):
-        console.print(f"[bold]{t['name']}[/bold]  {t['description']}  [dim](metrics: {', '.join(t['metrics'])})[/dim]")
+        console.print(f"[bold]{t['name']}[/bold]  {escape(t['description'])}  [dim](metrics: {', '.join(t['metrics'])})[/dim]")
 
 
 @app.command()

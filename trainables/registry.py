@@ -89,8 +89,8 @@ BUILTIN = {
         TrainableSpec("cnn_bn_softmax", "trainables.engine.builtin:cnn_bn_softmax", CNNConfig, CLASSIFIER_METRICS,
                       "A small BatchNorm CNN for 1-D signals (MNIST-1D) and 8x8 images (digits).", "trainables.engine.models:build_cnn"),
         TrainableSpec("busy_work", "trainables.busy_work:busy_work", BusyWorkConfig, ("train_loss", "val_loss", "val_accuracy"),
-                      "[benchmark] Fixed CPU work per epoch and a score of x and y only (best at x=0.3, y=0.7), "
-                      "for benchmarks and cluster checks. No data, no model."),
+                      "For benchmarks and cluster checks: fixed CPU work per epoch and a score of x and y only "
+                      "(best at x=0.3, y=0.7). No data, no model."),
     )
 }
 

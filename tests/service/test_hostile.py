@@ -150,3 +150,23 @@ def test_the_api_docs_load_nothing_from_the_internet(server: LocalServer) -> Non
         for asset in assets:  # each served by the API itself
             r = httpx.get(f"{server.url}{asset}")
             assert r.status_code == 200 and len(r.content) > 1000, asset
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CAVIAR, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+
+
+def test_the_cli_reads_as_a_person_expects(server: LocalServer, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n  x: 1\n")
+    r = _cli("submit", str(bad), "--url", server.url)
+    assert r.returncode == 2 and r.stderr == f"error: {bad}:2:4: expected ',' or ']', but got ':'\n"
+    # --token after the command, and a long error stays one line off a terminal
+    r = _cli("status", "nope", "--url", server.url, "--token", "cav_" + "x" * 200)
+    assert r.returncode == 2 and r.stderr == "error: the bearer token is unknown or revoked\n"
+    # a server on another port says which URL the CLI needs; token create says where it wrote
+    assert f"export CAVIAR_URL={server.url}" in server.log_path.read_text()
+    made = _cli("token", "create", "--owner", "someone", CAVIAR_DATA_DIR=str(server.data_dir))
+    assert made.returncode == 0 and f"in sqlite:///{server.data_dir}/caviar.db" in made.stderr
+    listed = _cli("trainables", "--url", server.url)
+    assert "For benchmarks" in next(line for line in listed.stdout.splitlines() if line.startswith("busy_work"))
