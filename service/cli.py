@@ -28,16 +28,16 @@ _token: dict[str, str] = {}
 
 @app.callback()
 def main(
-    token: Annotated[str | None, typer.Option("--token", envvar="CAVIAR_TOKEN", help="API token (needed when the server is not on loopback).")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="CAVIAR_TOKEN", metavar="TOKEN", help="API token (needed when the server is not on loopback).")] = None,
 ) -> None:
     if token:
         _token["value"] = token
 
 
 RAY_WORKER_PORTS = (10002, 19999)  # Ray's default min/max worker port
-UrlOpt = Annotated[str, typer.Option("--url", envvar="CAVIAR_URL", help="The Caviar server.")]
-TokenOpt = Annotated[str | None, typer.Option("--token", envvar="CAVIAR_TOKEN", help="API token (needed when the server is not on loopback).")]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="CAVIAR_DATA_DIR", help="The server's data directory.")]
+UrlOpt = Annotated[str, typer.Option("--url", envvar="CAVIAR_URL", metavar="URL", help="The Caviar server.")]
+TokenOpt = Annotated[str | None, typer.Option("--token", envvar="CAVIAR_TOKEN", metavar="TOKEN", help="API token (needed when the server is not on loopback).")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="CAVIAR_DATA_DIR", metavar="DIR", help="The server's data directory.")]
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -94,8 +94,8 @@ def _local_ray_head(settings: Settings, dashboard_port: int, ray_port: int) -> s
 def serve(
     host: Annotated[str, typer.Option(help="Bind address of the API. Anything but loopback needs API tokens (see `caviar token`).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="API port.")] = 8000,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="CAVIAR_DATA_DIR", help="SQLite file, Ray results, datasets/.")] = None,
-    ray_address: Annotated[str | None, typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Ray dashboard/Jobs address of an existing cluster, e.g. http://127.0.0.1:8265.")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="CAVIAR_DATA_DIR", metavar="DIR", help="SQLite file, Ray results, datasets/.")] = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", envvar="RAY_ADDRESS", metavar="URL", help="Ray dashboard/Jobs address of an existing cluster, e.g. http://127.0.0.1:8265.")] = None,
     dashboard_port: Annotated[int, typer.Option(help="Dashboard port of the local Ray head Caviar starts.")] = 8265,
     ray_port: Annotated[int, typer.Option(help="GCS port of the local Ray head (not Ray's 6379, which Redis often holds).")] = 6390,
     insecure: Annotated[bool, typer.Option("--insecure", help="Serve beyond loopback WITHOUT tokens: anyone who reaches the port can submit and read studies.")] = False,
@@ -217,8 +217,8 @@ def submit(
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the study until it ends, with a progress bar.")] = False,
-    fail_under: Annotated[str | None, typer.Option("--fail-under", help="With --wait: exit 1 unless best METRIC >= VALUE (<= for min objectives).")] = None,
-    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key", help="Retry-safe submit: the same key and file give the same study (CI: the commit SHA).")] = None,
+    fail_under: Annotated[str | None, typer.Option("--fail-under", metavar="METRIC=VALUE", help="With --wait: exit 1 unless best METRIC >= VALUE (<= for min objectives).")] = None,
+    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key", metavar="KEY", help="Retry-safe submit: the same key and file give the same study (CI: the commit SHA).")] = None,
 ) -> None:
     """Submit a study. Exit codes with --wait: 0 success, 1 threshold missed, 2 study failed or cancelled."""
     threshold = _parse_threshold(fail_under)
