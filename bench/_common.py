@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.client import CaviarError, Client
-from service.local import LocalHead, LocalServer, wait_until
+from service.client import Client
+from service.local import LocalHead, LocalServer
 
 DOCS_BENCH = Path(__file__).resolve().parent.parent / "docs" / "bench"
 
@@ -130,19 +130,9 @@ def cluster(work: Path, *, num_cpus: int | None = None, serve: bool = True,
         head.stop()
 
 
-def submit(client: Client, definition: dict[str, Any], timeout_s: float = 120) -> str:
-    """POST a study; the id. Right after a head starts its dashboard answers before the head node
-    has registered its CPUs (422 "... the Ray cluster has 0"): that is retried."""
-
-    def attempt() -> str | None:
-        try:
-            return str(client.submit(definition)["id"])
-        except CaviarError as exc:
-            if exc.status == 422 and "cluster has 0" in exc.detail:
-                return None
-            raise
-
-    return str(wait_until(attempt, timeout_s, "a study submission the Ray cluster can hold", interval=0.5))
+def submit(client: Client, definition: dict[str, Any]) -> str:
+    """POST a study; its id (LocalHead.start has waited for the head's CPUs)."""
+    return str(client.submit(definition)["id"])
 
 
 def submit_and_wait(client: Client, definition: dict[str, Any], *, poll_s: float = 0.25,

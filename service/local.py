@@ -105,9 +105,10 @@ class LocalHead:
         def up() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"the Ray head exited; see {log_path}")
-            return jobs.ping()
+            # the dashboard answers before the head's raylet has registered its CPUs
+            return jobs.ping() and jobs.largest_node().get("CPU", 0.0) > 0
 
-        wait_until(up, timeout, f"the Ray head (see {log_path})", interval=0.5)
+        wait_until(up, timeout, f"the Ray head and its CPUs (see {log_path})", interval=0.5)
         return self
 
     def headers(self) -> dict[str, str]:
