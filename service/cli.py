@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import secrets
 import subprocess
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -66,6 +68,20 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _private_ray_token() -> None:
+    """The cluster's token in ~/.ray/auth_token (where Ray looks for it), readable by its owner only:
+    made when missing (``ray start`` does not make one), narrowed to 0600 when it is wider."""
+    path = Path.home() / ".ray" / "auth_token"
+    if path.is_file():
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+
+
 def _local_ray_head(settings: Settings, dashboard_port: int, ray_port: int) -> str:
     """The address of a Ray head on loopback at ``dashboard_port``: reused if one answers there, else started."""
     from service.jobs import RayJobs
@@ -78,10 +94,11 @@ def _local_ray_head(settings: Settings, dashboard_port: int, ray_port: int) -> s
     console.print(f"starting a local Ray head (dashboard {address})")
     # a temp dir of its own: Ray's jobs find their cluster through <temp dir>/ray_current_cluster,
     # which in the shared /tmp/ray names whichever head started last on this machine
-    subprocess.run(head_start_args(ray_port, dashboard_port, f"/tmp/ray-caviar-{ray_port}"), check=True)
-    token = Path.home() / ".ray" / "auth_token"
-    if token.is_file() and token.stat().st_mode & 0o077:
-        token.chmod(0o600)  # Ray writes the cluster's token world-readable
+    # with token authentication on: whoever reaches Ray's ports can run code on it
+    if settings.ray_auth_token is None:
+        _private_ray_token()
+    subprocess.run(head_start_args(ray_port, dashboard_port, f"/tmp/ray-caviar-{ray_port}"), check=True,
+                   env={**os.environ, "RAY_AUTH_MODE": "token"})
     # Ray writes the cluster's token (~/.ray/auth_token) as it starts: read the settings again
     try:
         wait_until(lambda: RayJobs(load_settings(data_dir=settings.data_dir, ray_address=address)).ping(), 60, "the local Ray head", 1.0)

@@ -1,0 +1,60 @@
+"""`caviar serve` on a fresh machine: no RAY_ADDRESS, so it starts its own Ray head on loopback,
+with Ray's token written readable by its owner only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from service.client import Client
+from service.local import free_port, wait_until
+
+pytestmark = pytest.mark.ray
+
+
+def test_serve_starts_a_local_head_and_keeps_its_token_private(tmp_path: Path) -> None:
+    home, data = tmp_path / "home", tmp_path / "data"
+    home.mkdir()
+    port, gcs, dash = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # as on a machine that never ran Ray
+    env.update(HOME=str(home), CAVIAR_DATA_DIR=str(data))
+    serve = subprocess.Popen([str(Path(sys.executable).parent / "caviar"), "serve", "--port", str(port), "--ray-port", str(gcs),
+                              "--dashboard-port", str(dash)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True, text=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert serve.poll() is None, serve.stdout.read() if serve.stdout else ""
+        try:
+            return httpx.get(f"{url}/readyz", timeout=5).json() == {"status": "ready", "store": True, "ray": True}
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(ready, 180, "caviar serve with its own Ray head", interval=1)
+        token = home / ".ray" / "auth_token"
+        assert token.is_file(), "Ray 2.60 writes the cluster's token when it starts a head"
+        assert stat.S_IMODE(token.stat().st_mode) == 0o600
+        # and a study runs on it: the driver job and its trials authenticate with that token
+        client = Client(url)
+        sid = client.submit({"name": "auth", "trainable": "busy_work", "dataset": {"name": "digits"},
+                             "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+                             "fixed": {"epochs": 2, "seconds_per_epoch": 0}, "scheduler": {"type": "none"},
+                             "budget": {"num_trials": 2, "max_concurrent_trials": 2}})["id"]
+        study = client.wait(sid, poll_s=0.5, timeout_s=180)
+        assert study["status"] == "completed" and study["trial_counts"]["completed"] == 2, study
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.wait(30)
+        # `ray start` (not --block) leaves the head running after serve: stop the processes of this head only
+        for p in psutil.process_iter(["cmdline"]):
+            if any(f"ray-caviar-{gcs}" in part or f":{gcs}" in part for part in (p.info["cmdline"] or [])):
+                p.kill()
