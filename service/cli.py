@@ -20,8 +20,10 @@ from rich.table import Table
 from service.client import DEFAULT_URL, CaviarError, Client
 from service.settings import Settings, load_settings
 
-app = typer.Typer(help="Caviar: caviar-mode hyperparameter tuning as a service.", no_args_is_help=True, add_completion=False)
-token_app = typer.Typer(help="API tokens (run on the server's host: they are written to its database).", no_args_is_help=True)
+app = typer.Typer(help="Caviar: caviar-mode hyperparameter tuning as a service.", no_args_is_help=True, add_completion=False,
+                  rich_markup_mode=None)  # plain help: no <bool> placeholders, readable in a CI log
+token_app = typer.Typer(help="API tokens (run on the server's host: they are written to its database).", no_args_is_help=True,
+                        rich_markup_mode=None)
 app.add_typer(token_app, name="token")
 console = Console(soft_wrap=True)  # a line is one line, in a terminal or a CI log
 err = Console(stderr=True, soft_wrap=True)
