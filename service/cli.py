@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -25,7 +26,8 @@ app = typer.Typer(help="Caviar: caviar-mode hyperparameter tuning as a service."
 token_app = typer.Typer(help="API tokens (run on the server's host: they are written to its database).", no_args_is_help=True,
                         rich_markup_mode=None)
 app.add_typer(token_app, name="token")
-console = Console(soft_wrap=True)  # a line is one line, in a terminal or a CI log
+# a line is one line, in a terminal or a CI log; off a terminal, tables are as wide as their content
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
 err = Console(stderr=True, soft_wrap=True)
 _token: dict[str, str] = {}
 
@@ -33,9 +35,12 @@ _token: dict[str, str] = {}
 @app.callback()
 def main(
     token: Annotated[str | None, typer.Option("--token", envvar="CAVIAR_TOKEN", metavar="TOKEN", help="API token (needed when the server is not on loopback).")] = None,
+    url: Annotated[str | None, typer.Option("--url", envvar="CAVIAR_URL", metavar="URL", help="The Caviar server (also after the command).")] = None,
 ) -> None:
     if token:
         _token["value"] = token
+    if url:
+        _token["url"] = url
 
 
 RAY_WORKER_PORTS = (10002, 19999)  # Ray's default min/max worker port
@@ -50,7 +55,10 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _call(url: str, fn: Any, *args: Any, token: str | None = None, **kw: Any) -> Any:
-    """Run one client call against ``url``; an API error is one line on stderr, exit 2."""
+    """Run one client call against ``url``; an API error is one line on stderr, exit 2. ``--url``
+    before the command counts when none is given after it."""
+    if url == DEFAULT_URL and "url" in _token:
+        url = _token["url"]
     with Client(url, token or _token.get("value")) as client:
         try:
             return fn(client, *args, **kw)
@@ -97,13 +105,20 @@ def _local_ray_head(settings: Settings, dashboard_port: int, ray_port: int) -> s
     # a temp dir of its own: Ray's jobs find their cluster through <temp dir>/ray_current_cluster,
     # which in the shared /tmp/ray names whichever head started last on this machine
     # with token authentication on: whoever reaches Ray's ports can run code on it
-    if settings.ray_auth_token is None:
+    if "RAY_AUTH_TOKEN" not in os.environ:  # the token lives in ~/.ray/auth_token: make it, or narrow it to 0600
         _private_ray_token()
     subprocess.run(head_start_args(ray_port, dashboard_port, f"/tmp/ray-caviar-{ray_port}"), check=True,
                    env={**os.environ, "RAY_AUTH_MODE": "token"})
     # Ray writes the cluster's token (~/.ray/auth_token) as it starts: read the settings again
+    def up() -> bool:  # the dashboard answers before the head has registered its CPUs
+        jobs = RayJobs(load_settings(data_dir=settings.data_dir, ray_address=address))
+        try:
+            return jobs.ping() and jobs.largest_node().get("CPU", 0.0) > 0
+        except Exception:
+            return False
+
     try:
-        wait_until(lambda: RayJobs(load_settings(data_dir=settings.data_dir, ray_address=address)).ping(), 60, "the local Ray head", 1.0)
+        wait_until(up, 60, "the local Ray head", 1.0)
     except TimeoutError:
         _fail(f"the local Ray head at {address} did not answer within 60 s; see /tmp/ray-caviar-{ray_port}/session_latest/logs")
     return address
@@ -146,7 +161,8 @@ def serve(
     from service.api.app import create_app
     from service.api.server import run_server
 
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+    url = f"http://{shown}:{port}"
     console.print(f"Caviar API on {url}" + ("" if url == DEFAULT_URL else f" (for the CLI: export CAVIAR_URL={url})"))
     run_server(create_app(settings, run_migrations=False), host, port, settings.drain_s)
 

@@ -106,7 +106,10 @@ class LocalHead:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"the Ray head exited; see {log_path}")
             # the dashboard answers before the head's raylet has registered its CPUs
-            return jobs.ping() and jobs.largest_node().get("CPU", 0.0) > 0
+            try:
+                return jobs.ping() and jobs.largest_node().get("CPU", 0.0) > 0
+            except Exception:
+                return False
 
         wait_until(up, timeout, f"the Ray head and its CPUs (see {log_path})", interval=0.5)
         return self

@@ -11,10 +11,10 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 DATASET_NAMES = ("digits", "mnist1d", "synthetic", "file")
 MAX_SEED = 2**32 - 1  # NumPy's and scikit-learn's random_state take seeds below 2**32
@@ -58,16 +58,31 @@ class SyntheticSpec(_Spec):
     imbalance: float = Field(1.0, ge=1.0, le=1000.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
 
-    @model_validator(mode="after")
-    def _feasible(self) -> SyntheticSpec:
-        if self.n_informative > self.n_features:
-            raise ValueError(f"n_informative ({self.n_informative}) must be <= n_features ({self.n_features})")
-        if self.n_classes * 2 > 2**self.n_informative:
-            raise ValueError(f"n_classes ({self.n_classes}) needs n_informative >= {max(1, (self.n_classes * 2 - 1).bit_length())} (make_classification puts 2 clusters per class on the hypercube's corners)")
-        size = self.n_samples * self.n_features * 8
+    # each rule on the field it names (fields are validated in declaration order)
+    @field_validator("n_features")
+    @classmethod
+    def _fits_in_memory(cls, n_features: int, info: ValidationInfo) -> int:
+        size = int(info.data.get("n_samples", 0)) * n_features * 8
         if size > MAX_SYNTHETIC_BYTES:
             raise ValueError(f"n_samples x n_features is {size / 2**30:.1f} GiB as float64; the limit is {MAX_SYNTHETIC_BYTES / 2**30:g} GiB")
-        return self
+        return n_features
+
+    @field_validator("n_informative")
+    @classmethod
+    def _informative(cls, n_informative: int, info: ValidationInfo) -> int:
+        n_features = info.data.get("n_features")
+        if n_features is not None and n_informative > n_features:
+            raise ValueError(f"n_informative ({n_informative}) must be <= n_features ({n_features})")
+        return n_informative
+
+    @field_validator("n_classes")
+    @classmethod
+    def _separable(cls, n_classes: int, info: ValidationInfo) -> int:
+        n_informative = info.data.get("n_informative")
+        if n_informative is not None and n_classes * 2 > 2**n_informative:
+            raise ValueError(f"{n_classes} classes need n_informative >= {(n_classes * 2 - 1).bit_length()} "
+                             "(make_classification puts 2 clusters per class on the hypercube's corners)")
+        return n_classes
 
 
 class FileSpec(_Spec):
@@ -136,17 +151,16 @@ def check_file(spec: FileSpec, root: Path, max_bytes: int = MAX_FILE_BYTES) -> N
                            "(every trial reads the whole file into memory)")
     try:
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as f:  # object arrays (pickles) raise here
-                missing = [k for k in ("x", "y") if k not in f]
-                if missing:
-                    raise DatasetError(f"dataset.path: a .npz needs arrays 'x' and 'y'; {path.name} lacks {', '.join(missing)}")
-                x = f["x"]
-                if x.dtype.kind not in "biuf":
-                    raise DatasetError(f"dataset.path: the array 'x' of {path.name} must be numeric, not {x.dtype}")
+            _check_npz(path)
             return
         import pandas as pd
 
-        frame = pd.read_csv(path, nrows=200) if path.suffix == ".csv" else pd.read_parquet(path).head(200)
+        if path.suffix == ".csv":
+            frame = pd.read_csv(path, nrows=200)
+        else:  # the first rows only, not the whole file
+            import pyarrow.parquet as pq
+
+            frame = next(pq.ParquetFile(path).iter_batches(batch_size=200)).to_pandas()
         columns = [str(c) for c in frame.columns]
     except DatasetError:
         raise
@@ -155,9 +169,42 @@ def check_file(spec: FileSpec, root: Path, max_bytes: int = MAX_FILE_BYTES) -> N
     if spec.target not in columns:
         shown = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
         raise DatasetError(f"dataset.target: column '{spec.target}' is not in {path.name} (its columns: {shown})")
+    if frame.empty:
+        raise DatasetError(f"dataset.path: {path.name} has a header but no rows")
     text = [str(c) for c in frame.columns if str(c) != spec.target and frame[c].dtype.kind not in "biuf"]
     if text:
         raise DatasetError(f"dataset.path: the feature columns of {path.name} must be numeric; not numeric: {', '.join(text[:10])}")
+
+
+def _check_npz(path: Path) -> None:
+    """The arrays of a .npz from their headers only (nothing is loaded or unpickled): x and y exist,
+    are numeric (y may also be strings), x has a sample axis and a feature axis, and x and y (and
+    x_test and y_test) have as many samples."""
+    import zipfile
+
+    shapes: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.namelist():
+            name = member.removesuffix(".npy")
+            with archive.open(member) as fp:
+                major, _minor = np.lib.format.read_magic(fp)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(fp)  # what np.load reads first: no data, no pickle
+            shapes[name] = (tuple(shape), dtype)
+    missing = [k for k in ("x", "y") if k not in shapes]
+    if missing:
+        raise DatasetError(f"dataset.path: a .npz needs arrays 'x' and 'y'; {path.name} lacks {', '.join(missing)}")
+    for name, (shape, dtype) in shapes.items():
+        if name not in ("x", "y", "x_test", "y_test"):
+            continue
+        allowed = "biuf" if name.startswith("x") else "biufUS"
+        if dtype.kind not in allowed:
+            raise DatasetError(f"dataset.path: the array '{name}' of {path.name} must be {'numeric' if allowed == 'biuf' else 'numbers or strings'}, not {dtype}")
+        if name.startswith("x") and len(shape) < 2:
+            raise DatasetError(f"dataset.path: the array '{name}' of {path.name} needs a sample and a feature axis, not shape {shape}")
+    for x, y in (("x", "y"), ("x_test", "y_test")):
+        if x in shapes and y in shapes and shapes[x][0][0] != shapes[y][0][0]:
+            raise DatasetError(f"dataset.path: '{x}' has {shapes[x][0][0]} samples and '{y}' {shapes[y][0][0]} in {path.name}")
 
 
 def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -238,11 +285,11 @@ def load_dataset(spec: DigitsSpec | Mnist1dSpec | SyntheticSpec | FileSpec) -> D
             n_redundant=0, n_classes=spec.n_classes, weights=list(ratios / ratios.sum()),
             random_state=spec.seed, flip_y=0.01,
         )
-        x, x_test, y, y_test = _split(x, y, spec.test_fraction, spec.seed + 1)
+        x, x_test, y, y_test = _split(x, y, spec.test_fraction, (spec.seed + 1) % 2**32)
     else:
         x, y, x_test, y_test = _read_file(spec)
         if x_test is None or y_test is None:
-            x, x_test, y, y_test = _split(x, y, spec.test_fraction, spec.seed + 1)
+            x, x_test, y, y_test = _split(x, y, spec.test_fraction, (spec.seed + 1) % 2**32)
     y, y_test, n_classes = _encode_labels(np.asarray(y), np.asarray(y_test))
     x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
     x_test = np.asarray(x_test, dtype=np.float32).reshape(len(x_test), -1)

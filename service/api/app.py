@@ -37,7 +37,7 @@ def document_definition(components: dict[str, Any]) -> None:
 
     params = TypeAdapter(dict[str, FloatParam | IntParam | CategoricalParam]).json_schema(ref_template="#/components/schemas/{model}")
     components.update(params.pop("$defs", {}))
-    components["SearchSpace"] = {**params, "title": "SearchSpace", "description": "Parameter name -> declaration, discriminated by `type`.",
+    components["SearchSpace"] = {**params, "minProperties": 1, "maxProperties": 64, "title": "SearchSpace", "description": "Parameter name -> declaration, discriminated by `type`.",
                                  "examples": [{"lr": {"type": "float", "low": 1e-4, "high": 1, "log": True},
                                                "optimizer": {"type": "categorical", "choices": ["sgd", "momentum", "adam"]},
                                                "momentum": {"type": "float", "low": 0.8, "high": 0.99, "when": {"optimizer": ["momentum"]}}}]}

@@ -72,4 +72,9 @@ def parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
         raise BodyError(422, "the body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BodyError(422, "the body must be a mapping (a study definition)")
+    try:  # what JSON can carry, as UTF-8: YAML dates, binary, non-string keys and lone surrogates are refused here
+        json.dumps(data, sort_keys=True, ensure_ascii=False, allow_nan=False).encode()
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        raise BodyError(422, f"the body must hold only JSON values (strings, finite numbers, booleans, null, lists, "
+                             f"mappings with string keys): {str(exc)[:200]}") from None
     return data

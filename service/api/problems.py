@@ -22,7 +22,7 @@ PROBLEM_CONTENT: dict[str, Any] = {PROBLEM: {"schema": {"$ref": "#/components/sc
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing, unknown or revoked bearer token", "content": PROBLEM_CONTENT},
     404: {"description": "Unknown study or trial (or another owner's)", "content": PROBLEM_CONTENT},
-    413: {"description": "Body over 1 MiB", "content": PROBLEM_CONTENT},
+    413: {"description": "Body over 1 MiB, or a YAML body of more than 100,000 nodes", "content": PROBLEM_CONTENT},
     422: {"description": "Invalid input: problem details naming the field and the rule", "content": PROBLEM_CONTENT},
     429: {"description": "The owner's quota of active studies or concurrent trials is used up", "content": PROBLEM_CONTENT},
     503: {"description": "The store is busy; retry after Retry-After seconds", "content": PROBLEM_CONTENT},
@@ -107,7 +107,7 @@ def install(app: FastAPI) -> None:
         title = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}.get(exc.status_code, str(exc.detail))
         headers = dict(exc.headers) if exc.headers else {}
         if exc.status_code == 405:  # every method the path takes, not only the first route's
-            headers["Allow"] = ", ".join(allowed_methods(request))
+            headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
         return problem(exc.status_code, title, str(exc.detail), headers=headers or None)
 
 
@@ -119,4 +119,6 @@ def allowed_methods(request: Request) -> list[str]:
     for template, operations in request.app.openapi().get("paths", {}).items():
         if compile_path(template)[0].match(request.url.path):
             methods |= {m.upper() for m in operations if m.upper() in ("GET", "POST", "PUT", "PATCH", "DELETE")}
+    if "GET" in methods:
+        methods.add("HEAD")  # Starlette answers HEAD wherever GET is served
     return sorted(methods)

@@ -59,7 +59,8 @@ def nothing_measured(store: Store, study_id: str) -> str | None:
     """Why a study whose trials all failed failed: the most common trial error, with its count
     (None when some trial was measured to its end or stopped early)."""
     trials = store.trials.for_study(study_id)
-    if any(t.state in (TrialState.COMPLETED.value, TrialState.STOPPED_EARLY.value) for t in trials):
+    # a trial not failed measured something (one cut short by time_budget_s stays `running` here)
+    if any(t.state != TrialState.FAILED.value for t in trials):
         return None
     if not trials:
         return "no trial ran"

@@ -37,6 +37,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     with open(datasets / "pickled.npz", "wb") as f:
         np.savez(f, x=np.array([{"evil": 1}], dtype=object), y=np.zeros(1))
     (datasets / "raw.npz").write_bytes(pickle.dumps({"x": 1}))
+    np.savez(datasets / "objects_y.npz", x=np.ones((4, 2)), y=np.array([{"evil": 1}] * 4, dtype=object))
+    np.savez(datasets / "flat_x.npz", x=np.ones(4), y=np.zeros(4))
+    np.savez(datasets / "ragged.npz", x=np.ones((40, 3)), y=np.zeros(30))
+    (datasets / "header_only.csv").write_text("a,label\n")
     server = LocalServer(data, None, env={"CAVIAR_MAX_DATASET_FILE_BYTES": str(FILE_LIMIT)}).start()
     try:
         yield server
@@ -73,6 +77,14 @@ def test_a_1_mib_yaml_body_is_refused_fast_without_stalling_the_server(server: L
     assert seconds < 10, seconds  # was 35 s; about 0.1 s here
 
 
+@pytest.mark.parametrize(("body", "kind"), [(b"name: 2024-01-01\n", "application/yaml"), (b"1: x\nname: a\n", "Application/YAML"),
+                                            (b'{"search_space": {"\\ud800": 1}}', "application/json")], ids=["date", "int-key", "surrogate"])
+def test_bodies_json_cannot_carry_are_422_with_or_without_a_key(server: LocalServer, body: bytes, kind: str) -> None:
+    for key in ({}, {"Idempotency-Key": "odd-1"}):
+        r = httpx.post(f"{server.url}/v1/studies", content=body, headers={"Content-Type": kind, **key}, timeout=30)
+        assert "only JSON values" in problem(r, 422, "body")["detail"]
+
+
 def test_a_yaml_alias_bomb_with_an_idempotency_key_costs_nothing(server: LocalServer) -> None:
     levels = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     levels += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
@@ -101,16 +113,21 @@ def test_bad_dataset_paths_are_422_and_the_connection_lives_on(server: LocalServ
         ({"resources_per_trial": {"cpu": 1e-9}}, "resources_per_trial.cpu", "greater than or equal to 0.01"),
         ({"dataset": {"name": "digits", "seed": 2**32}}, "dataset.seed", "less than or equal to 4294967295"),
         ({"fixed": {"epochs": 2, "seed": 2**64}}, "fixed.seed", "less than or equal to 4294967295"),
-        ({"dataset": {"name": "synthetic", "n_features": 5, "n_informative": 8}}, "dataset", "n_informative (8) must be <= n_features (5)"),
-        ({"dataset": {"name": "synthetic", "n_samples": 1_000_000, "n_features": 10_000, "n_informative": 10}}, "dataset", "74.5 GiB as float64"),
+        ({"dataset": {"name": "synthetic", "n_features": 5, "n_informative": 8}}, "dataset.n_informative", "n_informative (8) must be <= n_features (5)"),
+        ({"dataset": {"name": "synthetic", "n_samples": 1_000_000, "n_features": 10_000, "n_informative": 10}}, "dataset.n_features", "74.5 GiB as float64"),
         ({"dataset": {"name": "file", "path": "nolabel.csv"}}, "dataset.target", "column 'label' is not in nolabel.csv"),
         ({"dataset": {"name": "file", "path": "words.csv"}}, "dataset.path", "must be numeric; not numeric: word"),
-        ({"dataset": {"name": "file", "path": "pickled.npz"}}, "dataset.path", "cannot read pickled.npz"),
+        ({"dataset": {"name": "file", "path": "pickled.npz"}}, "dataset.path", "'x' of pickled.npz must be numeric, not object"),
+        ({"dataset": {"name": "file", "path": "objects_y.npz"}}, "dataset.path", "'y' of objects_y.npz must be numbers or strings"),
+        ({"dataset": {"name": "file", "path": "flat_x.npz"}}, "dataset.path", "needs a sample and a feature axis"),
+        ({"dataset": {"name": "file", "path": "ragged.npz"}}, "dataset.path", "'x' has 40 samples and 'y' 30"),
+        ({"dataset": {"name": "file", "path": "header_only.csv"}}, "dataset.path", "has a header but no rows"),
         ({"dataset": {"name": "file", "path": "raw.npz"}}, "dataset.path", "cannot read raw.npz"),
         ({"dataset": {"name": "file", "path": "big.csv"}}, "dataset.path", "the limit is 0 MiB"),
         ({"search_space": {}}, "search_space", "at least one parameter"),
     ],
-    ids=["cpu", "dataset-seed", "fixed-seed", "informative", "too-big", "label", "text", "pickled-npz", "pickle", "file-size", "empty-space"],
+    ids=["cpu", "dataset-seed", "fixed-seed", "informative", "too-big", "label", "text", "pickled-npz", "objects-y", "flat-x", "ragged",
+         "header-only", "pickle", "file-size", "empty-space"],
 )
 def test_what_can_be_known_at_submission_is_refused_then(server: LocalServer, change: dict[str, Any], field: str, rule: str) -> None:
     r = httpx.post(f"{server.url}/v1/studies", json={**GOOD, **change}, timeout=30)
@@ -127,7 +144,7 @@ def test_a_malformed_authorization_header_is_401_even_on_loopback(server: LocalS
 def test_405_lists_every_method_and_the_schema_says_auth_is_optional_on_loopback(server: LocalServer) -> None:
     r = httpx.options(f"{server.url}/v1/studies")
     problem(r, 405, None)
-    assert r.headers["Allow"] == "GET, POST"
+    assert r.headers["Allow"] == "GET, HEAD, POST"
     schema = httpx.get(f"{server.url}/openapi.json").json()
     assert schema["paths"]["/v1/studies"]["post"]["security"][0] == {}
 
@@ -168,5 +185,15 @@ def test_the_cli_reads_as_a_person_expects(server: LocalServer, tmp_path: Path) 
     assert f"export CAVIAR_URL={server.url}" in server.log_path.read_text()
     made = _cli("token", "create", "--owner", "someone", CAVIAR_DATA_DIR=str(server.data_dir))
     assert made.returncode == 0 and f"in sqlite:///{server.data_dir}/caviar.db" in made.stderr
+    # tables off a terminal are as wide as their content: nothing cut; --url also goes before the command
+    from service.store import Store
+
+    sid = httpx.post(f"{server.url}/v1/studies", json=GOOD, timeout=30).json()["id"]
+    config = {f"parameter_number_{i}": 0.123456789 * i for i in range(8)}
+    Store(f"sqlite:///{server.data_dir / 'caviar.db'}").trials.upsert(sid, "t1", config=config, state="failed",
+                                                                    error="ValueError: " + "a long reason " * 12)
+    out = _cli("--url", server.url, "trials", sid)
+    assert out.returncode == 0 and "parameter_number_7=0.8642" in out.stdout and "a long reason " * 12 in out.stdout, out.stdout
+    assert "…" not in out.stdout
     listed = _cli("trainables", "--url", server.url)
     assert "For benchmarks" in next(line for line in listed.stdout.splitlines() if line.startswith("busy_work"))

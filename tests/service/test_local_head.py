@@ -22,7 +22,10 @@ pytestmark = pytest.mark.ray
 
 def test_serve_starts_a_local_head_and_keeps_its_token_private(tmp_path: Path) -> None:
     home, data = tmp_path / "home", tmp_path / "data"
-    home.mkdir()
+    (home / ".ray").mkdir(parents=True)
+    token_file = home / ".ray" / "auth_token"
+    token_file.write_text("a-token-left-world-readable")
+    token_file.chmod(0o644)  # as Ray itself writes it
     port, gcs, dash = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # as on a machine that never ran Ray
     env.update(HOME=str(home), CAVIAR_DATA_DIR=str(data))
@@ -40,9 +43,9 @@ def test_serve_starts_a_local_head_and_keeps_its_token_private(tmp_path: Path) -
 
     try:
         wait_until(ready, 180, "caviar serve with its own Ray head", interval=1)
-        token = home / ".ray" / "auth_token"
-        assert token.is_file(), "Ray 2.60 writes the cluster's token when it starts a head"
-        assert stat.S_IMODE(token.stat().st_mode) == 0o600
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600  # narrowed
+        # token authentication is really on: Ray's Jobs API refuses a request without the token
+        assert httpx.get(f"http://127.0.0.1:{dash}/api/jobs/", timeout=10).status_code == 401
         # and a study runs on it: the driver job and its trials authenticate with that token
         client = Client(url)
         sid = client.submit({"name": "auth", "trainable": "busy_work", "dataset": {"name": "digits"},

@@ -63,3 +63,15 @@ def test_the_callback_stores_declared_metrics_and_outcomes_and_a_restored_one_fo
     assert {t.trial_id for t in store.trials.for_study(sid)} == {"a", "b"}
     cb.on_step_begin(1, [done])  # the original (a fresh run) forgets nothing
     assert {t.trial_id for t in store.trials.for_study(sid)} == {"a", "b"}
+
+
+def test_a_study_is_failed_only_when_every_trial_failed(store: Store) -> None:
+    from service.runner.__main__ import nothing_measured
+
+    sid = store.studies.create("s", {}).id
+    assert nothing_measured(store, sid) == "no trial ran"
+    for i, error in enumerate(["ValueError: bad (full traceback in /a)", "ValueError: bad (full traceback in /b)", "OSError: disk"]):
+        store.trials.upsert(sid, f"t{i}", config={}, state="failed", error=error)
+    assert nothing_measured(store, sid) == "all 3 trials failed; the most common error (2 of 3): ValueError: bad"
+    store.trials.upsert(sid, "cut", config={}, state="running")  # cut short by time_budget_s: it measured something
+    assert nothing_measured(store, sid) is None

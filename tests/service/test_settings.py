@@ -52,3 +52,18 @@ def test_caviar_serve_with_a_bad_value_says_so_in_one_line(tmp_path: Path) -> No
     r = subprocess.run([caviar, "serve", "--port", "1"], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode != 0 and r.stderr.strip().splitlines() == [
         "caviar: CAVIAR_READ_CACHE_S: Input should be a valid number, unable to parse string as a number (got 'half a second')"]
+
+
+def test_the_cli_makes_ray_s_token_private_or_narrows_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stat
+
+    from service.cli import _private_ray_token
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _private_ray_token()
+    token = tmp_path / ".ray" / "auth_token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(token.read_text()) == 64
+    first = token.read_text()
+    token.chmod(0o644)
+    _private_ray_token()  # an existing token is kept, only narrowed
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.read_text() == first

@@ -174,17 +174,20 @@ def test_cli_wait_and_fail_under_exit_codes(api: LocalServer, tmp_path: Path) ->
     assert "best trial" in ok.stdout
     missed = _cli(api, "submit", str(path), "--wait", "--fail-under", "val_accuracy=1.01")
     assert missed.returncode == 1 and "misses the threshold" in missed.stderr
-    # arrays that pass submission (named x and y, numeric) but disagree in length: every trial raises
-    import numpy as np
-
-    np.savez(api.data_dir / "datasets" / "ragged.npz", x=np.ones((40, 3)), y=np.zeros(30))
+    # a table that is fine at submission and broken by the time trials read it (replaced meanwhile,
+    # as a careless upload would): every trial raises
+    table = api.data_dir / "datasets" / "changing.csv"
+    table.write_text("a,label\n" + "".join(f"{i},{i % 2}\n" for i in range(40)))
     broken = tmp_path / "broken.yaml"
-    broken.write_text(yaml.safe_dump({**tiny, "dataset": {"name": "file", "path": "ragged.npz"}, "budget": {"num_trials": 2, "max_failures": 0}}))
-    failed = _cli(api, "submit", str(broken), "--wait")
+    broken.write_text(yaml.safe_dump({**tiny, "dataset": {"name": "file", "path": "changing.csv"}, "budget": {"num_trials": 2, "max_failures": 0}}))
+    submitted = api.client().submit(broken.read_text(), idempotency_key="same-study")
+    table.write_text("a,label\n" + "".join(f"w{i},{i % 2}\n" for i in range(40)))
+    failed = _cli(api, "submit", str(broken), "--wait", "--idempotency-key", "same-study")
     assert failed.returncode == 2 and failed.stderr.startswith("error: ") and failed.stderr.count("\n") == 1
     # a study whose every trial failed is failed, and says why: the most common trial error
     assert "failed: all 2 trials failed; the most common error (2 of 2): ValueError" in failed.stderr, failed.stderr
     failed_id = failed.stdout.split()[1]
+    assert failed_id == submitted["id"]  # the CLI followed the study submitted before the file changed
     assert api.client().study(failed_id)["status"] == "failed"
     trials = api.client().trials(failed_id)
     assert [t["state"] for t in trials] == ["failed", "failed"]

@@ -50,7 +50,7 @@ async def submit_study(  # type: ignore[no-untyped-def]
     )] = None,
 ):
     raw = await request.body()  # the size limit (413) is enforced while reading, by service.api.limits
-    kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     try:  # off the event loop: a large YAML body must not stall other requests
         data = await run_in_threadpool(parse_body, raw, kind)
     except BodyError as exc:
