@@ -319,10 +319,11 @@ def trials(study_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_
     if as_json:
         console.print_json(json.dumps(rows))
         return
-    table = Table("trial", "state", "epochs", "best", "retries", "config", "error")
+    table = Table("trial", "state", "epochs", "best", "retries", "node", "config", "error")
     for t in rows:
         best = f"{t['best_value']:.4f}" if t["best_value"] is not None else "-"
-        table.add_row(t["trial_id"], t["state"], str(t["epochs"]), best, str(t["retries"]), _pairs(t["config"]), t["error"] or "")
+        table.add_row(t["trial_id"], t["state"], str(t["epochs"]), best, str(t["retries"]), t.get("node") or "-", _pairs(t["config"]),
+                      t["error"] or "")
     console.print(table)
 
 

@@ -43,6 +43,7 @@ class TrialOut(BaseModel):
     best_value: float | None = Field(description="Best objective value over the trial's epochs.")
     error: str | None
     retries: int = Field(0, description="Times the trial failed and was retried from its last checkpoint.")
+    node: str | None = Field(None, description="The Ray node (its IP) the trial last reported from.")
     started_at: datetime | None
     finished_at: datetime | None
 

@@ -49,6 +49,7 @@ def test_a_12_trial_tpe_asha_study_on_digits(api: LocalServer, ray_head: LocalHe
         detail = client.trial(sid, t["trial_id"])
         assert [h["epoch"] for h in detail["history"]] == list(range(1, t["epochs"] + 1))
         assert t["epochs"] == 8 if t["state"] == "completed" else t["epochs"] < 8
+    assert len({t["node"] for t in client.trials(sid)}) == 1 and client.trials(sid)[0]["node"]  # the head is the one node
     best = client.best(sid, 3)
     values = [b["value"] for b in best["items"]]
     assert values == sorted(values, reverse=True) and values[0] == s["best"]["value"]
