@@ -4,6 +4,7 @@ with Ray's token written readable by its owner only."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -61,3 +62,4 @@ def test_serve_starts_a_local_head_and_keeps_its_token_private(tmp_path: Path) -
         for p in psutil.process_iter(["cmdline"]):
             if any(f"ray-caviar-{gcs}" in part or f":{gcs}" in part for part in (p.info["cmdline"] or [])):
                 p.kill()
+        shutil.rmtree(f"/tmp/ray-caviar-{gcs}", ignore_errors=True)
