@@ -525,7 +525,7 @@ def run(args: argparse.Namespace, data_dir: Path, database_url: str) -> dict[str
             except queue.Empty:
                 if not any(p.is_alive() for p in procs) and results.empty():
                     break
-        # the writers are done; the API may serve a study read up to MAX_STALE_S old (service/readcache.py):
+        # the writers are done; the API may serve a study read up to MAX_STALE_S old (service/api/readcache.py):
         # past that, a read waits for a fresh one
         time.sleep(MAX_STALE_S + 0.5)
         with server.client() as client:
