@@ -29,7 +29,7 @@ app.add_typer(token_app, name="token")
 # a line is one line, in a terminal or a CI log; off a terminal, tables are as wide as their content
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
 err = Console(stderr=True, soft_wrap=True)
-_token: dict[str, str] = {}
+_globals: dict[str, str] = {}  # --token and --url given before the command
 
 
 @app.callback()
@@ -38,9 +38,9 @@ def main(
     url: Annotated[str | None, typer.Option("--url", envvar="CAVIAR_URL", metavar="URL", help="The Caviar server (also after the command).")] = None,
 ) -> None:
     if token:
-        _token["value"] = token
+        _globals["token"] = token
     if url:
-        _token["url"] = url
+        _globals["url"] = url
 
 
 RAY_WORKER_PORTS = (10002, 19999)  # Ray's default min/max worker port
@@ -57,9 +57,9 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 def _call(url: str, fn: Any, *args: Any, token: str | None = None, **kw: Any) -> Any:
     """Run one client call against ``url``; an API error is one line on stderr, exit 2. ``--url``
     before the command counts when none is given after it."""
-    if url == DEFAULT_URL and "url" in _token:
-        url = _token["url"]
-    with Client(url, token or _token.get("value")) as client:
+    if url == DEFAULT_URL and "url" in _globals:
+        url = _globals["url"]
+    with Client(url, token or _globals.get("token")) as client:
         try:
             return fn(client, *args, **kw)
         except CaviarError as exc:
