@@ -133,6 +133,9 @@ def serve(
     dashboard_port: Annotated[int, typer.Option(help="Dashboard port of the local Ray head Caviar starts.")] = 8265,
     ray_port: Annotated[int, typer.Option(help="GCS port of the local Ray head (not Ray's 6379, which Redis often holds).")] = 6390,
     insecure: Annotated[bool, typer.Option("--insecure", help="Serve beyond loopback WITHOUT tokens: anyone who reaches the port can submit and read studies.")] = False,
+    storage: Annotated[str | None, typer.Option("--storage", envvar="CAVIAR_STORAGE", metavar="PATH|s3://BUCKET/PREFIX",
+                                                help="Where trials' checkpoints and Tune's state go: a path every Ray node mounts, or an object "
+                                                "store (CAVIAR_STORAGE_ENDPOINT_URL for S3-compatible ones). Default: DATA_DIR/ray_results.")] = None,
 ) -> None:
     """Start the API; without --ray-address, start (or reuse) a local Ray head bound to 127.0.0.1."""
     from service.store import Store, migrate
@@ -143,7 +146,7 @@ def serve(
                 _fail(f"{flag} {value}: choose a port in 1024-65535 outside {RAY_WORKER_PORTS[0]}-{RAY_WORKER_PORTS[1]}, "
                       "which Ray's worker processes use")
 
-    settings = load_settings(data_dir=data_dir, ray_address=ray_address)
+    settings = load_settings(data_dir=data_dir, ray_address=ray_address, storage=storage)
     migrate(settings.database_url)
     if _loopback(host):
         auth = "optional"
@@ -157,7 +160,7 @@ def serve(
         auth = "required"
     if ray_address is None:
         ray_address = _local_ray_head(settings, dashboard_port, ray_port)
-    settings = load_settings(data_dir=settings.data_dir, ray_address=ray_address, auth=auth)
+    settings = load_settings(data_dir=settings.data_dir, ray_address=ray_address, auth=auth, storage=settings.storage)
     from service.api.app import create_app
     from service.api.server import run_server
 
@@ -328,9 +331,16 @@ def trials(study_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_
 
 
 @app.command()
-def best(study_id: str, k: int = 5, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+def best(study_id: str, k: int = 5, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
+         download: Annotated[Path | None, typer.Option("--download", metavar="DIR", help="Also save the best trial's newest checkpoint "
+                                                       "into DIR (load it: trainables.engine.load_model(DIR)).")] = None) -> None:
     """Top-k configurations, best first, with the best one's held-out test metrics."""
     top = _call(url, Client.best, study_id, k, token=token)
+    if download is not None:
+        if not top["items"]:
+            _fail(f"study {study_id} has no trial with a result yet: nothing to download")
+        where = _call(url, Client.download_checkpoint, study_id, top["items"][0]["trial_id"], download, token=token)
+        print(f"saved the checkpoint of trial {top['items'][0]['trial_id']} in {where}", file=sys.stderr)
     if as_json:
         console.print_json(json.dumps(top))
         return

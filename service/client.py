@@ -8,9 +8,12 @@ server's ``Retry-After`` (at most 10 s a wait, for up to ``retry_for_s`` in all)
 
 from __future__ import annotations
 
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import httpx
 from tenacity import RetryCallState, retry, retry_if_result, stop_after_delay
@@ -70,15 +73,20 @@ class Client:
         except httpx.HTTPError as exc:
             raise CaviarError(0, f"cannot reach Caviar at {self.url}: {exc}") from None
         if r.status_code >= 400:
-            try:
-                body = r.json()
-            except ValueError:
-                raise CaviarError(r.status_code, f"HTTP {r.status_code}: {r.text[:200]}") from None
-            if not isinstance(body, dict):
-                raise CaviarError(r.status_code, f"HTTP {r.status_code}: {r.text[:200]}", body=body)
-            raise CaviarError(r.status_code, str(body.get("detail") or body.get("title") or r.text), title=str(body.get("title", "")),
-                              field=body.get("field"), body=body)
+            self._raise(r)
         return r.json()
+
+    @staticmethod
+    def _raise(r: httpx.Response) -> NoReturn:
+        """An error answer as CaviarError, with the problem details when the body has them."""
+        try:
+            body = r.json()
+        except ValueError:
+            raise CaviarError(r.status_code, f"HTTP {r.status_code}: {r.text[:200]}") from None
+        if not isinstance(body, dict):
+            raise CaviarError(r.status_code, f"HTTP {r.status_code}: {r.text[:200]}", body=body)
+        raise CaviarError(r.status_code, str(body.get("detail") or body.get("title") or r.text), title=str(body.get("title", "")),
+                          field=body.get("field"), body=body)
 
     # -- studies ------------------------------------------------------------------------------
 
@@ -103,6 +111,27 @@ class Client:
 
     def trial(self, study_id: str, trial_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/studies/{study_id}/trials/{trial_id}"))
+
+    def download_checkpoint(self, study_id: str, trial_id: str, directory: str | Path) -> Path:
+        """The trial's newest checkpoint, extracted into ``directory`` (created; files already there
+        with the same names are replaced): Tune's checkpoint files and ``caviar.json``. Load it with
+        ``trainables.engine.load_model(directory)``."""
+        target = Path(directory)
+        with tempfile.TemporaryFile() as tmp:
+            try:
+                with self.http.stream("GET", f"/v1/studies/{study_id}/trials/{trial_id}/checkpoint") as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        self._raise(r)
+                    for chunk in r.iter_bytes(1 << 20):
+                        tmp.write(chunk)
+            except httpx.HTTPError as exc:
+                raise CaviarError(0, f"cannot reach Caviar at {self.url}: {exc}") from None
+            tmp.seek(0)
+            target.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(fileobj=tmp, mode="r:gz") as tar:
+                tar.extractall(target, filter="data")  # no absolute paths, no links out, no devices
+        return target
 
     def best(self, study_id: str, k: int = 5) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/studies/{study_id}/best", params={"k": k}))

@@ -167,6 +167,10 @@ class StudyDefinition(BaseModel):
     def epochs(self) -> int:
         return int(self.fixed.get("epochs") or self.scheduler.max_t or 20)
 
+    def constants(self) -> dict[str, Any]:
+        """What every trial's config holds besides its sampled values (the trainable reads both)."""
+        return {**self.fixed, "epochs": self.epochs(), "dataset": self.dataset.model_dump()}
+
     def space(self) -> SearchSpace:
         """The search space; a stored (frozen) definition holds it as a mapping already."""
         if isinstance(self.search_space, dict):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OptunaStorage = Literal["journal", "database"]
@@ -41,7 +41,28 @@ class Settings(BaseSettings):
     drain_s: float = Field(2.0, ge=0, description="On SIGTERM: seconds /readyz reports draining before the server stops.")
     optuna_storage: OptunaStorage = Field("journal", description="Where a study's sampler keeps its trials (see service.runner.optuna_storage).")
     read_cache_s: float = Field(0.5, ge=0, description="Seconds GET /v1/studies/{id} and /trials are served from memory; 0: off.")
+    storage: str = Field("", description="Where Tune keeps experiment state and checkpoints: a path every Ray node mounts "
+                         "(NFS, the compose volume) or s3://bucket/prefix (default: <data_dir>/ray_results). See service.storage.")
+    storage_endpoint_url: str = Field("", description="An S3-compatible store's endpoint for an s3:// storage, e.g. http://minio:9000.")
+    storage_region: str = Field("", description="The object store's region (default: the AWS SDK's own default).")
     dispatch_interval_s: float = Field(1.0, gt=0, le=60, description="The dispatcher's tick (it is also woken by each submission).")
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_scheme(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0] if "://" in v else ""
+        if scheme not in ("", "file", "s3"):
+            raise ValueError("must be a path or s3://bucket/prefix")
+        if scheme == "s3" and not v[len("s3://"):].strip("/"):
+            raise ValueError("s3:// needs a bucket: s3://bucket/prefix")
+        return v
+
+    @field_validator("storage_endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if v and not (v.startswith("http://") or v.startswith("https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
 
     @model_validator(mode="after")
     def _derived(self) -> Settings:
@@ -54,6 +75,8 @@ class Settings(BaseSettings):
         object.__setattr__(self, "ray_address", self.ray_address.rstrip("/"))
         if not self.dashboard_url:
             object.__setattr__(self, "dashboard_url", self.ray_address)
+        if self.storage and "://" not in self.storage:
+            object.__setattr__(self, "storage", str(Path(self.storage).expanduser().resolve()))
         if self.ray_auth_token is None:
             path = Path.home() / ".ray" / "auth_token"
             if path.is_file():

@@ -30,6 +30,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGINS), os.environ.
 # connect to the session's head as a Ray driver (ray.init) authenticate with it
 SESSION_RAY_TOKEN = secrets.token_hex(16)
 os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": SESSION_RAY_TOKEN})
+# object-store credentials as every Ray node and the API would have them (service.storage): the
+# session's Ray head and servers inherit them; the S3-compatible server (moto) accepts any
+os.environ.update({"AWS_ACCESS_KEY_ID": "caviar-test", "AWS_SECRET_ACCESS_KEY": "caviar-test-secret",
+                   "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -113,6 +117,45 @@ def fresh_postgres_database() -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An S3-compatible server (moto in server mode) on a free loopback port, stopped afterwards."""
+    import subprocess
+
+    import httpx
+
+    from service.local import free_port, wait_until
+
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/moto-api/", timeout=1).status_code < 500
+        except httpx.HTTPError:
+            return proc.poll() is not None  # died: fail below with its log
+
+    try:
+        wait_until(up, timeout=60, what="the S3-compatible server")
+        assert proc.poll() is None, f"moto server exited: see {log.name}"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def s3_bucket(endpoint: str) -> str:
+    """A new bucket on the S3-compatible server; its name."""
+    import pyarrow.fs as pafs
+
+    name = f"caviar-{uuid.uuid4().hex[:10]}"
+    host = endpoint.split("://", 1)[1]
+    pafs.S3FileSystem(endpoint_override=host, scheme="http", allow_bucket_creation=True).create_dir(name)
+    return name
 
 
 @pytest.fixture(scope="session")

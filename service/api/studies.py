@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from pydantic import TypeAdapter
 
@@ -16,6 +16,7 @@ from service.api.schemas import BestEntry, BestOut, StudyOut, TrialDetail, Trial
 from service.definition import FINISHED, StudyDefinition, StudyStatus, check_definition, freeze
 from service.jobs import Jobs
 from service.settings import Settings
+from service.storage import open_storage
 from service.store import LOCAL_OWNER, Store, StudyRow, TrialRow
 
 log = logging.getLogger("caviar.studies")
@@ -174,6 +175,29 @@ def trial(ctx: Context, study_id: str, trial_id: str, owner: str | None = None) 
         raise NotFound(f"no trial '{trial_id}' in study '{study_id}'")
     row, history = found
     return TrialDetail(**trial_out(row), history=history)
+
+
+def checkpoint(ctx: Context, study_id: str, trial_id: str, owner: str | None = None) -> tuple[IO[bytes], str]:
+    """The trial's newest checkpoint as a .tar.gz (a file to stream) and its file name. The archive
+    holds Tune's checkpoint files and ``caviar.json``: the trainable, the trial's whole config
+    (sampled values and the study's constants) and its last metrics, all a loader needs
+    (``trainables.load_model``)."""
+    row = get(ctx, study_id, owner)
+    found = ctx.store.trials.get(study_id, trial_id)
+    if found is None:
+        raise NotFound(f"no trial '{trial_id}' in study '{study_id}'")
+    trial_row, _ = found
+    storage = open_storage(ctx.settings)
+    path = storage.latest_checkpoint(study_id, trial_row.trial_dir) if trial_row.trial_dir else None
+    if path is None:
+        raise NotFound(f"trial '{trial_id}' of study '{study_id}' has no checkpoint (yet) in {storage.uri}")
+    d = StudyDefinition.model_validate(row.definition)
+    manifest = {
+        "study_id": study_id, "trial_id": trial_id, "trainable": d.trainable, "objective": d.objective.model_dump(),
+        "config": {**d.constants(), **trial_row.config}, "metrics": trial_row.last_metrics,
+        "checkpoint": path.rsplit("/", 1)[-1], "storage": storage.uri,
+    }
+    return storage.checkpoint_archive(path, manifest), f"{study_id}-{trial_id}-{manifest['checkpoint']}.tar.gz"
 
 
 def best(ctx: Context, study_id: str, k: int, owner: str | None = None) -> BestOut:

@@ -77,7 +77,7 @@ class StoreCallback(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.store.trials.upsert(self.study_id, trial.trial_id, config=self._config(trial), state=TrialState.RUNNING.value,
-                                 started_at=now(), finished_at=None)
+                                 started_at=now(), finished_at=None, trial_dir=trial.storage.trial_dir_name)
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
         metrics = {k: result[k] for k in self.reported if k in result}

@@ -16,6 +16,7 @@ from service.runner.optuna_storage import optuna_storage
 from service.runner.schedulers import make_scheduler
 from service.runner.searcher import PruningOptunaSearch
 from service.settings import Settings
+from service.storage import open_storage
 from trainables import TrainableSpec, get_trainable
 
 log = logging.getLogger("caviar.runner")
@@ -34,13 +35,15 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
     spec = get_trainable(d.trainable)
     epochs = d.epochs()
     metric, mode = d.objective.metric, d.objective.mode
-    constants = {**d.fixed, "epochs": epochs, "dataset": d.dataset.model_dump()}
+    constants = d.constants()
     r = d.resources_per_trial
     trainable = tune.with_resources(spec.load_train(), {"cpu": r.cpu, "gpu": r.gpu})
-    experiment = settings.data_dir / "ray_results" / study_id
-    if resumed and tune.Tuner.can_restore(experiment):
-        log.info("resuming study %s from Tune's saved state in %s", study_id, experiment)
-        grid = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=False).fit()
+    storage = open_storage(settings)
+    experiment = storage.experiment(study_id)
+    restore_fs = {} if storage.local else {"storage_filesystem": storage.fs}
+    if resumed and tune.Tuner.can_restore(experiment, **restore_fs):
+        log.info("resuming study %s from Tune's saved state in %s/%s", study_id, storage.uri, study_id)
+        grid = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False, **restore_fs).fit()
         return best_trial_test_metrics(grid, study_id, settings.database_url, spec, constants, mode)
     space = d.space()
     search = PruningOptunaSearch(
@@ -63,7 +66,7 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
         ),
         run_config=tune.RunConfig(
             name=study_id,
-            storage_path=str(settings.data_dir / "ray_results"),
+            **storage.tune_args(),  # a shared path or an object store: a trial retried on another node finds its checkpoint
             # the job runs with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1 (service.jobs.driver_env): Tune's
             # JSON log (result.json) stays, its CSV and TensorBoard loggers are off
             callbacks=[StoreCallback(study_id, settings.database_url, metric, mode, epochs, spec.metrics, resumed=resumed),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -29,6 +30,10 @@ class FakeTrial:
     trial_id: str
     config: dict[str, Any] = field(default_factory=dict)
     last_result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def storage(self) -> Any:  # Tune's StorageContext: the trial's directory under the experiment
+        return SimpleNamespace(trial_dir_name=f"train_{self.trial_id}_00000")
 
 
 @pytest.fixture
@@ -56,6 +61,7 @@ def test_the_callback_stores_declared_metrics_and_outcomes_and_a_restored_one_fo
     assert rows["a"].config == {"lr": 0.1}  # the dataset spec is not a trial's configuration
     assert (rows["a"].state, rows["a"].best_value, rows["b"].state) == ("completed", 0.7, "stopped_early")
     assert (rows["a"].node, rows["b"].node) == (None, "10.0.0.7")  # from Tune's node_ip, when a result carries it
+    assert rows["b"].trial_dir == "train_b_00000"  # where its checkpoints are, under the study's experiment
     _, history = store.trials.get(sid, "a")  # type: ignore[misc]
     assert set(history[0]) == {"epoch", "val_f1", "reported_at"}  # declared metrics only, not Tune's bookkeeping
     # Tune saved the experiment with this callback; a resumed driver unpickles it and sees trials a and b only

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Iterator
+from typing import IO, Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
+from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
+from fastapi.responses import StreamingResponse
 
 from service.api import studies
 from service.api.bodies import BodyError, parse_body
@@ -94,6 +96,26 @@ async def list_trials(study_id: str, ctx: ContextDep, owner: OwnerDep) -> Respon
 @router.get("/{study_id}/trials/{trial_id}", response_model=TrialDetail, responses={404: ERRORS[404]}, summary="One trial with its per-epoch history")
 async def get_trial(study_id: str, trial_id: str, ctx: ContextDep, owner: OwnerDep) -> TrialDetail:
     return await run_in_threadpool(studies.trial, ctx, study_id, trial_id, owner)
+
+
+@router.get(
+    "/{study_id}/trials/{trial_id}/checkpoint", response_class=StreamingResponse, responses={
+        200: {"description": "The checkpoint files and caviar.json (trainable, whole config, last metrics) as a gzipped tar",
+              "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}},
+        404: ERRORS[404]},
+    summary="Download the trial's newest checkpoint (.tar.gz), from wherever the study storage is",
+    description="Load it for inference with `trainables.load_model(DIR)` after extracting, or `caviar best ID --download DIR`.",
+)
+async def get_checkpoint(study_id: str, trial_id: str, ctx: ContextDep, owner: OwnerDep) -> StreamingResponse:
+    archive, name = await run_in_threadpool(studies.checkpoint, ctx, study_id, trial_id, owner)
+    return StreamingResponse(iterate_in_threadpool(_chunks(archive)), media_type="application/gzip",
+                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def _chunks(archive: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    with archive:
+        while chunk := archive.read(size):
+            yield chunk
 
 
 @router.get("/{study_id}/best", response_model=BestOut, responses={404: ERRORS[404]}, summary="Top-k configurations, best first")
