@@ -325,9 +325,15 @@ def trials(study_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_
     table = Table("trial", "state", "epochs", "best", "retries", "node", "config", "error")
     for t in rows:
         best = f"{t['best_value']:.4f}" if t["best_value"] is not None else "-"
-        table.add_row(t["trial_id"], t["state"], str(t["epochs"]), best, str(t["retries"]), t.get("node") or "-", _pairs(t["config"]),
+        table.add_row(t["trial_id"], t["state"], str(t["epochs"]), best, str(t["retries"]), _where(t), _pairs(t["config"]),
                       t["error"] or "")
     console.print(table)
+
+
+def _where(trial: dict[str, Any]) -> str:
+    """The node, and the device when it is not the CPU: ``10.0.0.2 cuda:0 (NVIDIA H200, physical 3)``."""
+    device = trial.get("device")
+    return " ".join(x for x in (trial.get("node") or "-", device if device and device != "cpu" else "") if x)
 
 
 @app.command()

@@ -44,6 +44,7 @@ class TrialOut(BaseModel):
     error: str | None
     retries: int = Field(0, description="Times the trial failed and was retried from its last checkpoint.")
     node: str | None = Field(None, description="The Ray node (its IP) the trial last reported from.")
+    device: str | None = Field(None, description="The device it trained on, as its trainable reports it (`cpu`, `cuda:0 (NVIDIA H200, physical 3)`).")
     started_at: datetime | None
     finished_at: datetime | None
 

@@ -149,7 +149,7 @@ def list_page(ctx: Context, status: StudyStatus | None, offset: int, limit: int,
 def trial_out(row: TrialRow) -> dict[str, Any]:
     return {
         "trial_id": row.trial_id, "state": row.state, "config": row.config, "epochs": row.epochs,
-        "last_metrics": row.last_metrics, "best_value": row.best_value, "error": row.error, "retries": row.retries, "node": row.node,
+        "last_metrics": row.last_metrics, "best_value": row.best_value, "error": row.error, "retries": row.retries, "node": row.node, "device": row.device,
         "started_at": row.started_at, "finished_at": row.finished_at,
     }
 

@@ -51,7 +51,7 @@ class StoreCallback(tune.Callback):
         self.metric, self.mode, self.epochs = metric, mode, epochs
         self.reported = ("epoch", *metrics, "diverged")
         self._restored = resumed
-        self._nodes: dict[str, str] = {}  # trial id -> the node it reports from (stored when it changes)
+        self._nodes: dict[str, tuple[str | None, str | None]] = {}  # trial id -> (node, device) it reports from, stored when they change
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -84,9 +84,10 @@ class StoreCallback(tune.Callback):
         metrics["reported_at"] = time.time()
         self.store.trials.add_epoch(self.study_id, trial.trial_id, metrics, self.metric, self.mode)
         node = result.get("node_ip") or result.get("hostname")  # Tune adds both to every result
-        if node and self._nodes.get(trial.trial_id) != node:  # the first result, or a retry on another node
-            self._nodes[trial.trial_id] = str(node)
-            self.store.trials.upsert(self.study_id, trial.trial_id, node=str(node))
+        where = (str(node) if node else None, str(result["device"]) if result.get("device") else None)
+        if any(where) and self._nodes.get(trial.trial_id) != where:  # the first result, or a retry elsewhere
+            self._nodes[trial.trial_id] = where
+            self.store.trials.upsert(self.study_id, trial.trial_id, **{k: v for k, v in zip(("node", "device"), where, strict=True) if v})
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         outcome = trial_outcome(trial.last_result, self.epochs)

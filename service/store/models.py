@@ -88,6 +88,7 @@ class TrialRow(Base):
     retries: Mapped[int] = mapped_column(Integer, default=0)
     node: Mapped[str | None] = mapped_column(String(255))  # the Ray node's IP it last ran on
     trial_dir: Mapped[str | None] = mapped_column(String(512))  # its directory in the study storage (its checkpoints)
+    device: Mapped[str | None] = mapped_column(String(255))  # what it trained on, as the trainable reported it: cpu, cuda:0 (...)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 

@@ -61,6 +61,7 @@ def test_a_trial_resumes_from_its_checkpoint_in_the_object_store_and_the_best_on
         trials = client.trials(sid)
         assert len(trials) == TRIALS and all(t["state"] == "completed" and t["epochs"] == EPOCHS for t in trials), trials
         assert sum(t["retries"] for t in trials) >= 1
+        assert {t["device"] for t in trials} == {"cpu"}  # what each trial reported it trained on
         # everything Tune kept is in the bucket: checkpoints and its result logs; the retried trial
         # went on from its checkpoint (epoch 1 once), and nothing went to the local default
         fs = pafs.S3FileSystem(endpoint_override=s3_endpoint.split("://")[1], scheme="http")

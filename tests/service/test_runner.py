@@ -53,7 +53,7 @@ def test_the_callback_stores_declared_metrics_and_outcomes_and_a_restored_one_fo
         cb.on_trial_start(0, [], t)
     for epoch, f1 in ((1, 0.5), (2, 0.7), (3, 0.6)):
         cb.on_trial_result(0, [], done, {"epoch": epoch, "val_f1": f1, "time_this_iter_s": 0.1, "pid": 1})
-    cb.on_trial_result(0, [], stopped, {"epoch": 1, "val_f1": 0.4, "node_ip": "10.0.0.7"})
+    cb.on_trial_result(0, [], stopped, {"epoch": 1, "val_f1": 0.4, "node_ip": "10.0.0.7", "device": "cuda:0 (NVIDIA H200, physical 3)"})
     done.last_result, stopped.last_result = {"epoch": 3, "config": {"epochs": 3}}, {"epoch": 1, "config": {"epochs": 3}}
     cb.on_trial_complete(0, [], done)
     cb.on_trial_complete(0, [], stopped)
@@ -62,6 +62,7 @@ def test_the_callback_stores_declared_metrics_and_outcomes_and_a_restored_one_fo
     assert (rows["a"].state, rows["a"].best_value, rows["b"].state) == ("completed", 0.7, "stopped_early")
     assert (rows["a"].node, rows["b"].node) == (None, "10.0.0.7")  # from Tune's node_ip, when a result carries it
     assert rows["b"].trial_dir == "train_b_00000"  # where its checkpoints are, under the study's experiment
+    assert (rows["a"].device, rows["b"].device) == (None, "cuda:0 (NVIDIA H200, physical 3)")
     _, history = store.trials.get(sid, "a")  # type: ignore[misc]
     assert set(history[0]) == {"epoch", "val_f1", "reported_at"}  # declared metrics only, not Tune's bookkeeping
     # Tune saved the experiment with this callback; a resumed driver unpickles it and sees trials a and b only

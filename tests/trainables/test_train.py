@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from trainables import get_trainable, list_trainables
 from trainables.config import CNNConfig, MLPConfig
@@ -78,7 +79,8 @@ def test_each_trainable_trains_one_epoch_on_each_dataset(dataset: dict, model: A
     cfg = model.model_validate({"dataset": dataset, "epochs": 1, "depth": 2, "channels": 8} if model is CNNConfig else {"dataset": dataset, "epochs": 1})
     fit(cfg, build, rec)
     (m,) = rec.metrics
-    assert set(m) == MEASURED | {"samples_per_s"}
+    assert set(m) == MEASURED | {"samples_per_s", "device"}
+    assert m["device"] == "cpu" or (torch.cuda.is_available() and m["device"].startswith("cuda:0 ("))
     assert m["epoch"] == 1 and m["samples_per_s"] > 0 and np.isfinite(m["train_loss"])
     assert 0.0 <= m["val_accuracy"] <= 1.0
     assert len(rec.states) == 1 and rec.states[0]["epoch"] == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -33,6 +34,17 @@ def _device(cfg: TrainConfig) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def describe(device: torch.device) -> str:
+    """What a trial reports as the device it trained on: ``cpu``, or ``cuda:0 (NVIDIA H200, physical 3)``
+    (Ray gives each trial its GPUs through CUDA_VISIBLE_DEVICES; index 0 is the first of them)."""
+    if device.type != "cuda":
+        return device.type
+    index = torch.cuda.current_device()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    physical = f", physical {visible[index]}" if index < len(visible) and visible[index] else ""
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)}{physical})"
 
 
 def make_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
@@ -108,6 +120,7 @@ def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: 
     reporter = reporter or get_reporter()
     torch.set_num_threads(cfg.num_threads or reporter.num_cpus())
     device = _device(cfg)
+    where = describe(device)
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.dataset)
     tensors = _Tensors(data, device)
@@ -170,6 +183,7 @@ def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: 
             "val_confidence": val["confidence"],
             "lr": lr,
             "samples_per_s": seen / elapsed if elapsed > 0 else float("inf"),
+            "device": where,
         }
         diverged = not math.isfinite(train_loss)
         last = epoch == cfg.epochs or diverged
