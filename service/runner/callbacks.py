@@ -87,7 +87,8 @@ class StoreCallback(tune.Callback):
         where = (str(node) if node else None, str(result["device"]) if result.get("device") else None)
         if any(where) and self._nodes.get(trial.trial_id) != where:  # the first result, or a retry elsewhere
             self._nodes[trial.trial_id] = where
-            self.store.trials.upsert(self.study_id, trial.trial_id, **{k: v for k, v in zip(("node", "device"), where, strict=True) if v})
+            changed: dict[str, Any] = {k: v for k, v in zip(("node", "device"), where, strict=True) if v}
+            self.store.trials.upsert(self.study_id, trial.trial_id, **changed)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         outcome = trial_outcome(trial.last_result, self.epochs)
