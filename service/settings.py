@@ -45,6 +45,9 @@ class Settings(BaseSettings):
                          "(NFS, the compose volume) or s3://bucket/prefix (default: <data_dir>/ray_results). See service.storage.")
     storage_endpoint_url: str = Field("", description="An S3-compatible store's endpoint for an s3:// storage, e.g. http://minio:9000.")
     storage_region: str = Field("", description="The object store's region (default: the AWS SDK's own default).")
+    node_resources: dict[Literal["CPU", "GPU"], float] = Field(
+        default_factory=dict, description="The largest node an autoscaling cluster can add, e.g. {\"CPU\": 16, \"GPU\": 1}: a study that fits "
+        "it is accepted though no such node runs now (KubeRay's worker groups scale from 0). Default: only the nodes alive now count.")
     dispatch_interval_s: float = Field(1.0, gt=0, le=60, description="The dispatcher's tick (it is also woken by each submission).")
 
     @field_validator("storage")

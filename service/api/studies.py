@@ -76,11 +76,12 @@ def submit(ctx: Context, data: dict[str, Any], owner: str = LOCAL_OWNER, idempot
             raise InFlight(f"a request with Idempotency-Key '{idempotency_key}' is still being processed; retry shortly")
     try:
         definition = StudyDefinition.model_validate(data)
-        try:
-            cluster = ctx.jobs.largest_node()
+        s = ctx.settings
+        try:  # the largest node alive, or that the autoscaler can add (settings.node_resources)
+            live = ctx.jobs.largest_node()
+            cluster = {k: max(live.get(k, 0.0), float(s.node_resources.get(k, 0.0))) for k in ("CPU", "GPU")}
         except Exception:  # Ray unreachable: resources are checked by Ray when it comes back
             cluster = None
-        s = ctx.settings
         space = check_definition(definition, max_grid_points=s.max_grid_points, cluster=cluster, data_dir=s.data_dir,
                                  max_file_bytes=s.max_dataset_file_bytes)
         studies_active, trials_active = ctx.store.studies.owner_usage(owner)

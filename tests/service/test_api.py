@@ -178,3 +178,17 @@ def test_the_api_process_serving_a_submission_loads_neither_torch_nor_ray_tune(t
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"status": "queued", "loaded": []}
+
+
+def test_an_autoscaling_cluster_declares_the_node_it_can_add(tmp_path: Path) -> None:
+    """A 0-CPU head whose worker groups scale from zero: the live cluster has no CPU and no GPU, and
+    CAVIAR_NODE_RESOURCES says what the autoscaler can add; beyond that is still a 422."""
+    gpu = _with("resources_per_trial.gpu", 1)
+    with inprocess_api(tmp_path, FakeJobs({"CPU": 0.0}), node_resources={"CPU": 8, "GPU": 1}) as (client, _):
+        assert client.submit(gpu)["status"] == "queued"
+        with pytest.raises(CaviarError) as caught:
+            client.submit(_with("resources_per_trial.gpu", 2))
+        assert caught.value.status == 422 and caught.value.field == "resources_per_trial.gpu" and "has 1" in caught.value.detail
+    with inprocess_api(tmp_path / "live", FakeJobs({"CPU": 0.0})) as (client, _), pytest.raises(CaviarError) as caught:
+        client.submit(gpu)  # nothing declared: only what is alive counts
+    assert caught.value.status == 422
