@@ -20,7 +20,7 @@ from service.local import LocalHead, LocalServer, wait_until
 from tests.conftest import alive_trial_actors, s3_bucket
 
 pytestmark = pytest.mark.ray
-EPOCHS, TRIALS = 6, 2
+EPOCHS, TRIALS = 4, 2
 
 
 def tune_epochs(fs: pafs.FileSystem, experiment: str) -> dict[str, list[int]]:
