@@ -44,6 +44,7 @@ bench-smoke: setup
 	$(BIN)/python -m bench.api_load --smoke
 	$(BIN)/python -m bench.store_load --smoke
 	if [ -n "$$CAVIAR_TEST_POSTGRES_URL" ]; then $(BIN)/python -m bench.store_load --smoke --database-url "$$CAVIAR_TEST_POSTGRES_URL"; fi
+	$(BIN)/python -m bench.control_plane --smoke $${CAVIAR_TEST_POSTGRES_URL:+--database-url "$$CAVIAR_TEST_POSTGRES_URL"}
 
 demo: setup
 	bash examples/quickstart.sh

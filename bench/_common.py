@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from service.client import Client
@@ -175,6 +176,10 @@ class FakeTrial:
     trial_id: str
     config: dict[str, Any]
     last_result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def storage(self) -> Any:  # Tune's StorageContext: the callback stores the trial's directory name
+        return SimpleNamespace(trial_dir_name=f"fake_{self.trial_id}")
 
 
 def store_callback(study_id: str, database_url: str, metric: str, mode: str, epochs: int) -> Any:

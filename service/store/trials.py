@@ -51,27 +51,37 @@ class TrialRepo:
             for k, v in values.items():
                 setattr(row, k, v)
 
-    @retry_transient
     def add_epoch(self, study_id: str, trial_id: str, metrics: dict[str, Any], objective: str, mode: str) -> None:
         """Record one epoch's metrics and fold them into the trial's last/best values (idempotent per epoch)."""
-        metrics = _finite(metrics)
-        epoch = int(metrics.get("epoch") or 0)
+        self.add_epochs(study_id, [(trial_id, metrics)], objective, mode)
+
+    @retry_transient
+    def add_epochs(self, study_id: str, results: list[tuple[str, dict[str, Any]]], objective: str, mode: str) -> None:
+        """Many epochs of the study's trials, in order, in one transaction (the driver batches its
+        writes: one commit for a batch instead of one per result); each as ``add_epoch``."""
         with self.db.session(write=True) as s:
-            row = self._row(s, study_id, trial_id)
-            if row is None:
-                row = TrialRow(study_id=study_id, trial_id=trial_id, state=TrialState.RUNNING.value, config={}, epochs=0)
-                s.add(row)
-                s.flush()
-            exists = s.scalar(select(MetricRow.pk).where(MetricRow.trial_pk == row.pk, MetricRow.epoch == epoch))
-            if exists is None:
-                s.add(MetricRow(trial_pk=row.pk, epoch=epoch, values=metrics))
-            row.epochs = max(row.epochs or 0, epoch)
-            row.last_metrics = metrics
-            value = metrics.get(objective)
-            if isinstance(value, (int, float)):
-                better = row.best_value is None or (value > row.best_value if mode == "max" else value < row.best_value)
-                if better:
-                    row.best_value = float(value)
+            rows: dict[str, TrialRow] = {}
+            added: set[tuple[str, int]] = set()
+            for trial_id, raw in results:
+                metrics = _finite(raw)
+                epoch = int(metrics.get("epoch") or 0)
+                row = rows.get(trial_id) or self._row(s, study_id, trial_id)
+                if row is None:
+                    row = TrialRow(study_id=study_id, trial_id=trial_id, state=TrialState.RUNNING.value, config={}, epochs=0)
+                    s.add(row)
+                    s.flush()
+                rows[trial_id] = row
+                if (trial_id, epoch) not in added and s.scalar(
+                        select(MetricRow.pk).where(MetricRow.trial_pk == row.pk, MetricRow.epoch == epoch)) is None:
+                    s.add(MetricRow(trial_pk=row.pk, epoch=epoch, values=metrics))
+                    added.add((trial_id, epoch))
+                row.epochs = max(row.epochs or 0, epoch)
+                row.last_metrics = metrics
+                value = metrics.get(objective)
+                if isinstance(value, (int, float)):
+                    better = row.best_value is None or (value > row.best_value if mode == "max" else value < row.best_value)
+                    if better:
+                        row.best_value = float(value)
 
     @retry_transient
     def for_study(self, study_id: str) -> list[TrialRow]:

@@ -83,3 +83,53 @@ def test_a_study_is_failed_only_when_every_trial_failed(store: Store) -> None:
     assert nothing_measured(store, sid) == "all 3 trials failed; the most common error (2 of 3): ValueError: bad"
     store.trials.upsert(sid, "cut", config={}, state="running")  # cut short by time_budget_s: it measured something
     assert nothing_measured(store, sid) is None
+
+
+def test_the_callback_writes_epochs_in_batches_and_before_a_checkpoint_or_an_end_counts(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    from service.runner import callbacks
+    from service.runner.callbacks import StoreCallback
+
+    sid = store.studies.create("s", {}).id
+    cb = StoreCallback(sid, store.url, "val_f1", "max", epochs=5, metrics=("val_f1",))
+    a, b = FakeTrial("a", {"lr": 0.1}), FakeTrial("b", {"lr": 0.2})
+    for t in (a, b):
+        cb.on_trial_start(0, [], t)
+
+    def stored(trial_id: str) -> list[int]:
+        return [h["epoch"] for h in store.trials.get(sid, trial_id)[1]]  # type: ignore[index]
+
+    cb.on_trial_result(0, [], a, {"epoch": 1, "val_f1": 0.5})
+    cb.on_trial_result(0, [], b, {"epoch": 1, "val_f1": 0.4})
+    assert stored("a") == [] and stored("b") == []  # pending: one transaction for the batch
+    cb.on_checkpoint(0, [], a, checkpoint=None)  # before Tune counts a checkpoint, everything reported is stored
+    assert stored("a") == [1] and stored("b") == [1]
+
+    cb.on_trial_result(0, [], a, {"epoch": 2, "val_f1": 0.6})
+    saved = pickle.loads(pickle.dumps(cb))  # Tune's experiment state: pending results are not in it
+    assert saved._pending == [] and saved._restored
+    monkeypatch.setattr(callbacks, "FLUSH_S", 3600.0)
+    cb.on_step_end(0, [])
+    assert stored("a") == [1]  # younger than FLUSH_S
+    monkeypatch.setattr(callbacks, "FLUSH_S", 0.0)
+    cb.on_step_end(0, [])
+    assert stored("a") == [1, 2]
+
+    monkeypatch.setattr(callbacks, "FLUSH_N", 2)
+    cb.on_trial_result(0, [], a, {"epoch": 3, "val_f1": 0.7})
+    cb.on_trial_result(0, [], a, {"epoch": 3, "val_f1": 0.7})  # the same epoch twice in one batch: stored once
+    assert stored("a") == [1, 2, 3]
+
+    broken = store.trials.add_epochs
+    monkeypatch.setattr(store.trials, "add_epochs", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("database down")))
+    monkeypatch.setattr(callbacks, "_STORES", {store.url: store})
+    cb.on_trial_result(0, [], b, {"epoch": 2, "val_f1": 0.5})
+    with pytest.raises(RuntimeError):
+        cb.flush()
+    assert len(cb._pending) == 1  # kept for the next flush
+    monkeypatch.setattr(store.trials, "add_epochs", broken)
+    b.last_result = {"epoch": 2, "config": {"epochs": 5}}
+    cb.on_trial_complete(0, [], b)  # its results first, then its outcome
+    assert stored("b") == [1, 2] and store.trials.get(sid, "b")[0].state == "stopped_early"  # type: ignore[index]
+    assert store.trials.get(sid, "a")[0].best_value == 0.7  # type: ignore[index]
