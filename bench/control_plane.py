@@ -620,15 +620,21 @@ def ray_results(args: argparse.Namespace, database_url: str, ids: list[str], sta
 
 
 def sim_driver(index: int, server: str, database_url: str, trials: int, epochs: int, steps: list[tuple[float, float]], n_drivers: int,
-               ready: Any, go: Any, start_at: Any, results: Any) -> None:
+               ready: Any, go: Any, start_at: Any, results: Any, flush_n: int = 0) -> None:
     """One study's driver: submit, mark running, then the StoreCallback's calls for ``trials``
     concurrent trials, from one thread, at this driver's share of each step's rate."""
     t_import = time.perf_counter()
     from bench._common import FakeTrial
     from service.client import Client
     from service.definition import ACTIVE, StudyStatus
+    from service.runner import callbacks, lower_priority
     from service.runner.callbacks import StoreCallback, store_for
+    from service.settings import Settings
     from service.store import now
+
+    lower_priority(Settings().driver_nice)  # as service.runner's main does
+    if flush_n:  # --sim-flush-n 1: one transaction per result, as before the callback batched its writes
+        callbacks.FLUSH_N = flush_n
 
     import_s = time.perf_counter() - t_import
     with Client(server) as client:
@@ -755,7 +761,8 @@ def run_sim(args: argparse.Namespace, work: Path, database_url: str) -> dict[str
         ready, go, results = ctx.Queue(), ctx.Event(), ctx.Queue()
         start_at = ctx.Value("d", 0.0)
         for i in range(n):
-            p = ctx.Process(target=sim_driver, args=(i, server.url, database_url, k, args.epochs, steps, n, ready, go, start_at, results),
+            p = ctx.Process(target=sim_driver, args=(i, server.url, database_url, k, args.epochs, steps, n, ready, go, start_at, results,
+                                                     args.sim_flush_n),
                             daemon=True)
             p.start()
             procs.append(p)
@@ -981,6 +988,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sim-trials", type=int, default=50, help="concurrent trials per simulated driver")
     ap.add_argument("--sim-rates", default="150,300,600,1200", help="offered results/s, all drivers together, one step each")
     ap.add_argument("--sim-step-s", type=float, default=30.0)
+    ap.add_argument("--sim-flush-n", type=int, default=0, help="results per store transaction in the simulated drivers (0: the "
+                    "callback's own batching; 1: one transaction per result, as before it batched)")
+    ap.add_argument("--sim-compare-unbatched", action="store_true", help="run the sim phase twice in this run: --sim-flush-n 1, then batched")
     ap.add_argument("--read-rate", type=float, default=50.0, help="paced API reads per second (the mix)")
     ap.add_argument("--poll-rate", type=float, default=10.0, help="GET .../trials per second, round-robin over the studies (lag)")
     ap.add_argument("--sample-s", type=float, default=2.0, help="the monitor's period")
@@ -1016,6 +1026,12 @@ def main(argv: list[str] | None = None) -> int:
             api_errors = {k: v for k, v in r["reader_errors"].items() if k != "skipped_saturated"}
             checks.check(not api_errors, f"ray: no API error during the run ({api_errors or 'none'}; reads skipped with 64 in flight: "
                                          f"{r['reader_errors'].get('skipped_saturated', 0)})")
+        if "sim" in phases and args.sim_compare_unbatched:  # the same load, one transaction per result, first
+            with database(admin, work, "sim1") as url:
+                s = out["sim_unbatched"] = run_sim(argparse.Namespace(**{**vars(args), "sim_flush_n": 1}), work, url)
+            print("\nsim, one transaction per result (--sim-flush-n 1):")
+            print_sim(s)
+            print("\nsim, batched (the callback's own):")
         if "sim" in phases:
             with database(admin, work, "sim") as url:
                 s = out["sim"] = run_sim(args, work, url)

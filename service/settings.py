@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     node_resources: dict[Literal["CPU", "GPU"], float] = Field(
         default_factory=dict, description="The largest node an autoscaling cluster can add, e.g. {\"CPU\": 16, \"GPU\": 1}: a study that fits "
         "it is accepted though no such node runs now (KubeRay's worker groups scale from 0). Default: only the nodes alive now count.")
+    driver_nice: int = Field(0, ge=0, le=19, description="CPU niceness of each study's driver process: > 0, drivers yield the CPU to "
+                             "Ray's GCS and Jobs API on the head node (and, on one machine, to Caviar's API and database); "
+                             "docs/scaling.md measures the trade (API latency for ingest rate).")
     dispatch_interval_s: float = Field(1.0, gt=0, le=60, description="The dispatcher's tick (it is also woken by each submission).")
 
     @field_validator("storage")

@@ -14,6 +14,7 @@ import traceback
 from collections import Counter
 
 from service.definition import ACTIVE, StudyDefinition, StudyStatus, TrialState
+from service.runner import lower_priority
 from service.settings import load_settings
 from service.store import Store, now
 
@@ -23,6 +24,7 @@ EXIT_LOST_CLUSTER = 3
 def main(study_id: str) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = load_settings()
+    lower_priority(settings.driver_nice)
     store = Store(settings.database_url)
     row = store.studies.get(study_id)
     if row is None:

@@ -124,3 +124,17 @@ def test_checkpoint_download_endpoint(tmp_path: Path) -> None:
         assert manifest["trainable"] == GOOD["trainable"] and manifest["trial_id"] == "t1" and manifest["study_id"] == sid
         assert manifest["config"]["lr"] == 0.01 and manifest["config"]["dataset"]["name"] == GOOD["dataset"]["name"]
         assert manifest["metrics"]["val_accuracy"] == 0.9 and manifest["checkpoint"] == "checkpoint_000011"
+
+
+def test_the_driver_niceness_reaches_the_driver_and_lowers_its_priority(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from service.jobs import driver_env
+
+    assert driver_env(Settings(data_dir=tmp_path))["CAVIAR_DRIVER_NICE"] == "0"
+    assert driver_env(Settings(data_dir=tmp_path, driver_nice=5))["CAVIAR_DRIVER_NICE"] == "5"
+    code = "import os; from service.runner import lower_priority; before = os.nice(0); lower_priority(5); print(os.nice(0) - before)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ})
+    assert out.stdout.strip() == "5"
