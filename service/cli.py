@@ -8,6 +8,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -18,6 +19,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from service.ci_report import Check, markdown, progress_line, regression_check, threshold_check
+from service.ci_report import junit as junit_report
 from service.client import DEFAULT_URL, CaviarError, Client
 from service.settings import Settings, load_settings
 
@@ -234,6 +237,19 @@ def _parse_threshold(value: str | None) -> tuple[str, float] | None:
 
 
 def _wait(client: Client, study: dict[str, Any]) -> dict[str, Any]:
+    """Follow the study to its end: a progress bar on a terminal; elsewhere (a CI log) one plain
+    line per change of its status, counts or best value, never truncated."""
+    if not console.is_terminal:
+        last = ""
+
+        def line(s: dict[str, Any]) -> None:
+            nonlocal last
+            text = progress_line(s)
+            if text != last:
+                print(text, flush=True)
+                last = text
+
+        return client.wait(study["id"], on_update=line)
     total = study["definition"]["budget"]["num_trials"]
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} trials"),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False) as bar:
@@ -254,14 +270,21 @@ def submit(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, metavar="FILE", help="Study definition (YAML or JSON).")],
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Follow the study until it ends, with a progress bar.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the study until it ends: a progress bar on a terminal, plain lines in a CI log.")] = False,
     fail_under: Annotated[str | None, typer.Option("--fail-under", metavar="METRIC=VALUE", help="With --wait: exit 1 unless best METRIC >= VALUE (<= for min objectives).")] = None,
     idempotency_key: Annotated[str | None, typer.Option("--idempotency-key", metavar="KEY", help="Retry-safe submit: the same key and file give the same study (CI: the commit SHA).")] = None,
+    baseline: Annotated[str | None, typer.Option("--baseline", metavar="STUDY_ID", help="With --wait: compare the best value with this earlier study's.")] = None,
+    max_regression: Annotated[float | None, typer.Option("--max-regression", metavar="X", min=0, help="With --baseline: exit 1 when the best is worse than the baseline's by more than X (objective units).")] = None,
+    summary_md: Annotated[Path | None, typer.Option("--summary-md", metavar="FILE", help="With --wait: append a Markdown summary to FILE (e.g. $GITHUB_STEP_SUMMARY).")] = None,
+    junit_xml: Annotated[Path | None, typer.Option("--junit", metavar="FILE", help="With --wait: write JUnit XML to FILE, one test case per check.")] = None,
 ) -> None:
-    """Submit a study. Exit codes with --wait: 0 success, 1 threshold missed, 2 study failed or cancelled."""
+    """Submit a study. Exit codes with --wait: 0 success, 1 a threshold or the regression check missed, 2 study failed or cancelled."""
     threshold = _parse_threshold(fail_under)
-    if threshold and not wait:
-        _fail("--fail-under needs --wait")
+    for flag, given in (("--fail-under", threshold), ("--baseline", baseline), ("--summary-md", summary_md), ("--junit", junit_xml)):
+        if given and not wait:
+            _fail(f"{flag} needs --wait")
+    if (baseline is None) != (max_regression is None):
+        _fail("--baseline and --max-regression go together")
     text = file.read_text()
     try:  # syntax errors named by file, line and column here; the server checks the rest
         yaml.safe_load(text)
@@ -270,30 +293,38 @@ def submit(
         _fail(f"{file}:{mark.line + 1}:{mark.column + 1}: {exc.problem or exc.context}" if mark else f"{file}: {exc}")
     except yaml.YAMLError as exc:
         _fail(f"{file}: {exc}")
+    base = _call(url, Client.best, baseline, 1, token=token) if baseline else None  # a wrong id fails now, not after the study
     study = _call(url, Client.submit, text, idempotency_key=idempotency_key, token=token)
     console.print(f"study {study['id']} {study['status']}")
     if not wait:
         return
+    started = time.monotonic()
     study = _call(url, _wait, study, token=token)
-    if study["status"] != "completed":
-        _fail(f"study {study['id']} {study['status']}" + (f": {study['error']}" if study.get("error") else ""), 2)
+    completed = study["status"] == "completed"
     best = _call(url, Client.best, study["id"], 1, token=token)
-    if not best["items"]:
-        _fail(f"study {study['id']} completed without a measured trial", 2)
-    top = best["items"][0]
-    console.print(f"best trial {top['trial_id']}: {best['objective']['metric']} = {top['value']:.4f}")
-    console.print(f"config: {_pairs(top['config'])}")
-    if best.get("test_metrics"):
-        console.print(f"held-out test: {_pairs(best['test_metrics'])}")
-    if threshold:
-        metric, value = threshold
-        got = (top["metrics"] or {}).get(metric) if metric != best["objective"]["metric"] else top["value"]
-        if not isinstance(got, (int, float)):
-            _fail(f"--fail-under: the best trial has no metric '{metric}'", 2)
-        minimize = best["objective"]["mode"] == "min" and metric == best["objective"]["metric"]
-        missed = got > value if minimize else got < value
-        if missed:
-            _fail(f"{metric} = {got:.4f} misses the threshold {value}", 1)
+    checks = [Check("study completed", completed and bool(best["items"]),
+                    study["status"] + (f": {study['error']}" if study.get("error") else "") if not completed
+                    else ("completed" if best["items"] else "completed without a measured trial"))]
+    if best["items"]:
+        top = best["items"][0]
+        console.print(f"best trial {top['trial_id']}: {best['objective']['metric']} = {top['value']:.4f}")
+        console.print(f"config: {_pairs(top['config'])}")
+        if best.get("test_metrics"):
+            console.print(f"held-out test: {_pairs(best['test_metrics'])}")
+        if threshold:
+            checks.append(threshold_check(best, *threshold))
+        if base is not None and max_regression is not None and baseline is not None:
+            checks.append(regression_check(best, base, baseline, max_regression))
+    if summary_md:
+        with summary_md.open("a") as f:
+            f.write(markdown(study, best, checks, _globals.get("url", url) if url == DEFAULT_URL else url))
+    if junit_xml:
+        junit_xml.write_text(junit_report(study, checks, time.monotonic() - started))
+    if not checks[0].passed:
+        _fail(f"study {study['id']} {checks[0].detail}", 2)
+    for ch in checks[1:]:
+        if not ch.passed:
+            _fail(f"{ch.name}: {ch.detail}", 1)
 
 
 @app.command()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import optuna
 import pytest
@@ -170,11 +171,27 @@ def test_cli_wait_and_fail_under_exit_codes(api: LocalServer, tmp_path: Path) ->
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny))
-    ok = _cli(api, "submit", str(path), "--wait", "--fail-under", "val_accuracy=0.5")
+    summary, junit = tmp_path / "summary.md", tmp_path / "junit.xml"
+    ok = _cli(api, "submit", str(path), "--wait", "--fail-under", "val_accuracy=0.5", "--summary-md", str(summary), "--junit", str(junit))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "best trial" in ok.stdout
-    missed = _cli(api, "submit", str(path), "--wait", "--fail-under", "val_accuracy=1.01")
+    ok_id = ok.stdout.split()[1]
+    # not a terminal: plain progress lines, whole, the last one the end
+    lines = [x for x in ok.stdout.splitlines() if x.startswith(f"study {ok_id} (cli-tiny) ")]
+    assert lines and lines[-1].startswith(f"study {ok_id} (cli-tiny) completed: 2/2 trials done (2 completed, 0 stopped early, 0 failed)")
+    assert "…" not in ok.stdout and len(lines) == len(set(lines))  # one line per change
+    md = summary.read_text()
+    assert md.startswith("## ✅ Caviar study `cli-tiny`: completed") and "| best val_accuracy (max) | **" in md
+    assert "| val_accuracy >= 0.5 | ✅ pass |" in md and "held-out test | test_loss=" in md
+    suite = ElementTree.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "2" and suite.get("failures") == "0"
+    missed = _cli(api, "submit", str(path), "--wait", "--fail-under", "val_accuracy=1.01", "--baseline", ok_id, "--max-regression", "1",
+                  "--junit", str(junit))
     assert missed.returncode == 1 and "misses the threshold" in missed.stderr
+    cases = {c.get("name"): c.find("failure") for c in ElementTree.parse(junit).getroot().iter("testcase")}
+    assert set(cases) == {"study completed", "val_accuracy >= 1.01", f"val_accuracy within 1 of baseline {ok_id}"}
+    assert cases["val_accuracy >= 1.01"] is not None and cases["study completed"] is None
+    assert cases[f"val_accuracy within 1 of baseline {ok_id}"] is None
     # a table that is fine at submission and broken by the time trials read it (replaced meanwhile,
     # as a careless upload would): every trial raises
     table = api.data_dir / "datasets" / "changing.csv"
