@@ -16,6 +16,7 @@ from fastapi_offline import FastAPIOffline
 from service.api import problems
 from service.api.dispatch import dispatch_once
 from service.api.limits import Limits
+from service.api.metrics import instrument
 from service.api.routes import catalog, health
 from service.api.routes import studies as study_routes
 from service.api.schemas import Problem
@@ -109,6 +110,7 @@ def create_app(settings: Settings, *, jobs: Jobs | None = None, run_migrations: 
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.ctx = ctx
     app.state.draining = False  # set on SIGTERM (service.api.server): /readyz turns 503 before the server stops
+    app.state.metrics = instrument(app, ctx.store)  # Prometheus: GET /metrics (service.api.metrics)
 
     async def docs_token_ok(authorization: str) -> bool:
         scheme, _, token = authorization.partition(" ")

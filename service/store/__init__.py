@@ -9,6 +9,7 @@ Every call is one short transaction, retried on transient lock errors (``engine.
 from service.store.engine import SQLITE_BUSY_TIMEOUT_S, Database, migrate, sqlalchemy_url
 from service.store.keys import ClaimOutcome, KeyRepo
 from service.store.models import LOCAL_OWNER, StudyRow, TokenRow, TrialRow, now
+from service.store.stats import Stats, StatsRepo
 from service.store.studies import StudyRepo
 from service.store.tokens import TokenRepo, hash_token
 from service.store.trials import TrialRepo
@@ -24,6 +25,7 @@ class Store:
         self.trials = TrialRepo(self.db)
         self.tokens = TokenRepo(self.db)
         self.keys = KeyRepo(self.db)
+        self.stats = StatsRepo(self.db)
 
     def ping(self) -> None:
         self.db.ping()
@@ -34,6 +36,8 @@ __all__ = [
     "ClaimOutcome",
     "Database",
     "KeyRepo",
+    "Stats",
+    "StatsRepo",
     "Store",
     "StudyRepo",
     "StudyRow",

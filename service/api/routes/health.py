@@ -1,12 +1,14 @@
-"""Liveness and readiness."""
+"""Liveness, readiness, Prometheus metrics."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.api.deps import ContextDep, current_owner
+from service.api.metrics import exposition
 from service.api.problems import ERRORS
 
 router = APIRouter(tags=["health"])
@@ -37,3 +39,15 @@ async def readyz(request: Request, ctx: ContextDep) -> JSONResponse:
     checks = await run_in_threadpool(check)
     ok = all(checks.values())
     return JSONResponse({"status": "ready" if ok else "not ready", **checks}, status_code=200 if ok else 503)
+
+
+@router.get(
+    "/metrics", summary="Prometheus metrics: studies, trials, results, durations, HTTP requests",
+    dependencies=[Depends(current_owner)], response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, 401: ERRORS[401]},
+    description="Prometheus text format. Beyond loopback it needs an API token, like every endpoint: give Prometheus "
+    "one (`authorization: {credentials_file: ...}` in its scrape config). Service-wide: no per-trial or per-study labels.",
+)
+async def metrics(request: Request) -> Response:
+    body = await run_in_threadpool(exposition, request.app.state.metrics)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
