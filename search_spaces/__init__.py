@@ -20,12 +20,22 @@ from search_spaces._model import (
     field_errors,
     parse_space,
 )
-from search_spaces._optuna import SAMPLERS, FastTPESampler, define_by_run, make_sampler, scipy_log_ndtr, suggest
+from search_spaces._optuna import (
+    IMPORTANCE_EVALUATOR,
+    SAMPLERS,
+    FastTPESampler,
+    define_by_run,
+    importance,
+    make_sampler,
+    scipy_log_ndtr,
+    suggest,
+)
 from search_spaces._presets import list_presets, load_preset, preset_description, resolve_space
 from search_spaces._refine import narrow
 
 __all__ = [
     "DEFAULT_MAX_GRID_POINTS",
+    "IMPORTANCE_EVALUATOR",
     "MAX_PARAMETERS",
     "SAMPLERS",
     "CategoricalParam",
@@ -36,6 +46,7 @@ __all__ = [
     "SearchSpaceError",
     "define_by_run",
     "field_errors",
+    "importance",
     "list_presets",
     "load_preset",
     "make_sampler",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -146,3 +146,19 @@ def make_sampler(kind: str, space: SearchSpace, seed: int | None, *, max_grid_po
     if kind not in SAMPLERS:
         raise ValueError(f"unknown sampler '{kind}' (expected one of {', '.join(SAMPLERS)})")
     return SAMPLERS[kind](space, seed, max_grid_points)
+
+
+IMPORTANCE_EVALUATOR = "fANOVA (optuna.importance.FanovaImportanceEvaluator, seed 0)"
+
+
+def importance(space: SearchSpace, trials: Sequence[tuple[Mapping[str, Any], float]], mode: str) -> dict[str, float]:
+    """Which hyperparameters matter: Optuna's fANOVA over ``trials`` (configuration, objective value),
+    most important first; importances sum to 1. Parameters not in every trial (conditional ones) are
+    left out, as Optuna does. Needs at least two trials."""
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    dists = space.distributions()
+    for config, value in trials:
+        params = {k: v for k, v in config.items() if k in dists}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params}, value=float(value)))
+    found = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    return {k: float(v) for k, v in found.items()}

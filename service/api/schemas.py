@@ -95,3 +95,12 @@ class BestOut(BaseModel):
     test_metrics: dict[str, float] | None = Field(
         description="Held-out test metrics of the best trial's final checkpoint (set when the study completes)."
     )
+
+
+class ImportanceOut(BaseModel):
+    study_id: str
+    evaluator: str = Field(description="How importances are computed.")
+    states: list[str] = Field(description="The trial states used; each trial counts with its best objective value.")
+    trials_used: int
+    importances: dict[str, float] = Field(description="Parameter -> importance (they sum to 1), most important first. "
+                                          "Conditional parameters (not in every trial) are left out.")

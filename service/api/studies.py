@@ -11,8 +11,9 @@ from typing import IO, Any
 
 from pydantic import TypeAdapter
 
+import search_spaces
 from service.api.readcache import ReadCache
-from service.api.schemas import BestEntry, BestOut, StudyOut, TrialDetail, TrialOut
+from service.api.schemas import BestEntry, BestOut, ImportanceOut, StudyOut, TrialDetail, TrialOut
 from service.definition import FINISHED, StudyDefinition, StudyStatus, check_definition, freeze
 from service.jobs import Jobs
 from service.settings import Settings
@@ -199,6 +200,22 @@ def checkpoint(ctx: Context, study_id: str, trial_id: str, owner: str | None = N
         "checkpoint": path.rsplit("/", 1)[-1], "storage": storage.uri,
     }
     return storage.checkpoint_archive(path, manifest), f"{study_id}-{trial_id}-{manifest['checkpoint']}.tar.gz"
+
+
+IMPORTANCE_STATES = ("completed", "stopped_early")
+
+
+def importance(ctx: Context, study_id: str, owner: str | None = None) -> ImportanceOut:
+    """Which hyperparameters matter, from the completed and stopped-early trials' best values."""
+    row = get(ctx, study_id, owner)
+    d = StudyDefinition.model_validate(row.definition)
+    measured = [(t.config, float(t.best_value)) for t in ctx.store.trials.for_study(study_id)
+                if t.state in IMPORTANCE_STATES and t.best_value is not None]
+    if len(measured) < 2:
+        raise Conflict(f"study '{study_id}' has {len(measured)} completed or stopped-early trials with a value; importance needs at least 2")
+    scores = search_spaces.importance(d.space(), measured, d.objective.mode)
+    return ImportanceOut(study_id=study_id, evaluator=search_spaces.IMPORTANCE_EVALUATOR, states=list(IMPORTANCE_STATES),
+                         trials_used=len(measured), importances=scores)
 
 
 def best(ctx: Context, study_id: str, k: int, owner: str | None = None) -> BestOut:

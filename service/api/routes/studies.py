@@ -13,7 +13,7 @@ from service.api import studies
 from service.api.bodies import BodyError, parse_body
 from service.api.deps import ContextDep, OwnerDep
 from service.api.problems import ERRORS, PROBLEM_CONTENT, problem
-from service.api.schemas import BestOut, StudyOut, StudyPage, TrialDetail, TrialOut
+from service.api.schemas import BestOut, ImportanceOut, StudyOut, StudyPage, TrialDetail, TrialOut
 from service.definition import StudyStatus
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"], responses={401: ERRORS[401], 422: ERRORS[422], 503: ERRORS[503]})
@@ -116,6 +116,15 @@ def _chunks(archive: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
     with archive:
         while chunk := archive.read(size):
             yield chunk
+
+
+@router.get(
+    "/{study_id}/importance", response_model=ImportanceOut,
+    responses={404: ERRORS[404], 409: {"description": "Fewer than 2 completed or stopped-early trials", "content": PROBLEM_CONTENT}},
+    summary="Which hyperparameters matter (Optuna's fANOVA over the completed and stopped-early trials)",
+)
+async def importance(study_id: str, ctx: ContextDep, owner: OwnerDep) -> ImportanceOut:
+    return await run_in_threadpool(studies.importance, ctx, study_id, owner)
 
 
 @router.get("/{study_id}/best", response_model=BestOut, responses={404: ERRORS[404]}, summary="Top-k configurations, best first")
