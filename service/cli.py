@@ -249,7 +249,7 @@ def _wait(client: Client, study: dict[str, Any]) -> dict[str, Any]:
                 print(text, flush=True)
                 last = text
 
-        return client.wait(study["id"], on_update=line)
+        return client.follow(study["id"], on_update=line)
     total = study["definition"]["budget"]["num_trials"]
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} trials"),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False) as bar:
@@ -262,7 +262,7 @@ def _wait(client: Client, study: dict[str, Any]) -> dict[str, Any]:
             info = f"{c['running']} running, {c['stopped_early']} stopped early, {c['failed']} failed" + (f", best {best:.4f}" if best is not None else "")
             bar.update(task, completed=done, info=info if s["status"] == "running" else f"{s['status']}: {info}")
 
-        return client.wait(study["id"], on_update=show)
+        return client.follow(study["id"], on_update=show)
 
 
 @app.command()

@@ -8,10 +8,11 @@ server's ``Retry-After`` (at most 10 s a wait, for up to ``retry_for_s`` in all)
 
 from __future__ import annotations
 
+import json
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -41,6 +42,19 @@ def _retry_after(state: RetryCallState) -> float:
         return min(max(float(r.headers.get("Retry-After", "1")), 0.0), 10.0) if r is not None else 1.0
     except ValueError:
         return 1.0
+
+
+def _apply(study: dict[str, Any], event: str, data: dict[str, Any]) -> None:
+    """Keep a study's counts and best current from one event (the final state comes with study_finished)."""
+    counts = study["trial_counts"]
+    if event == "trial_started":
+        counts["running"] = counts.get("running", 0) + 1
+        study["status"] = "running"
+    elif event in ("completed", "stopped_early", "failed"):
+        counts["running"] = max(0, counts.get("running", 0) - 1)
+        counts[event] = counts.get(event, 0) + 1
+    elif event == "new_best":
+        study["best"] = {"trial_id": data["trial_id"], "value": data["value"], "config": None}
 
 
 class Client:
@@ -153,6 +167,64 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"study {study_id} still {study['status']} after {timeout_s:g} s")
             time.sleep(poll_s)
+
+    def events(self, study_id: str, last_event_id: str | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """The study's Server-Sent Events as (event, id, data), from GET /v1/studies/{id}/events;
+        ends when the server ends the stream (after ``study_finished``) or the connection drops."""
+        headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_event_id} if last_event_id else {})}
+        try:
+            with self.http.stream("GET", f"/v1/studies/{study_id}/events", headers=headers,
+                                  timeout=httpx.Timeout(30.0, read=60.0)) as r:  # the server pings every 15 s
+                if r.status_code >= 400:
+                    r.read()
+                    self._raise(r)
+                event, ident = "message", ""
+                data: list[str] = []
+                for line in r.iter_lines():
+                    if not line:  # an event ends at a blank line
+                        if data:
+                            yield event, ident, json.loads("\n".join(data))
+                        event, data = "message", []
+                    elif line.startswith(":"):
+                        continue  # a keep-alive comment
+                    else:
+                        name, _, value = line.partition(":")
+                        value = value[1:] if value.startswith(" ") else value
+                        if name == "event":
+                            event = value
+                        elif name == "id":
+                            ident = value
+                        elif name == "data":
+                            data.append(value)
+        except httpx.HTTPError as exc:
+            raise CaviarError(0, f"event stream from {self.url} broke: {exc}") from None
+
+    def follow(self, study_id: str, on_update: Callable[[dict[str, Any]], None] | None = None, *, reconnects: int = 30) -> dict[str, Any]:
+        """Follow the study through its event stream until it ends; returns it as GET returns it.
+        ``on_update`` sees the study (its counts and best kept current from the events) after each
+        event. A dropped stream is resumed from the last event id (the server may restart)."""
+        study: dict[str, Any] | None = None
+        last: str | None = None
+        failures = 0
+        while True:
+            try:
+                for event, ident, data in self.events(study_id, last):
+                    last, failures = ident or last, 0
+                    if event in ("snapshot", "study_finished"):
+                        study = data
+                    elif study is not None:
+                        _apply(study, event, data)
+                    if study is not None and on_update is not None:
+                        on_update(study)
+                    if event == "study_finished" and study is not None:
+                        return study
+            except CaviarError as exc:
+                if exc.status not in (0, 502, 503, 504):
+                    raise
+            failures += 1
+            if failures > reconnects:
+                raise CaviarError(0, f"lost the event stream of study {study_id} {reconnects} times")
+            time.sleep(min(5.0, 0.5 * failures))
 
     # -- catalog and health -------------------------------------------------------------------
 

@@ -106,7 +106,8 @@ class StoreCallback(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.store.trials.upsert(self.study_id, trial.trial_id, config=self._config(trial), state=TrialState.RUNNING.value,
-                                 started_at=now(), finished_at=None, trial_dir=trial.storage.trial_dir_name)
+                                 started_at=now(), finished_at=None, trial_dir=trial.storage.trial_dir_name,
+                                 event="trial_started", event_data={"config": self._config(trial)})
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
         metrics = {k: result[k] for k in self.reported if k in result}
@@ -127,8 +128,12 @@ class StoreCallback(tune.Callback):
         self.flush()
         outcome = trial_outcome(trial.last_result, self.epochs)
         error = "diverged: non-finite training loss" if outcome == TrialState.FAILED else None
-        self.store.trials.upsert(self.study_id, trial.trial_id, state=outcome.value, error=error, finished_at=now())
+        epochs = int((trial.last_result or {}).get("epoch") or 0)
+        self.store.trials.upsert(self.study_id, trial.trial_id, state=outcome.value, error=error, finished_at=now(),
+                                 event=outcome.value, event_data={"epochs": epochs, "error": error})
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.flush()
-        self.store.trials.upsert(self.study_id, trial.trial_id, state=TrialState.FAILED.value, error=error_reason(trial), finished_at=now())
+        reason = error_reason(trial)
+        self.store.trials.upsert(self.study_id, trial.trial_id, state=TrialState.FAILED.value, error=reason, finished_at=now(),
+                                 event=TrialState.FAILED.value, event_data={"error": reason})

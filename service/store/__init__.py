@@ -7,6 +7,7 @@ Every call is one short transaction, retried on transient lock errors (``engine.
 """
 
 from service.store.engine import SQLITE_BUSY_TIMEOUT_S, Database, migrate, sqlalchemy_url
+from service.store.events import Event, EventRepo
 from service.store.keys import ClaimOutcome, KeyRepo
 from service.store.models import LOCAL_OWNER, StudyRow, TokenRow, TrialRow, now
 from service.store.stats import Stats, StatsRepo
@@ -26,6 +27,7 @@ class Store:
         self.tokens = TokenRepo(self.db)
         self.keys = KeyRepo(self.db)
         self.stats = StatsRepo(self.db)
+        self.events = EventRepo(self.db)
 
     def ping(self) -> None:
         self.db.ping()
@@ -35,6 +37,8 @@ __all__ = [
     "LOCAL_OWNER",
     "ClaimOutcome",
     "Database",
+    "Event",
+    "EventRepo",
     "KeyRepo",
     "Stats",
     "StatsRepo",

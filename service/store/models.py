@@ -102,6 +102,19 @@ class MetricRow(Base):
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class EventRow(Base):
+    """A trial's lifecycle, as it happened: started, completed, stopped_early, failed, retried. With
+    caviar_metrics (its pk orders the epoch results) it is the study's event log (GET .../events)."""
+
+    __tablename__ = "caviar_events"
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("caviar_studies.id", ondelete="CASCADE"), index=True)
+    trial_id: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class TokenRow(Base):
     """An API token: only its SHA-256 is stored (tokens are 256-bit random, so a fast hash is enough)."""
 

@@ -9,7 +9,7 @@ from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from service.store.engine import Database, retry_transient
-from service.store.models import MetricRow, TrialRow, TrialState, now
+from service.store.models import EventRow, MetricRow, TrialRow, TrialState, now
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -40,8 +40,12 @@ class TrialRepo:
         return s.scalar(select(TrialRow).where(TrialRow.study_id == study_id, TrialRow.trial_id == trial_id))
 
     @retry_transient
-    def upsert(self, study_id: str, trial_id: str, *, config: dict[str, Any] | None = None, **values: Any) -> None:
+    def upsert(self, study_id: str, trial_id: str, *, config: dict[str, Any] | None = None, event: str | None = None,
+               event_data: dict[str, Any] | None = None, **values: Any) -> None:
+        """Create or update a trial; with ``event``, log that lifecycle event in the same transaction."""
         with self.db.session(write=True) as s:
+            if event is not None:
+                s.add(EventRow(study_id=study_id, trial_id=trial_id, kind=event, data=_finite(event_data or {}), at=now()))
             row = self._row(s, study_id, trial_id)
             if row is None:
                 row = TrialRow(study_id=study_id, trial_id=trial_id, state=TrialState.PENDING.value, config=config or {}, epochs=0)
@@ -114,6 +118,7 @@ class TrialRepo:
         with self.db.session(write=True) as s:
             s.execute(update(TrialRow).where(TrialRow.study_id == study_id, TrialRow.trial_id == trial_id)
                       .values(retries=TrialRow.retries + 1, state=TrialState.RUNNING.value, error=None))
+            s.add(EventRow(study_id=study_id, trial_id=trial_id, kind="retried", data={}, at=now()))
 
     @retry_transient
     def mark_zombies(self, study_id: str, reason: str) -> int:

@@ -349,6 +349,9 @@ def test_fuzz_the_whole_api_from_its_openapi_schema(server: Server) -> None:
     report.errors += [f"OpenAPI document: {d}" for d in dangling_refs(document)]
 
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=schemathesis.Config(seed=SEED), headers=auth)
+    # the event stream of a study that does not end (here: queued, no Ray) stays open by design, so
+    # each case would wait out the request timeout; tests/service/test_events.py covers it over HTTP
+    schema = schema.exclude(path="/v1/studies/{study_id}/events")
     operations = sum(1 for _ in schema.get_all_operations())
     per_pair = max(1, math.ceil(TARGET * UNIT_SHARE / (2 * operations)))
     exhausted: set[tuple[str, str]] = set()

@@ -8,8 +8,9 @@ from typing import IO, Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.responses import StreamingResponse
+from fastapi.sse import EventSourceResponse
 
-from service.api import studies
+from service.api import events, studies
 from service.api.bodies import BodyError, parse_body
 from service.api.deps import ContextDep, OwnerDep
 from service.api.problems import ERRORS, PROBLEM_CONTENT, problem
@@ -116,6 +117,28 @@ def _chunks(archive: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
     with archive:
         while chunk := archive.read(size):
             yield chunk
+
+
+@router.get(
+    "/{study_id}/events", response_class=StreamingResponse,
+    responses={200: {"description": "text/event-stream: snapshot, trial_started, epoch, stopped_early, completed, failed, retried, "
+                     "new_best, study_finished; ids are log positions for Last-Event-ID",
+                     "content": {"text/event-stream": {"schema": {  # one event, as OpenAPI 3.2 describes SSE
+                         "type": "object", "required": ["data"],
+                         "properties": {"data": {"type": "string", "description": "JSON"}, "event": {"type": "string"},
+                                        "id": {"type": "string", "pattern": r"^\d+\.\d+$"}, "retry": {"type": "integer", "minimum": 0}}}}}},
+               404: ERRORS[404]},
+    summary="The study's events as they happen (Server-Sent Events), resumable with Last-Event-ID",
+    description="See service/api/events.py. A client that connects without Last-Event-ID gets a `snapshot` first; "
+    "the stream ends with `study_finished`.",
+)
+async def study_events(
+    study_id: str, request: Request, ctx: ContextDep, owner: OwnerDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", description="The id of the last event received: resume after it.")] = None,
+) -> StreamingResponse:
+    await run_in_threadpool(studies.get, ctx, study_id, owner)  # 404 before the stream starts
+    return EventSourceResponse(events.stream(ctx, request, study_id, owner, events.parse_mark(last_event_id)),
+                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.get(
