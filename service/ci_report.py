@@ -23,6 +23,7 @@ def _num(v: Any) -> str:
 
 
 def pairs(d: dict[str, Any] | None, skip: tuple[str, ...] = ()) -> str:
+    """``lr=0.01235, depth=3``: a mapping as a person reads it (floats to 4 significant digits); the CLI's tables use it too."""
     return ", ".join(f"{k}={_num(v)}" for k, v in (d or {}).items() if k not in skip)
 
 

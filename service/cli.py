@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from service.ci_report import Check, markdown, progress_line, regression_check, threshold_check
+from service.ci_report import Check, markdown, pairs, progress_line, regression_check, threshold_check
 from service.ci_report import junit as junit_report
 from service.client import DEFAULT_URL, CaviarError, Client
 from service.settings import Settings, load_settings
@@ -308,9 +308,9 @@ def submit(
     if best["items"]:
         top = best["items"][0]
         console.print(f"best trial {top['trial_id']}: {best['objective']['metric']} = {top['value']:.4f}")
-        console.print(f"config: {_pairs(top['config'])}")
+        console.print(f"config: {pairs(top['config'])}")
         if best.get("test_metrics"):
-            console.print(f"held-out test: {_pairs(best['test_metrics'])}")
+            console.print(f"held-out test: {pairs(best['test_metrics'])}")
         if threshold:
             checks.append(threshold_check(best, *threshold))
         if base is not None and max_regression is not None and baseline is not None:
@@ -334,13 +334,6 @@ def status(study_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> 
     console.print(yaml.safe_dump({k: s[k] for k in ("id", "name", "status", "trial_counts", "best", "ray_job_id", "dashboard_url", "error")}, sort_keys=False))
 
 
-def _value(v: Any) -> str:
-    """A value as a person reads it: floats to 4 significant digits."""
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _pairs(d: dict[str, Any] | None, skip: tuple[str, ...] = ()) -> str:
-    return ", ".join(f"{k}={_value(v)}" for k, v in (d or {}).items() if k not in skip)
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of a table.")]
@@ -356,7 +349,7 @@ def trials(study_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_
     table = Table("trial", "state", "epochs", "best", "retries", "node", "config", "error")
     for t in rows:
         best = f"{t['best_value']:.4f}" if t["best_value"] is not None else "-"
-        table.add_row(t["trial_id"], t["state"], str(t["epochs"]), best, str(t["retries"]), _where(t), _pairs(t["config"]),
+        table.add_row(t["trial_id"], t["state"], str(t["epochs"]), best, str(t["retries"]), _where(t), pairs(t["config"]),
                       t["error"] or "")
     console.print(table)
 
@@ -384,10 +377,10 @@ def best(study_id: str, k: int = 5, url: UrlOpt = DEFAULT_URL, token: TokenOpt =
     metric = top["objective"]["metric"]
     table = Table("rank", "trial", metric, "metrics", "config")
     for i, item in enumerate(top["items"], 1):
-        table.add_row(str(i), item["trial_id"], f"{item['value']:.4f}", _pairs(item["metrics"], skip=(metric, "reported_at")), _pairs(item["config"]))
+        table.add_row(str(i), item["trial_id"], f"{item['value']:.4f}", pairs(item["metrics"], skip=(metric, "reported_at")), pairs(item["config"]))
     console.print(table)
     if top.get("test_metrics"):
-        console.print(f"held-out test (best trial): {_pairs(top['test_metrics'])}")
+        console.print(f"held-out test (best trial): {pairs(top['test_metrics'])}")
 
 
 @app.command()

@@ -43,9 +43,13 @@ class Storage:
     def experiment(self, study_id: str) -> str:
         return f"{self.root}/{study_id}"
 
+    def filesystem_arg(self) -> dict[str, Any]:
+        """``storage_filesystem`` for Tune (RunConfig, Tuner.restore, can_restore): none for a local path."""
+        return {} if self.local else {"storage_filesystem": self.fs}
+
     def tune_args(self) -> dict[str, Any]:
         """``storage_path`` (and ``storage_filesystem`` for an object store) as Tune's RunConfig takes them."""
-        return {"storage_path": self.root} if self.local else {"storage_path": self.root, "storage_filesystem": self.fs}
+        return {"storage_path": self.root, **self.filesystem_arg()}
 
     def latest_checkpoint(self, study_id: str, trial_dir: str) -> str | None:
         """The path of the trial's newest checkpoint directory, or None when it has none."""

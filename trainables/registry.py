@@ -72,6 +72,12 @@ class TrainableSpec:
     def load_model_builder(self) -> Callable[..., Any] | None:
         return _resolve(self.build_model) if self.build_model is not None else None
 
+    def config(self, values: dict[str, Any]) -> Any:
+        """A trial's config as this trainable's config model (keys it does not declare are ignored:
+        a stored trial config also holds what the service adds)."""
+        knobs = self.config_model.model_fields
+        return self.config_model.model_validate({k: v for k, v in values.items() if k in knobs})
+
     def knobs(self) -> dict[str, Any]:
         """Knob name -> default (the dataset spec shown by name)."""
         out: dict[str, Any] = {}

@@ -40,7 +40,7 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
     trainable = tune.with_resources(spec.load_train(), {"cpu": r.cpu, "gpu": r.gpu})
     storage = open_storage(settings)
     experiment = storage.experiment(study_id)
-    restore_fs = {} if storage.local else {"storage_filesystem": storage.fs}
+    restore_fs = storage.filesystem_arg()
     if resumed and tune.Tuner.can_restore(experiment, **restore_fs):
         log.info("resuming study %s from Tune's saved state in %s/%s", study_id, storage.uri, study_id)
         grid = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False, **restore_fs).fit()
@@ -93,7 +93,5 @@ def best_trial_test_metrics(grid: Any, study_id: str, database_url: str, spec: T
 
             with result.checkpoint.as_directory() as directory:
                 state = load_state(directory)
-            knobs = spec.config_model.model_fields
-            cfg = spec.config_model.model_validate({**constants, **{k: v for k, v in best[0].config.items() if k in knobs}})
-            return evaluate_checkpoint(cfg, build, state)  # type: ignore[arg-type]
+            return evaluate_checkpoint(spec.config({**constants, **best[0].config}), build, state)
     return {}

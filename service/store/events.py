@@ -4,8 +4,8 @@ the trials' lifecycle events (caviar_events). A position in it is the pair of hi
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -54,35 +54,12 @@ class EventRepo:
                                .where(TrialRow.study_id == study_id, MetricRow.pk > metric_pk).order_by(MetricRow.pk).limit(limit)).all()
             lifecycle = list(s.scalars(select(EventRow).where(EventRow.study_id == study_id, EventRow.pk > event_pk)
                                        .order_by(EventRow.pk).limit(limit)))
-        items: list[tuple[float, int, Any]] = []
-        for pk, trial_id, epoch, values in epochs:
-            items.append((float(values.get("reported_at") or 0.0), 0, ("m", pk, trial_id, {"epoch": epoch, "metrics": values})))
-        for row in lifecycle:
-            items.append((_ts(row.at), 1, ("e", row.pk, row.trial_id, row.kind, row.data)))
-        # each stream stays in pk order; the merge is by time (a stream's own order wins on ties)
-        merged = _merge([i for i in items if i[2][0] == "m"], [i for i in items if i[2][0] == "e"])
+        # each stream stays in pk order; the two are merged by time (epoch results first on a tie)
+        results = [(float(values.get("reported_at") or 0.0), "m", pk, trial_id, "epoch", {"epoch": epoch, "metrics": values})
+                   for pk, trial_id, epoch, values in epochs]
+        events = [(row.at.timestamp(), "e", row.pk, row.trial_id, row.kind, row.data) for row in lifecycle]
         out, m, e = [], metric_pk, event_pk
-        for t, _, item in merged:
-            if item[0] == "m":
-                m = item[1]
-                out.append(Event("epoch", item[2], item[3], t, (m, e)))
-            else:
-                e = item[1]
-                out.append(Event(item[3], item[2], item[4], t, (m, e)))
+        for at, stream, pk, trial_id, kind, data in heapq.merge(results, events, key=lambda item: (item[0], item[1])):
+            m, e = (pk, e) if stream == "m" else (m, pk)
+            out.append(Event(kind, trial_id, data, at, (m, e)))
         return out
-
-
-def _ts(at: datetime) -> float:
-    return at.timestamp()
-
-
-def _merge(a: list[tuple[float, int, Any]], b: list[tuple[float, int, Any]]) -> list[tuple[float, int, Any]]:
-    out, i, j = [], 0, 0
-    while i < len(a) or j < len(b):
-        if j >= len(b) or (i < len(a) and a[i][0] <= b[j][0]):
-            out.append(a[i])
-            i += 1
-        else:
-            out.append(b[j])
-            j += 1
-    return out

@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from trainables.datasets import Dataset, load_dataset
-from trainables.registry import get_trainable
+from trainables.registry import TrainableSpec, get_trainable
 from trainables.report import load_state
 
 MANIFEST = "caviar.json"
@@ -34,17 +34,21 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
+def _trial(directory: str | os.PathLike[str]) -> tuple[TrainableSpec, Any]:
+    """The checkpoint's trainable and its trial's config model."""
+    manifest = read_manifest(directory)
+    spec = get_trainable(manifest["trainable"])
+    return spec, spec.config(manifest["config"])
+
+
 def load_model(directory: str | os.PathLike[str], data: Dataset | None = None) -> nn.Module:
     """The checkpoint's trained model in eval mode on the CPU. ``data`` (the trial's dataset, loaded
     once when not given) supplies the input shape and the number of classes."""
-    manifest = read_manifest(directory)
-    spec = get_trainable(manifest["trainable"])
+    spec, cfg = _trial(directory)
     build = spec.load_model_builder()
     if build is None:
         raise ValueError(f"trainable '{spec.name}' declares no model builder: its checkpoints cannot be loaded as a model")
-    knobs = spec.config_model.model_fields
-    cfg = spec.config_model.model_validate({k: v for k, v in manifest["config"].items() if k in knobs})
-    data = data if data is not None else load_dataset(cfg.dataset)  # type: ignore[attr-defined]
+    data = data if data is not None else load_dataset(cfg.dataset)
     model: nn.Module = build(cfg, data.input_shape, data.n_classes)
     model.load_state_dict(load_state(directory)["model"])
     model.eval()
@@ -53,8 +57,5 @@ def load_model(directory: str | os.PathLike[str], data: Dataset | None = None) -
 
 def load_data(directory: str | os.PathLike[str]) -> Dataset:
     """The dataset the checkpoint's trial trained on (same split, same standardization)."""
-    manifest = read_manifest(directory)
-    spec = get_trainable(manifest["trainable"])
-    knobs = spec.config_model.model_fields
-    cfg = spec.config_model.model_validate({k: v for k, v in manifest["config"].items() if k in knobs})
-    return load_dataset(cfg.dataset)  # type: ignore[attr-defined]
+    _, cfg = _trial(directory)
+    return load_dataset(cfg.dataset)
