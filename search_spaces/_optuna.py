@@ -148,7 +148,11 @@ def make_sampler(kind: str, space: SearchSpace, seed: int | None, *, max_grid_po
     return SAMPLERS[kind](space, seed, max_grid_points)
 
 
-IMPORTANCE_EVALUATOR = "fANOVA (optuna.importance.FanovaImportanceEvaluator, seed 0)"
+# Optuna's default forest (64 trees of depth up to 64) marginalizes in pure Python: 7 s at 200 trials,
+# 40 s at 1,000, 3 min at 3,000 on one core. Depth 8 bounds each tree to 256 leaves: about 4 s
+# however many trials (the ranking on a real study is the same as the default's, tests/search_spaces)
+FANOVA_TREES, FANOVA_DEPTH = 64, 8
+IMPORTANCE_EVALUATOR = f"fANOVA (optuna.importance.FanovaImportanceEvaluator, n_trees={FANOVA_TREES}, max_depth={FANOVA_DEPTH}, seed 0)"
 
 
 def importance(space: SearchSpace, trials: Sequence[tuple[Mapping[str, Any], float]], mode: str) -> dict[str, float]:
@@ -160,5 +164,6 @@ def importance(space: SearchSpace, trials: Sequence[tuple[Mapping[str, Any], flo
     for config, value in trials:
         params = {k: v for k, v in config.items() if k in dists}
         study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params}, value=float(value)))
-    found = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    found = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(
+        n_trees=FANOVA_TREES, max_depth=FANOVA_DEPTH, seed=0))
     return {k: float(v) for k, v in found.items()}

@@ -11,6 +11,7 @@ run the space the study was submitted with, whatever happens to preset files lat
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -166,6 +167,19 @@ class StudyDefinition(BaseModel):
 
     def epochs(self) -> int:
         return int(self.fixed.get("epochs") or self.scheduler.max_t or 20)
+
+    def rungs(self) -> list[float]:
+        """The epochs at which ASHA decides (its rungs, as Ray's AsyncHyperBandScheduler with one
+        bracket places them: grace_period * reduction_factor**k below max_t); the median rule judges
+        from grace_period on; other schedulers have none."""
+        s = self.scheduler
+        if s.type == "median":
+            return [float(s.grace_period)]
+        if s.type != "asha":
+            return []
+        max_t = s.max_t or self.epochs()
+        count = int(math.log(max_t / s.grace_period) / math.log(s.reduction_factor) + 1)
+        return [s.grace_period * s.reduction_factor**k for k in range(count)]
 
     def constants(self) -> dict[str, Any]:
         """What every trial's config holds besides its sampled values (the trainable reads both)."""

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
-from service.api import problems
+from service.api import problems, ui
 from service.api.dispatch import dispatch_once
 from service.api.limits import Limits
 from service.api.metrics import instrument
@@ -121,4 +121,5 @@ def create_app(settings: Settings, *, jobs: Jobs | None = None, run_migrations: 
     app.include_router(study_routes.router)
     app.include_router(catalog.router)
     app.include_router(health.router)
+    ui.install(app)  # the web UI at / (service/api/ui)
     return app

@@ -101,6 +101,7 @@ class ImportanceOut(BaseModel):
     study_id: str
     evaluator: str = Field(description="How importances are computed.")
     states: list[str] = Field(description="The trial states used; each trial counts with its best objective value.")
-    trials_used: int
+    trials_used: int = Field(description="Trials the evaluator saw: all measured ones, or an even sample of 1,000 over the study's order.")
+    trials_measured: int = Field(description="Completed and stopped-early trials with a value.")
     importances: dict[str, float] = Field(description="Parameter -> importance (they sum to 1), most important first. "
                                           "Conditional parameters (not in every trial) are left out.")

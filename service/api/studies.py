@@ -6,12 +6,14 @@ import asyncio
 import hashlib
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from pydantic import TypeAdapter
 
 import search_spaces
+from service.api import plots
 from service.api.readcache import ReadCache
 from service.api.schemas import BestEntry, BestOut, ImportanceOut, StudyOut, TrialDetail, TrialOut
 from service.definition import FINISHED, StudyDefinition, StudyStatus, check_definition, freeze
@@ -50,6 +52,8 @@ class Context:
     jobs: Jobs
     reads: ReadCache = field(init=False)
     dispatch_now: asyncio.Event = field(default_factory=asyncio.Event, init=False)  # wakes the dispatcher loop
+    importances: dict[tuple[str, int, int], dict[str, float]] = field(default_factory=dict, init=False)  # computed importances
+    lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
         self.reads = ReadCache(self.settings.read_cache_s)
@@ -170,6 +174,21 @@ async def trials_json(ctx: Context, study_id: str, owner: str) -> bytes:
     return await ctx.reads.get((study_id, owner, "trials"), lambda: _TRIALS.dump_json(trials(ctx, study_id, owner)))
 
 
+def trials_page(ctx: Context, study_id: str, owner: str | None, *, state: str | None, sort: str, descending: bool,
+                offset: int, limit: int) -> tuple[bytes, int]:
+    """One page of the study's trials, sorted by the store, as JSON, and the total that matches."""
+    get(ctx, study_id, owner)
+    rows, total = ctx.store.trials.page(study_id, state=state, sort=sort, descending=descending, offset=offset, limit=limit)
+    return _TRIALS.dump_json([TrialOut(**trial_out(r)) for r in rows]), total
+
+
+async def plots_json(ctx: Context, study_id: str, owner: str) -> bytes:
+    """GET /v1/studies/{id}/plots as JSON (service.api.plots), through the read cache."""
+    def fill() -> bytes:
+        return plots.plots(ctx.store, get(ctx, study_id, owner)).model_dump_json().encode()
+    return await ctx.reads.get((study_id, owner, "plots"), fill)
+
+
 def trial(ctx: Context, study_id: str, trial_id: str, owner: str | None = None) -> TrialDetail:
     get(ctx, study_id, owner)
     found = ctx.store.trials.get(study_id, trial_id)
@@ -203,6 +222,7 @@ def checkpoint(ctx: Context, study_id: str, trial_id: str, owner: str | None = N
 
 
 IMPORTANCE_STATES = ("completed", "stopped_early")
+MAX_IMPORTANCE_TRIALS = 1000  # fANOVA's forest over more takes minutes; an even sample over the study's order
 
 
 def importance(ctx: Context, study_id: str, owner: str | None = None) -> ImportanceOut:
@@ -213,9 +233,17 @@ def importance(ctx: Context, study_id: str, owner: str | None = None) -> Importa
                 if t.state in IMPORTANCE_STATES and t.best_value is not None]
     if len(measured) < 2:
         raise Conflict(f"study '{study_id}' has {len(measured)} completed or stopped-early trials with a value; importance needs at least 2")
-    scores = search_spaces.importance(d.space(), measured, d.objective.mode)
+    used = plots.even(measured, MAX_IMPORTANCE_TRIALS)
+    key = (study_id, len(measured), hash(tuple(v for _, v in used)))
+    scores = ctx.importances.get(key)
+    if scores is None:  # the forest is the slow part: computed once per set of measured trials
+        scores = search_spaces.importance(d.space(), used, d.objective.mode)
+        with ctx.lock:
+            ctx.importances[key] = scores
+            while len(ctx.importances) > 256:
+                ctx.importances.pop(next(iter(ctx.importances)))
     return ImportanceOut(study_id=study_id, evaluator=search_spaces.IMPORTANCE_EVALUATOR, states=list(IMPORTANCE_STATES),
-                         trials_used=len(measured), importances=scores)
+                         trials_used=len(used), trials_measured=len(measured), importances=scores)
 
 
 def best(ctx: Context, study_id: str, k: int, owner: str | None = None) -> BestOut:

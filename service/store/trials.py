@@ -31,6 +31,11 @@ def best_query(study_id: str, mode: str, k: int) -> Select[TrialRow]:
             .order_by(order, TrialRow.pk).limit(k))
 
 
+SORTS = {"trial": TrialRow.pk, "state": TrialRow.state, "retries": TrialRow.retries, "node": TrialRow.node,
+         "epochs": TrialRow.epochs, "best_value": TrialRow.best_value, "started_at": TrialRow.started_at,
+         "finished_at": TrialRow.finished_at}
+
+
 class TrialRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -91,6 +96,32 @@ class TrialRepo:
     def for_study(self, study_id: str) -> list[TrialRow]:
         with self.db.session() as s:
             return list(s.scalars(select(TrialRow).where(TrialRow.study_id == study_id).order_by(TrialRow.pk)))
+
+    @retry_transient
+    def page(self, study_id: str, *, state: str | None = None, sort: str = "trial", descending: bool = False,
+             offset: int = 0, limit: int = 50) -> tuple[list[TrialRow], int]:
+        """One page of a study's trials sorted in the database (``sort`` one of SORTS), with the
+        total that matches; trials without a value for the key sort last either way."""
+        column = SORTS[sort]
+        where = [TrialRow.study_id == study_id] + ([TrialRow.state == state] if state else [])
+        key = column.desc() if descending else column.asc()
+        q = select(TrialRow).where(*where).order_by(column.is_(None), key, TrialRow.pk).offset(offset).limit(limit)
+        with self.db.session() as s:
+            return list(s.scalars(q)), int(s.scalar(select(func.count()).select_from(TrialRow).where(*where)) or 0)
+
+    @retry_transient
+    def curves(self, study_id: str, trial_ids: list[str], metric: str) -> dict[str, list[float | None]]:
+        """``metric`` per epoch (epoch 1 first) of the named trials: their learning curves."""
+        out: dict[str, list[float | None]] = {t: [] for t in trial_ids}
+        with self.db.session() as s:
+            for i in range(0, len(trial_ids), 500):  # bounded IN lists
+                q = (select(TrialRow.trial_id, MetricRow.values).join(MetricRow, MetricRow.trial_pk == TrialRow.pk)
+                     .where(TrialRow.study_id == study_id, TrialRow.trial_id.in_(trial_ids[i:i + 500]))
+                     .order_by(TrialRow.pk, MetricRow.epoch))
+                for trial_id, values in s.execute(q):
+                    v = values.get(metric)
+                    out[trial_id].append(float(v) if isinstance(v, (int, float)) else None)
+        return out
 
     @retry_transient
     def get(self, study_id: str, trial_id: str) -> tuple[TrialRow, list[dict[str, Any]]] | None:

@@ -42,3 +42,39 @@ def test_importance_ranks_what_the_objective_depends_on(tmp_path: Path) -> None:
         assert list(scores) == sorted(scores, key=lambda k: -scores[k])  # most important first
         assert next(iter(scores)) == "lr" and scores["lr"] > 0.8, scores
         assert client.get("/v1/studies/nope/importance").status_code == 404
+
+
+def test_the_bounded_forest_ranks_as_optunas_default_does() -> None:
+    """Depth 8 (search_spaces.FANOVA_DEPTH) keeps importance to seconds at any study size; on an
+    objective with a clear order of parameters it ranks them as Optuna's default forest does."""
+    import optuna
+
+    from search_spaces import SearchSpace, importance
+
+    space = SearchSpace.model_validate({**SPACE, "width": {"type": "int", "low": 16, "high": 256}})
+    rng = random.Random(1)
+    trials = []
+    for _ in range(150):
+        c = {"lr": 10 ** rng.uniform(-4, -1), "dropout": rng.uniform(0, 0.5), "optimizer": rng.choice(["adam", "momentum"]),
+             "width": rng.randint(16, 256)}
+        trials.append((c, -abs(c["lr"] - 0.01) * 8 - c["dropout"] * 0.3 - (c["optimizer"] == "adam") * 0.08 + rng.gauss(0, 0.002)))
+    bounded = importance(space, trials, "max")
+    study = optuna.create_study(direction="maximize")
+    dists = space.distributions()
+    for c, v in trials:
+        study.add_trial(optuna.trial.create_trial(params=c, distributions=dists, value=v))
+    default = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    assert list(bounded)[:3] == list(default)[:3] == ["lr", "dropout", "optimizer"], (bounded, default)
+
+
+def test_importance_over_many_trials_uses_an_even_sample(tmp_path: Path) -> None:
+    from service.api import studies
+    from service.store.synthetic import synthetic_study
+
+    app = create_app(settings_for(tmp_path), jobs=FakeJobs())
+    ctx = app.state.ctx
+    definition = {**GOOD, "search_space": SPACE, "fixed": {"epochs": 9}, "scheduler": {"type": "asha", "grace_period": 1}}
+    sid = synthetic_study(ctx.store, definition, studies.MAX_IMPORTANCE_TRIALS + 200)
+    out = studies.importance(ctx, sid)
+    assert out.trials_measured == studies.MAX_IMPORTANCE_TRIALS + 200 and out.trials_used == studies.MAX_IMPORTANCE_TRIALS
+    assert studies.importance(ctx, sid) == out and len(ctx.importances) == 1  # computed once for the same trials

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import IO, Annotated
+from typing import IO, Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -15,7 +15,11 @@ from service.api.bodies import BodyError, parse_body
 from service.api.deps import ContextDep, OwnerDep
 from service.api.problems import ERRORS, PROBLEM_CONTENT, problem
 from service.api.schemas import BestOut, ImportanceOut, StudyOut, StudyPage, TrialDetail, TrialOut
-from service.definition import StudyStatus
+from service.api.plots import PlotsOut
+from service.definition import StudyStatus, TrialState
+from service.store import TRIAL_SORTS
+
+TrialSort = Literal[tuple(TRIAL_SORTS)]  # type: ignore[valid-type]
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"], responses={401: ERRORS[401], 422: ERRORS[422], 503: ERRORS[503]})
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,255}$"  # printable ASCII, no spaces: a UUID, a commit SHA, ...
@@ -89,9 +93,28 @@ async def get_study(study_id: str, ctx: ContextDep, owner: OwnerDep) -> Response
 
 
 @router.get("/{study_id}/trials", response_model=list[TrialOut], responses={404: ERRORS[404]}, summary="The study's trials",
-            description=CACHED)
-async def list_trials(study_id: str, ctx: ContextDep, owner: OwnerDep) -> Response:
-    return Response(await studies.trials_json(ctx, study_id, owner), media_type="application/json")
+            description="All of them, oldest first (" + CACHED + "), or with `limit` one page sorted by the database, "
+            "with the total that matches in the `X-Total-Count` header.")
+async def list_trials(
+    study_id: str, ctx: ContextDep, owner: OwnerDep,
+    state: Annotated[TrialState | None, Query(description="Only trials in this state (with `limit`).")] = None,
+    sort: Annotated[TrialSort, Query(description="The sort key (with `limit`).")] = "trial",
+    order: Annotated[Literal["asc", "desc"], Query()] = "asc",
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    limit: Annotated[int | None, Query(ge=1, le=500, description="A page of at most this many; without it, every trial.")] = None,
+) -> Response:
+    if limit is None and state is None and offset == 0:
+        return Response(await studies.trials_json(ctx, study_id, owner), media_type="application/json")
+    body, total = await run_in_threadpool(studies.trials_page, ctx, study_id, owner, state=state.value if state else None, sort=sort,
+                                          descending=order == "desc", offset=offset, limit=limit or 500)
+    return Response(body, media_type="application/json", headers={"X-Total-Count": str(total)})
+
+
+@router.get("/{study_id}/plots", response_model=PlotsOut, responses={404: ERRORS[404]},
+            summary="The study page's plots, aggregated: optimization history, learning curves with the scheduler's rungs, "
+            "parallel coordinates", description="Bounded whatever the study's size (service/api/plots.py says how it samples). " + CACHED)
+async def study_plots(study_id: str, ctx: ContextDep, owner: OwnerDep) -> Response:
+    return Response(await studies.plots_json(ctx, study_id, owner), media_type="application/json")
 
 
 @router.get("/{study_id}/trials/{trial_id}", response_model=TrialDetail, responses={404: ERRORS[404]}, summary="One trial with its per-epoch history")
