@@ -26,10 +26,11 @@ lint: setup
 # the fast tests first (in-process API, store, search spaces, trainables: about a minute),
 # then the few end-to-end ones that start Ray heads and servers
 unit: setup
-	$(BIN)/pytest -q -m "not ray and not slow"
+	$(BIN)/pytest -q -m "not ray and not slow and not ui"
 
+# the UI tests drive Debian's Chromium (/usr/bin/chromium: apt-get install chromium; .ci/run installs it)
 e2e: setup
-	$(BIN)/pytest -q -m "ray or slow" --durations=10
+	$(BIN)/pytest -q -m "ray or slow or ui" --durations=10
 
 test: lint unit e2e bench-smoke
 
@@ -44,6 +45,7 @@ bench-smoke: setup
 	$(BIN)/python -m bench.api_load --smoke
 	$(BIN)/python -m bench.store_load --smoke
 	if [ -n "$$CAVIAR_TEST_POSTGRES_URL" ]; then $(BIN)/python -m bench.store_load --smoke --database-url "$$CAVIAR_TEST_POSTGRES_URL"; fi
+	$(BIN)/python -m bench.ui_load --smoke
 	$(BIN)/python -m bench.control_plane --smoke $${CAVIAR_TEST_POSTGRES_URL:+--database-url "$$CAVIAR_TEST_POSTGRES_URL"}
 
 demo: setup

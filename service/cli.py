@@ -404,5 +404,40 @@ def spaces(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
         console.print(f"[bold]{s['name']}[/bold]  {', '.join(s['parameters'])}")
 
 
+@app.command()
+def dashboard(
+    study_id: str,
+    host: Annotated[str, typer.Option(help="Bind address of optuna-dashboard.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Its port.")] = 8080,
+    data_dir: DataDirOpt = None,
+    database_url: Annotated[str | None, typer.Option("--database-url", envvar="CAVIAR_DATABASE_URL", metavar="URL",
+                                                     help="Caviar's database (where Optuna keeps its trials with CAVIAR_OPTUNA_STORAGE=database).")] = None,
+) -> None:
+    """Open the study's Optuna storage in optuna-dashboard and print its URL (Ctrl-C stops it).
+
+    Run it where the study's Optuna storage is: the data directory of the node that ran the study's
+    driver (the journal, by default), or anywhere that reaches the database (CAVIAR_OPTUNA_STORAGE=database).
+    Trials the scheduler stopped early show as PRUNED."""
+    import optuna
+    import optuna_dashboard
+
+    from service.runner.optuna_storage import optuna_journal, optuna_storage
+
+    settings = load_settings(data_dir=data_dir, database_url=database_url)
+    name = f"caviar-{study_id}"
+    if settings.optuna_storage == "journal" and not optuna_journal(settings.data_dir, study_id).exists():
+        _fail(f"no Optuna journal for study '{study_id}' at {optuna_journal(settings.data_dir, study_id)}: run this where the study's "
+              "driver ran (its data directory: --data-dir), or use CAVIAR_OPTUNA_STORAGE=database", 1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna_storage(settings.optuna_storage, settings.database_url, settings.data_dir, study_id)
+    try:
+        number = storage.get_study_id_from_name(name)
+    except KeyError:
+        _fail(f"no Optuna study '{name}' in the {settings.optuna_storage} storage (has the study started?)", 1)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    print(f"optuna-dashboard for study {study_id}: http://{shown}:{port}/dashboard/studies/{number}", flush=True)
+    optuna_dashboard.run_server(storage, host=host, port=port)
+
+
 if __name__ == "__main__":
     app()

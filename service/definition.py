@@ -179,7 +179,7 @@ class StudyDefinition(BaseModel):
             return []
         max_t = s.max_t or self.epochs()
         count = int(math.log(max_t / s.grace_period) / math.log(s.reduction_factor) + 1)
-        return [s.grace_period * s.reduction_factor**k for k in range(count)]
+        return [r for r in (s.grace_period * s.reduction_factor**k for k in range(count)) if r < max_t]  # one at max_t cuts nothing
 
     def constants(self) -> dict[str, Any]:
         """What every trial's config holds besides its sampled values (the trainable reads both)."""

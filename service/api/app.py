@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
@@ -117,6 +118,9 @@ def create_app(settings: Settings, *, jobs: Jobs | None = None, run_migrations: 
         return scheme.lower() == "bearer" and bool(token) and await run_in_threadpool(ctx.store.tokens.owner_for, token.strip()) is not None
 
     app.add_middleware(Limits, guard_docs=docs_token_ok if settings.auth == "required" else None)
+    # JSON over 1 KB compressed for clients that accept gzip (the UI's plots: 200 KB -> ~50 KB); the
+    # event stream and the checkpoint archives are left as they are (Starlette's excluded types)
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
     problems.install(app)
     app.include_router(study_routes.router)
     app.include_router(catalog.router)

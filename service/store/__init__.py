@@ -13,8 +13,7 @@ from service.store.models import LOCAL_OWNER, StudyRow, TokenRow, TrialRow, now
 from service.store.stats import Stats, StatsRepo
 from service.store.studies import StudyRepo
 from service.store.tokens import TokenRepo, hash_token
-from service.store.trials import SORTS as TRIAL_SORTS
-from service.store.trials import TrialRepo
+from service.store.trials import TrialRepo, TrialSort
 
 
 class Store:
@@ -48,9 +47,9 @@ __all__ = [
     "StudyRow",
     "TokenRepo",
     "TokenRow",
-    "TRIAL_SORTS",
     "TrialRepo",
     "TrialRow",
+    "TrialSort",
     "hash_token",
     "migrate",
     "now",

@@ -71,4 +71,4 @@ def _sample(p: dict[str, Any], rng: random.Random) -> Any:
         return rng.choice(p["choices"])
     lo, hi = p["low"], p["high"]
     x = math.exp(rng.uniform(math.log(lo), math.log(hi))) if p.get("log") else rng.uniform(lo, hi)
-    return int(round(x)) if p["type"] == "int" else x
+    return round(x) if p["type"] == "int" else x

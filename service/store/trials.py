@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
@@ -31,9 +31,12 @@ def best_query(study_id: str, mode: str, k: int) -> Select[TrialRow]:
             .order_by(order, TrialRow.pk).limit(k))
 
 
-SORTS = {"trial": TrialRow.pk, "state": TrialRow.state, "retries": TrialRow.retries, "node": TrialRow.node,
+TrialSort = Literal["trial", "state", "retries", "node", "epochs", "best_value", "started_at", "finished_at"]
+SORTS: dict[str, Any] = {"trial": TrialRow.pk, "state": TrialRow.state, "retries": TrialRow.retries, "node": TrialRow.node,
          "epochs": TrialRow.epochs, "best_value": TrialRow.best_value, "started_at": TrialRow.started_at,
          "finished_at": TrialRow.finished_at}
+if set(SORTS) != set(get_args(TrialSort)):  # pragma: no cover - one list of sort keys
+    raise RuntimeError("TrialSort and SORTS disagree")
 
 
 class TrialRepo:

@@ -13,13 +13,11 @@ from fastapi.sse import EventSourceResponse
 from service.api import events, studies
 from service.api.bodies import BodyError, parse_body
 from service.api.deps import ContextDep, OwnerDep
+from service.api.plots import PlotsOut
 from service.api.problems import ERRORS, PROBLEM_CONTENT, problem
 from service.api.schemas import BestOut, ImportanceOut, StudyOut, StudyPage, TrialDetail, TrialOut
-from service.api.plots import PlotsOut
 from service.definition import StudyStatus, TrialState
-from service.store import TRIAL_SORTS
-
-TrialSort = Literal[tuple(TRIAL_SORTS)]  # type: ignore[valid-type]
+from service.store import TrialSort
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"], responses={401: ERRORS[401], 422: ERRORS[422], 503: ERRORS[503]})
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,255}$"  # printable ASCII, no spaces: a UUID, a commit SHA, ...

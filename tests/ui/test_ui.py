@@ -1,0 +1,158 @@
+"""The web UI in a real browser (Chromium via Playwright) against real servers over HTTP.
+
+- a study on the session's Ray head: open the list, open the running study, see its learning
+  curves grow from the event stream without a reload, cancel it;
+- `caviar serve` with no Ray: an invalid definition shows its field and rule, a valid one opens
+  its study page; trainables and presets are listed from the API;
+- auth required (not on loopback): the page asks for a token, refuses a wrong one, and shows only
+  the token owner's studies;
+- a study of 10,000 trials: the study page stays small (payload bounded) and sorts on the server.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.api.app import create_app
+from service.local import LocalHead, LocalServer, wait_until
+from service.store.synthetic import synthetic_study
+from tests.service.fakes import FakeJobs, serve_in_thread, settings_for
+from tests.ui.conftest import screenshot
+
+pytestmark = pytest.mark.ui
+
+SLOW = {"name": "ui-live", "trainable": "busy_work", "dataset": {"name": "digits"},
+        "search_space": {"x": {"type": "float", "low": 0, "high": 1}, "y": {"type": "float", "low": 0, "high": 1}},
+        "fixed": {"epochs": 60, "seconds_per_epoch": 0.25},
+        "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 3},
+        "budget": {"num_trials": 6, "max_concurrent_trials": 2}}
+
+
+def curve_points(page: Any) -> int:
+    return int(page.get_attribute("[data-plot=curves] svg", "data-points") or 0)
+
+
+@pytest.mark.ray
+def test_list_then_a_running_study_whose_curves_grow_live_then_cancel(api: LocalServer, ray_head: LocalHead, page: Any) -> None:
+    with api.client() as client:
+        sid = client.submit(SLOW)["id"]
+        wait_until(lambda: any(t["epochs"] >= 2 for t in client.trials(sid)), 180, "two epochs of a trial", interval=0.5)
+
+        page.goto(f"{api.url}/")
+        row = page.locator(f"tr[data-study='{sid}']")
+        row.wait_for()
+        assert "running" in row.inner_text() and "ui-live" in row.inner_text()
+        screenshot(page, "studies")
+        row.get_by_role("link", name="ui-live").click()
+
+        page.wait_for_selector("svg[data-curves]")
+        page.wait_for_function("document.querySelector('.live')?.textContent.includes('live')")
+        page.evaluate("window.__same_page = true")  # gone if the page reloads
+        first = curve_points(page)
+        wait_until(lambda: curve_points(page) >= first + 3, 60, "the curves to grow from the event stream", interval=0.2)
+        assert page.evaluate("window.__same_page") is True
+        assert page.locator("[data-plot=curves] line.rung").count() >= 1  # ASHA's rungs drawn
+        trial_ids = {t["trial_id"] for t in client.trials(sid)}
+        shown = set(page.locator("table.trials-table tbody tr").evaluate_all("rows => rows.map(r => r.dataset.trial)"))
+        assert shown and shown <= trial_ids
+        screenshot(page, "study")
+
+        page.get_by_role("button", name="Cancel study").click()
+        page.get_by_role("button", name="Confirm: cancel the study").click()
+        page.locator(".study-head .badge.cancelled").wait_for()
+        assert client.study(sid)["status"] == "cancelled"
+
+
+def test_submit_shows_the_field_and_rule_of_a_422_and_a_valid_definition_opens_its_study(tmp_path: Path, page: Any) -> None:
+    server = LocalServer(tmp_path, None).start()  # `caviar serve` with no Ray: studies stay queued
+    try:
+        with server.client() as client:
+            trainables = {t["name"] for t in client.trainables()}
+            presets = {p["name"] for p in client.search_spaces()}
+        page.goto(f"{server.url}/#/submit")
+        page.locator("[data-testid=presets] li").first.wait_for()
+        listed = page.locator("[data-testid=trainables] li code").all_inner_texts()
+        assert set(listed) == trainables
+        assert set(page.locator("[data-testid=presets] li code").all_inner_texts()) == presets
+
+        bad = SLOW | {"name": "ui-bad", "search_space": {"x": {"type": "float", "low": 1, "high": 0}}}
+        page.fill("#definition", json.dumps(bad))
+        page.get_by_role("button", name="Submit").click()
+        field = page.locator(".errors li[data-field='search_space.x']")
+        field.wait_for()
+        assert "high" in field.inner_text() and "low" in field.inner_text(), field.inner_text()
+        screenshot(page, "submit-422")
+
+        yaml_text = "\n".join(f"{k}: {json.dumps(v)}" for k, v in (SLOW | {"name": "ui-good"}).items())
+        page.fill("#definition", yaml_text)  # YAML (JSON values are YAML too)
+        page.get_by_role("button", name="Submit").click()
+        page.wait_for_url(f"{server.url}/#/studies/*")
+        sid = page.url.rsplit("/", 1)[-1]
+        page.locator(".study-head h1", has_text="ui-good").wait_for()
+        with server.client() as client:
+            assert client.study(sid)["name"] == "ui-good"
+            assert [s["name"] for s in client.studies()["items"]] == ["ui-good"]  # the invalid one stored nothing
+    finally:
+        server.stop()
+
+
+def test_beyond_loopback_the_ui_asks_for_a_token_and_shows_only_its_owners_studies(tmp_path: Path, page: Any) -> None:
+    app = create_app(settings_for(tmp_path, auth="required"), jobs=FakeJobs())
+    store = app.state.ctx.store
+    tokens = {owner: store.tokens.create(owner)[1] for owner in ("alice", "bob")}
+    with serve_in_thread(app) as url:
+        ids = {}
+        for owner, token in tokens.items():
+            r = httpx.post(f"{url}/v1/studies", json=SLOW | {"name": f"study-of-{owner}"}, headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 201, r.text
+            ids[owner] = r.json()["id"]
+        page.goto(f"{url}/")
+        page.locator("#token-form").wait_for()
+        page.fill("#token-input", "cav_wrong")
+        page.get_by_role("button", name="Use token").click()
+        page.locator("#token-error", has_text="unknown or revoked").wait_for()
+        page.fill("#token-input", tokens["alice"])
+        page.get_by_role("button", name="Use token").click()
+        page.locator(f"tr[data-study='{ids['alice']}']").wait_for()
+        rows = page.locator("table.studies tbody tr").evaluate_all("rows => rows.map(r => r.dataset.study)")
+        assert rows == [ids["alice"]]
+        assert page.locator("#token-form").is_hidden()
+        page.goto(f"{url}/#/studies/{ids['bob']}")  # another owner's study: as if it did not exist
+        page.locator("main .error", has_text="no study").wait_for()
+
+
+def test_a_10000_trial_study_page_stays_small_and_sorts_on_the_server(tmp_path: Path, page: Any) -> None:
+    app = create_app(settings_for(tmp_path), jobs=FakeJobs())
+    definition = SLOW | {"name": "ten-thousand", "fixed": {"epochs": 30}, "budget": {"num_trials": 10_000, "max_concurrent_trials": 4}}
+    sid = synthetic_study(app.state.ctx.store, definition, 10_000, running=4, status="running")
+    with serve_in_thread(app) as url:
+        sizes: dict[str, int] = {}
+        foreign: list[str] = []
+
+        def seen(response: Any) -> None:
+            if not response.url.startswith(url):
+                foreign.append(response.url)
+            elif "/events" not in response.url:  # the stream never ends; its bytes are not the page's
+                sizes[response.url] = len(response.body())
+
+        page.on("response", seen)
+        page.goto(f"{url}/#/studies/{sid}")
+        page.wait_for_selector("svg[data-curves]")
+        page.wait_for_selector("[data-plot=importance] svg", timeout=120_000)
+        page.wait_for_selector("[data-plot=parallel] svg[data-lines]")
+        assert page.locator("[data-testid=trials-total]").inner_text() == "1–50 of 10004"
+        total = sum(sizes.values())
+        assert total < 1_000_000, sizes  # no multi-megabyte page
+        assert int(page.get_attribute("[data-plot=curves] svg", "data-curves") or 0) <= 200
+        assert not foreign, foreign  # nothing from another origin (no CDN)
+
+        page.get_by_role("columnheader", name="Best value").click()  # ascending
+        page.get_by_role("columnheader", name="Best value ▲").click()  # descending: the best first
+        page.locator("th[aria-sort=descending]", has_text="Best value").wait_for()
+        best = httpx.get(f"{url}/v1/studies/{sid}/best?k=1").json()["items"][0]
+        page.locator(f"table.trials-table tbody tr:first-child[data-trial='{best['trial_id']}']").wait_for()
