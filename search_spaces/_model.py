@@ -258,6 +258,15 @@ class SearchSpace(RootModel[dict[str, Parameter]]):
     def active_names(self, config: Mapping[str, Any]) -> list[str]:
         return [n for n in self.order() if self.is_active(n, config)]
 
+    def fit(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """What of ``config`` (an earlier study's trial) this space can run: its values that this
+        space contains, for parameters active given them. What is left out the sampler fills in."""
+        kept: dict[str, Any] = {}
+        for name in self.order():
+            if name in config and self.is_active(name, kept) and self.root[name].contains(config[name]):
+                kept[name] = config[name]
+        return kept
+
     def check_config(self, config: Mapping[str, Any]) -> None:
         """Raise SearchSpaceError unless ``config`` holds exactly the active parameters, in range."""
         for name in self.order():

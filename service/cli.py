@@ -390,6 +390,46 @@ def cancel(study_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> 
     console.print(f"study {s['id']} {s['status']}")
 
 
+@app.command()
+def refine(
+    study_id: str,
+    top_k: Annotated[int, typer.Option("--top-k", help="Narrow around this many best trials (they run first).")] = 5,
+    num_trials: Annotated[int, typer.Option("--num-trials", help="The new study's trials.")] = 16,
+    margin: Annotated[float, typer.Option(help="Pads the top-k's span by this fraction on each side.")] = 0.25,
+    name: Annotated[str | None, typer.Option(help="The new study's name (default: <name>-refine).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the narrowed space; submit nothing.")] = False,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+) -> None:
+    """Coarse to fine: a new study in ID's space narrowed around its top-k, warm-started with them."""
+    extra = {"name": name} if name else {}
+    out = _call(url, Client.refine, study_id, top_k=top_k, num_trials=num_trials, dry_run=dry_run, margin=margin, token=token, **extra)
+    if dry_run:
+        for param, change in out["narrowed"].items():
+            before, after = change["before"], change["after"]
+            console.print(f"{param}: {_range(before)} -> {_range(after) if after else 'dropped'}", markup=False, highlight=False)
+        if not out["narrowed"]:
+            console.print("nothing narrowed: the top-k span the whole space", markup=False)
+        return
+    console.print(f"study {out['id']} {out['status']} ({out['name']}, refined from {study_id})", markup=False, highlight=False)
+
+
+def _range(p: dict[str, Any]) -> str:
+    if p.get("type") == "categorical":
+        return "{" + ", ".join(map(str, p["choices"])) + "}"
+    return f"[{p['low']:.4g}, {p['high']:.4g}]" + (" log" if p.get("log") else "")
+
+
+@app.command()
+def extend(
+    study_id: str,
+    num_trials: Annotated[int, typer.Option("--num-trials", help="How many more trials.")],
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+) -> None:
+    """Run more trials in a finished study (same id, the sampler keeps its history)."""
+    s = _call(url, Client.extend, study_id, num_trials, token=token)
+    console.print(f"study {s['id']} {s['status']}: {s['definition']['budget']['num_trials']} trials in all", markup=False, highlight=False)
+
+
 @app.command("trainables")
 def list_trainables_cmd(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
     """Registered trainables."""

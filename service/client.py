@@ -153,6 +153,16 @@ class Client:
     def cancel(self, study_id: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/studies/{study_id}/cancel"))
 
+    def refine(self, study_id: str, *, top_k: int = 5, num_trials: int = 16, dry_run: bool = False, **overrides: Any) -> dict[str, Any]:
+        """A new study in ``study_id``'s space narrowed around its top-k (with ``dry_run``: its
+        definition, nothing stored). ``overrides``: definition keys (name, sampler, budget, ...)."""
+        body = {"top_k": top_k, "num_trials": num_trials, **overrides}
+        return dict(self.request("POST", f"/v1/studies/{study_id}/refine", json=body, params={"dry_run": "true"} if dry_run else None))
+
+    def extend(self, study_id: str, num_trials: int) -> dict[str, Any]:
+        """``num_trials`` more trials for a finished study (same id, same Optuna study)."""
+        return dict(self.request("POST", f"/v1/studies/{study_id}/extend", json={"num_trials": num_trials}))
+
     def wait(self, study_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None,
              on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Poll the study until it is completed, failed or cancelled; returns it. ``on_update`` sees

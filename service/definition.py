@@ -106,6 +106,13 @@ class Resources(BaseModel):
     gpu: float = Field(0.0, ge=0, le=16, description="May be fractional: 0.25 packs four trials on one GPU.")
 
 
+class WarmStart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    study: str = Field(pattern=r"^[0-9a-f]{16}$", description="An earlier study of the same owner (its id).")
+    top_k: int = Field(5, ge=1, le=100, description="Its best configurations that fit this space run first. When this "
+                       "study's space equals the earlier one's, the earlier finished trials also seed the sampler's history.")
+
+
 class StudyDefinition(BaseModel):
     """What a user submits. Trainables, datasets and presets are names; nothing here is code."""
 
@@ -164,6 +171,7 @@ class StudyDefinition(BaseModel):
     scheduler: Scheduler = Field(default_factory=Scheduler)
     budget: Budget = Field(default_factory=Budget)
     resources_per_trial: Resources = Field(default_factory=Resources)
+    warm_start: WarmStart | None = Field(None, description="Start from an earlier study's best (coarse-to-fine refine sets it).")
 
     def epochs(self) -> int:
         return int(self.fixed.get("epochs") or self.scheduler.max_t or 20)

@@ -72,6 +72,8 @@ class StudyOut(BaseModel):
     definition: dict[str, Any]
     owner: str = Field(description="Owner of the API token that submitted the study ('local': loopback without a token).")
     resumes: int = Field(0, description="Times the study was resumed from Tune's saved state after its Ray job died.")
+    parent_id: str | None = Field(None, description="The study it was warm-started or refined from; its children: GET /v1/studies?parent_id=ID.")
+    extended_at: datetime | None = Field(None, description="When it was last extended with more trials (POST .../extend).")
 
 
 class StudyPage(BaseModel):
@@ -105,3 +107,25 @@ class ImportanceOut(BaseModel):
     trials_measured: int = Field(description="Completed and stopped-early trials with a value.")
     importances: dict[str, float] = Field(description="Parameter -> importance (they sum to 1), most important first. "
                                           "Conditional parameters (not in every trial) are left out.")
+
+
+class RefineRequest(BaseModel):
+    """POST /v1/studies/{id}/refine: a new study in the parent's space narrowed around its top-k. Any
+    other key is a definition override (e.g. `name`, `sampler`, `budget: {max_concurrent_trials: 4}`),
+    merged into the parent's definition one level deep."""
+
+    model_config = {"extra": "allow"}
+    top_k: int = Field(5, ge=1, le=100, description="Narrow around this many best trials; they run first in the new study.")
+    num_trials: int = Field(16, ge=1, le=10_000, description="The new study's budget.num_trials.")
+    margin: float = Field(0.25, ge=0, le=2, description="Pads the top-k's span by this fraction on each side (log-aware).")
+
+
+class RefineOut(BaseModel):
+    parent_id: str
+    definition: dict[str, Any] = Field(description="The new study's definition, its narrowed search space resolved.")
+    narrowed: dict[str, dict[str, Any]] = Field(description="Parameter -> {before, after}: what narrowing changed.")
+
+
+class ExtendRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    num_trials: int = Field(ge=1, le=10_000, description="How many more trials to run.")

@@ -15,8 +15,17 @@ from pydantic import TypeAdapter
 import search_spaces
 from service.api import plots
 from service.api.readcache import ReadCache
-from service.api.schemas import BestEntry, BestOut, ImportanceOut, StudyOut, TrialDetail, TrialOut
-from service.definition import FINISHED, StudyDefinition, StudyStatus, check_definition, freeze
+from service.api.schemas import (
+    BestEntry,
+    BestOut,
+    ImportanceOut,
+    RefineOut,
+    RefineRequest,
+    StudyOut,
+    TrialDetail,
+    TrialOut,
+)
+from service.definition import FINISHED, DefinitionError, StudyDefinition, StudyStatus, check_definition, freeze
 from service.jobs import Jobs
 from service.settings import Settings
 from service.storage import open_storage
@@ -89,20 +98,39 @@ def submit(ctx: Context, data: dict[str, Any], owner: str = LOCAL_OWNER, idempot
             cluster = None
         space = check_definition(definition, max_grid_points=s.max_grid_points, cluster=cluster, data_dir=s.data_dir,
                                  max_file_bytes=s.max_dataset_file_bytes)
-        studies_active, trials_active = ctx.store.studies.owner_usage(owner)
-        if studies_active + 1 > s.quota_active_studies:
-            raise QuotaExceeded(f"owner '{owner}' has {studies_active} studies queued or running; the quota is {s.quota_active_studies}. "
-                                "Wait for one to finish or cancel one")
-        want = definition.budget.max_concurrent_trials
-        if trials_active + want > s.quota_concurrent_trials:
-            raise QuotaExceeded(f"owner '{owner}' runs up to {trials_active} concurrent trials; this study adds {want} "
-                                f"(budget.max_concurrent_trials) and the quota is {s.quota_concurrent_trials}")
-        row = ctx.store.studies.create(definition.name, freeze(definition, space), owner=owner, idempotency_key=idempotency_key)
+        parent_id = _warm_start_parent(ctx, definition, owner)
+        check_quota(ctx, owner, definition.budget.max_concurrent_trials)
+        row = ctx.store.studies.create(definition.name, freeze(definition, space), owner=owner, idempotency_key=idempotency_key,
+                                       parent_id=parent_id)
     except BaseException:
         if idempotency_key is not None:
             ctx.store.keys.release(owner, idempotency_key)
         raise
     return study_out(ctx, row), True
+
+
+def check_quota(ctx: Context, owner: str, want: int) -> None:
+    """One more active study of ``owner`` with ``want`` concurrent trials fits the quotas, or QuotaExceeded."""
+    s = ctx.settings
+    studies_active, trials_active = ctx.store.studies.owner_usage(owner)
+    if studies_active + 1 > s.quota_active_studies:
+        raise QuotaExceeded(f"owner '{owner}' has {studies_active} studies queued or running; the quota is {s.quota_active_studies}. "
+                            "Wait for one to finish or cancel one")
+    if trials_active + want > s.quota_concurrent_trials:
+        raise QuotaExceeded(f"owner '{owner}' runs up to {trials_active} concurrent trials; this study adds {want} "
+                            f"(budget.max_concurrent_trials) and the quota is {s.quota_concurrent_trials}")
+
+
+def _warm_start_parent(ctx: Context, d: StudyDefinition, owner: str) -> str | None:
+    """The study ``warm_start`` names, checked: this owner's, with a measured trial to start from."""
+    if d.warm_start is None:
+        return None
+    parent = ctx.store.studies.get(d.warm_start.study)
+    if parent is None or parent.owner != owner:
+        raise DefinitionError("warm_start.study", f"no study '{d.warm_start.study}' (of owner '{owner}')")
+    if not ctx.store.trials.best(parent.id, parent.definition["objective"]["mode"], 1):
+        raise DefinitionError("warm_start.study", f"study '{parent.id}' has no completed or stopped-early trial with a value to start from")
+    return parent.id
 
 
 def get(ctx: Context, study_id: str, owner: str | None = None) -> StudyRow:
@@ -143,12 +171,13 @@ def _out(ctx: Context, row: StudyRow, counts: dict[str, int], b: TrialRow | None
         trial_counts=counts, best=best, ray_job_id=row.ray_job_id,
         dashboard_url=f"{ctx.settings.dashboard_url}/#/jobs/{row.ray_job_id}" if row.ray_job_id else None,
         created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at, error=row.error,
-        definition=d, owner=row.owner, resumes=row.resumes,
+        definition=d, owner=row.owner, resumes=row.resumes, parent_id=row.parent_id, extended_at=row.extended_at,
     )
 
 
-def list_page(ctx: Context, status: StudyStatus | None, offset: int, limit: int, owner: str | None = None) -> tuple[list[StudyOut], int]:
-    rows, total = ctx.store.studies.page(status.value if status else None, offset, limit, owner=owner)
+def list_page(ctx: Context, status: StudyStatus | None, offset: int, limit: int, owner: str | None = None,
+              parent_id: str | None = None) -> tuple[list[StudyOut], int]:
+    rows, total = ctx.store.studies.page(status.value if status else None, offset, limit, owner=owner, parent_id=parent_id)
     return [study_out(ctx, r) for r in rows], total
 
 
@@ -254,6 +283,39 @@ def best(ctx: Context, study_id: str, k: int, owner: str | None = None) -> BestO
         for t in ctx.store.trials.best(study_id, objective["mode"], k)
     ]
     return BestOut(study_id=study_id, objective=objective, items=items, test_metrics=row.test_metrics)
+
+
+def refine_definition(ctx: Context, study_id: str, req: RefineRequest, owner: str | None = None) -> RefineOut:
+    """The definition of a study that searches ``study_id``'s space narrowed around its top-k
+    (search_spaces.narrow: log-aware, within the old bounds, categoricals kept to those used),
+    warm-started with those configurations; the request's other keys override the parent's."""
+    row = get(ctx, study_id, owner)
+    d = StudyDefinition.model_validate(row.definition)
+    top = ctx.store.trials.best(study_id, d.objective.mode, req.top_k)
+    if not top:
+        raise Conflict(f"study '{study_id}' has no completed or stopped-early trial with a value: nothing to refine around")
+    before = d.space()
+    after = search_spaces.narrow(before, [t.config for t in top], margin=req.margin)
+    new = {**row.definition, "name": f"{row.name}-refine"[:128], "search_space": after.to_dict(),
+           "warm_start": {"study": study_id, "top_k": req.top_k},
+           "budget": {**row.definition["budget"], "num_trials": req.num_trials}}
+    for key, value in (req.model_extra or {}).items():  # overrides, merged one level deep
+        new[key] = {**new[key], **value} if isinstance(value, dict) and isinstance(new.get(key), dict) else value
+    old_params, new_params = before.to_dict(), after.to_dict()
+    narrowed = {k: {"before": old_params[k], "after": new_params.get(k)} for k in old_params if old_params[k] != new_params.get(k)}
+    return RefineOut(parent_id=study_id, definition=new, narrowed=narrowed)
+
+
+def extend(ctx: Context, study_id: str, more: int, owner: str | None = None) -> StudyOut:
+    """``more`` trials for a finished study: same id, same Optuna study (the sampler keeps its
+    history), its trial list grows; it is queued and handed to Ray as a new job."""
+    row = get(ctx, study_id, owner)
+    if StudyStatus(row.status) not in FINISHED:
+        raise Conflict(f"study '{study_id}' is {row.status}; only a finished (completed, failed or cancelled) study can be extended")
+    check_quota(ctx, row.owner, int(row.definition["budget"]["max_concurrent_trials"]))
+    if not ctx.store.studies.extend(study_id, more):
+        raise Conflict(f"study '{study_id}' changed meanwhile; only a finished study can be extended")
+    return study_out(ctx, get(ctx, study_id))
 
 
 def cancel(ctx: Context, study_id: str, owner: str | None = None) -> StudyOut:

@@ -37,7 +37,7 @@ def main(study_id: str) -> int:
 
     try:
         definition = StudyDefinition.model_validate(row.definition)
-        test = run_study(study_id, definition, settings, resumed=row.resumes > 0)
+        test = run_study(study_id, definition, settings, resumed=row.resumes > 0, extended_at=row.extended_at)
         failure = nothing_measured(store, study_id)
         if failure:  # every trial failed: the study did not do its job, and says why
             store.studies.finish(study_id, StudyStatus.FAILED, error=failure)

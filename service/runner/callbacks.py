@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,9 @@ class StoreCallback(tune.Callback):
     """
 
     def __init__(self, study_id: str, database_url: str, metric: str, mode: str, epochs: int, metrics: tuple[str, ...],
-                 *, resumed: bool = False) -> None:
+                 *, resumed: bool = False, started_since: datetime | None = None) -> None:
         self.study_id, self.database_url = study_id, database_url
+        self.started_since = started_since  # an extended study: this run's trials started since then
         self.metric, self.mode, self.epochs = metric, mode, epochs
         self.reported = ("epoch", *metrics, "diverged")
         self._restored = resumed
@@ -96,7 +98,7 @@ class StoreCallback(tune.Callback):
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if self._restored:  # the first step of a resumed driver sees exactly the trials Tune restored
             self._restored = False
-            gone = self.store.trials.forget_except(self.study_id, {t.trial_id for t in trials})
+            gone = self.store.trials.forget_except(self.study_id, {t.trial_id for t in trials}, self.started_since)
             if gone:
                 log.warning("resume: %d trials started after Tune's last saved state are re-run: %s", len(gone), gone)
 

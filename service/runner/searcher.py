@@ -22,9 +22,19 @@ class PruningOptunaSearch(OptunaSearch):
     with its experiment state.
     """
 
-    def __init__(self, *args: Any, epochs: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, epochs: int, history: list[optuna.trial.FrozenTrial] | None = None, **kwargs: Any) -> None:
+        self.history = history or []  # before OptunaSearch's __init__, which sets up the study
         super().__init__(*args, **kwargs)
         self.epochs = epochs
+
+    def _setup_study(self, mode: Any) -> None:
+        """OptunaSearch's, then (warm start) an earlier study's finished trials into a study that
+        has none yet, so the sampler starts from their history instead of from scratch."""
+        super()._setup_study(mode)
+        study = self._ot_study
+        if self.history and study is not None and not any(t.state.is_finished() for t in study.get_trials(deepcopy=False)):
+            study.add_trials(self.history)
+            log.info("warm start: %d earlier trials added to the sampler's history", len(self.history))
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         # no Optuna write per epoch: Caviar's store keeps the learning curves, and the one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 import ray
@@ -15,6 +16,7 @@ from service.runner.callbacks import StoreCallback, store_for
 from service.runner.optuna_storage import optuna_storage
 from service.runner.schedulers import make_scheduler
 from service.runner.searcher import PruningOptunaSearch
+from service.runner.warm_start import warm_start_plan
 from service.settings import Settings
 from service.storage import open_storage
 from trainables import TrainableSpec, get_trainable
@@ -22,13 +24,18 @@ from trainables import TrainableSpec, get_trainable
 log = logging.getLogger("caviar.runner")
 
 
-def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed: bool = False) -> dict[str, Any]:
+def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed: bool = False,
+              extended_at: datetime | None = None) -> dict[str, Any]:
     """Run the study's trials on the Ray cluster this job belongs to; returns the best trial's
     held-out test metrics (empty when there are none).
 
     ``resumed``: an earlier driver of this study died. With Tune's saved experiment state on disk
     the run is restored from it: finished trials are kept, unfinished ones continue from their last
     checkpoint, the searcher and scheduler continue where they were.
+
+    ``extended_at``: the study was extended then (POST .../extend). This run adds the trials its
+    budget grew by to those of earlier runs, in the same Optuna study (the sampler keeps its history)
+    and the same experiment directory; a resume keeps the earlier runs' trials.
     """
     if not ray.is_initialized():
         ray.init(address="auto", log_to_driver=True)
@@ -46,19 +53,23 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
         grid = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False, **restore_fs).fit()
         return best_trial_test_metrics(grid, study_id, settings.database_url, spec, constants, mode)
     space = d.space()
+    store = store_for(settings.database_url)
+    earlier = len(store.trials.for_study(study_id)) if extended_at is not None else 0
+    # warm start on the first run only: an extension continues its own Optuna study's history
+    points, history = warm_start_plan(store, d, space) if extended_at is None else ([], [])
     search = PruningOptunaSearch(
         space=define_by_run(space, constants), metric=metric, mode=mode,
         sampler=make_sampler(d.sampler.type, space, d.sampler.seed, max_grid_points=10**9),
         # the Optuna study caviar-<id>: in a journal file beside Tune's results, or in the database;
         # either way optuna-dashboard opens it
         storage=optuna_storage(settings.optuna_storage, settings.database_url, settings.data_dir, study_id),
-        study_name=f"caviar-{study_id}", epochs=epochs,
+        study_name=f"caviar-{study_id}", epochs=epochs, points_to_evaluate=points or None, history=history,
     )
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             metric=metric, mode=mode, search_alg=search, scheduler=make_scheduler(d.scheduler, epochs),
-            num_samples=d.budget.num_trials, max_concurrent_trials=d.budget.max_concurrent_trials,
+            num_samples=max(d.budget.num_trials - earlier, 1), max_concurrent_trials=d.budget.max_concurrent_trials,
             time_budget_s=d.budget.time_budget_s,
             # one trial process per slot, reused by the next trial: no process start, no imports,
             # no CUDA context per trial (about 1 s each on short trials)
@@ -69,7 +80,8 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
             **storage.tune_args(),  # a shared path or an object store: a trial retried on another node finds its checkpoint
             # the job runs with TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1 (service.jobs.driver_env): Tune's
             # JSON log (result.json) stays, its CSV and TensorBoard loggers are off
-            callbacks=[StoreCallback(study_id, settings.database_url, metric, mode, epochs, spec.metrics, resumed=resumed),
+            callbacks=[StoreCallback(study_id, settings.database_url, metric, mode, epochs, spec.metrics, resumed=resumed,
+                                     started_since=extended_at),
                        JsonLoggerCallback()],
             failure_config=tune.FailureConfig(max_failures=d.budget.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),

@@ -71,6 +71,9 @@ class StudyRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # the study it was warm-started or refined from (not a foreign key: a parent may be deleted, its children stay)
+    parent_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    extended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # last POST .../extend: earlier trials are earlier runs'
 
 
 class TrialRow(Base):

@@ -28,10 +28,11 @@ class StudyRepo:
         self.db = db
 
     @retry_transient
-    def create(self, name: str, definition: dict[str, Any], owner: str = LOCAL_OWNER, idempotency_key: str | None = None) -> StudyRow:
+    def create(self, name: str, definition: dict[str, Any], owner: str = LOCAL_OWNER, idempotency_key: str | None = None,
+               parent_id: str | None = None) -> StudyRow:
         """Insert a queued study; with ``idempotency_key`` (claimed before) bind the key to it in the same transaction."""
         row = StudyRow(id=uuid.uuid4().hex[:16], name=name, status=StudyStatus.QUEUED.value, owner=owner, resumes=0,
-                       definition=definition, created_at=now())
+                       definition=definition, created_at=now(), parent_id=parent_id)
         with self.db.session(write=True) as s:
             s.add(row)
             if idempotency_key is not None:
@@ -45,12 +46,14 @@ class StudyRepo:
             return s.get(StudyRow, study_id)
 
     @retry_transient
-    def page(self, status: str | None, offset: int, limit: int, owner: str | None = None) -> tuple[list[StudyRow], int]:
+    def page(self, status: str | None, offset: int, limit: int, owner: str | None = None, parent_id: str | None = None) -> tuple[list[StudyRow], int]:
         """Newest first, with the total that matches."""
         q = select(StudyRow)
         count = select(func.count()).select_from(StudyRow)
         if owner is not None:
             q, count = q.where(StudyRow.owner == owner), count.where(StudyRow.owner == owner)
+        if parent_id is not None:
+            q, count = q.where(StudyRow.parent_id == parent_id), count.where(StudyRow.parent_id == parent_id)
         if status:
             q, count = q.where(StudyRow.status == status), count.where(StudyRow.status == status)
         with self.db.session() as s:
@@ -73,6 +76,21 @@ class StudyRepo:
             stmt = stmt.where(StudyRow.status.in_(only_if))
         with self.db.session(write=True) as s:
             return bool(s.execute(stmt.values(**values)).rowcount)  # type: ignore[attr-defined]
+
+    @retry_transient
+    def extend(self, study_id: str, more: int) -> bool:
+        """A finished study runs ``more`` trials: back to queued, without a job, its budget grown.
+        Only from a finished status (returns whether it happened)."""
+        with self.db.session(write=True) as s:
+            row = s.get(StudyRow, study_id, with_for_update=True)
+            if row is None or StudyStatus(row.status) not in FINISHED:
+                return False
+            budget = dict(row.definition.get("budget") or {})
+            budget["num_trials"] = int(budget.get("num_trials") or 0) + more
+            row.definition = {**row.definition, "budget": budget}
+            row.status, row.ray_job_id, row.error, row.finished_at = StudyStatus.QUEUED.value, None, None, None
+            row.resumes, row.extended_at = 0, now()
+            return True
 
     def finish(self, study_id: str, status: StudyStatus, error: str | None = None) -> bool:
         """Mark a running/queued study finished; a study already finished (e.g. cancelled) keeps its status."""

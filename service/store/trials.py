@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Any, Literal, get_args
 
 from sqlalchemy import Select, delete, func, select, update
@@ -166,11 +167,15 @@ class TrialRepo:
             ).rowcount)  # type: ignore[attr-defined]
 
     @retry_transient
-    def forget_except(self, study_id: str, keep: set[str]) -> list[str]:
+    def forget_except(self, study_id: str, keep: set[str], started_since: datetime | None = None) -> list[str]:
         """After a resume: delete the trials Tune's saved experiment state does not know (started after
-        its last save; Tune runs new trials in their place). Returns their ids."""
+        its last save; Tune runs new trials in their place). Returns their ids. With ``started_since``
+        (an extended study: this run began then) the trials of earlier runs are kept."""
+        q = select(TrialRow.trial_id).where(TrialRow.study_id == study_id)
+        if started_since is not None:
+            q = q.where(TrialRow.started_at >= started_since)
         with self.db.session(write=True) as s:
-            gone = [t for t in s.scalars(select(TrialRow.trial_id).where(TrialRow.study_id == study_id)) if t not in keep]
+            gone = [t for t in s.scalars(q) if t not in keep]
             if gone:
                 s.execute(delete(TrialRow).where(TrialRow.study_id == study_id, TrialRow.trial_id.in_(gone)))
             return gone

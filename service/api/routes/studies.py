@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import IO, Annotated, Literal
+from typing import IO, Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -15,7 +15,17 @@ from service.api.bodies import BodyError, parse_body
 from service.api.deps import ContextDep, OwnerDep
 from service.api.plots import PlotsOut
 from service.api.problems import ERRORS, PROBLEM_CONTENT, problem
-from service.api.schemas import BestOut, ImportanceOut, StudyOut, StudyPage, TrialDetail, TrialOut
+from service.api.schemas import (
+    BestOut,
+    ExtendRequest,
+    ImportanceOut,
+    RefineOut,
+    RefineRequest,
+    StudyOut,
+    StudyPage,
+    TrialDetail,
+    TrialOut,
+)
 from service.definition import StudyStatus, TrialState
 from service.store import TrialSort
 
@@ -75,8 +85,9 @@ async def list_studies(
     status_filter: Annotated[StudyStatus | None, Query(alias="status")] = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    parent_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{16}$", description="Only the studies warm-started or refined from this one.")] = None,
 ) -> StudyPage:
-    items, total = await run_in_threadpool(studies.list_page, ctx, status_filter, offset, limit, owner)
+    items, total = await run_in_threadpool(studies.list_page, ctx, status_filter, offset, limit, owner, parent_id)
     return StudyPage(items=items, total=total, offset=offset, limit=limit)
 
 
@@ -174,6 +185,42 @@ async def importance(study_id: str, ctx: ContextDep, owner: OwnerDep) -> Importa
 @router.get("/{study_id}/best", response_model=BestOut, responses={404: ERRORS[404]}, summary="Top-k configurations, best first")
 async def best(study_id: str, ctx: ContextDep, owner: OwnerDep, k: Annotated[int, Query(ge=1, le=100)] = 5) -> BestOut:
     return await run_in_threadpool(studies.best, ctx, study_id, k, owner)
+
+
+@router.post(
+    "/{study_id}/refine", status_code=status.HTTP_201_CREATED, response_model=StudyOut,
+    responses={200: {"description": "With ?dry_run=true: the new study's definition and what narrowing changed; nothing stored",
+                     "model": RefineOut},
+               404: ERRORS[404], 409: {"description": "The study has no measured trial to refine around", "content": PROBLEM_CONTENT},
+               429: ERRORS[429]},
+    summary="Coarse to fine: a new study in this one's space narrowed around its top-k, warm-started with them",
+    description="Numeric ranges shrink to the top-k's span plus `margin` (in log space for log parameters), within the old "
+    "bounds; categoricals keep the values the top-k used. The new study's `parent_id` is this study. Other keys of the "
+    "body override the definition (validated as a submission is).",
+)
+async def refine(study_id: str, body: RefineRequest, ctx: ContextDep, owner: OwnerDep,
+                 dry_run: Annotated[bool, Query(description="Answer the new definition without storing or running it.")] = False,
+                 ) -> Any:
+    plan = await run_in_threadpool(studies.refine_definition, ctx, study_id, body, owner)
+    if dry_run:
+        return Response(plan.model_dump_json(), media_type="application/json")
+    study, _ = await run_in_threadpool(studies.submit, ctx, plan.definition, owner, None)
+    ctx.dispatch_now.set()
+    return study
+
+
+@router.post(
+    "/{study_id}/extend", response_model=StudyOut,
+    responses={404: ERRORS[404], 409: {"description": "The study is still queued or running", "content": PROBLEM_CONTENT}, 429: ERRORS[429]},
+    summary="Run N more trials in a finished study: same id, same Optuna study (the sampler keeps its history), status back to queued",
+)
+async def extend(study_id: str, body: ExtendRequest, ctx: ContextDep, owner: OwnerDep) -> StudyOut:
+    try:
+        out = await run_in_threadpool(studies.extend, ctx, study_id, body.num_trials, owner)
+    finally:
+        ctx.reads.invalidate(study_id)
+    ctx.dispatch_now.set()
+    return out
 
 
 @router.post(

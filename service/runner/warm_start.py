@@ -1,0 +1,52 @@
+"""Warm start: what a study takes from an earlier one (``warm_start: {study, top_k}``).
+
+- The earlier study's ``top_k`` best configurations, cut to what this space can run
+  (``SearchSpace.fit``), are enqueued: they run first, the sampler fills in what they lack.
+- When this study's space equals the earlier one's, the earlier finished trials also become the
+  sampler's history (completed with their last value, stopped-early ones as pruned at the epoch
+  they reached), so TPE does not start from scratch. In a different space their values would be
+  from another problem; only the enqueued configurations carry over.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from search_spaces import SearchSpace
+from service.definition import StudyDefinition
+from service.store import Store
+
+MEASURED = ("completed", "stopped_early")
+
+
+def warm_start_plan(store: Store, d: StudyDefinition, space: SearchSpace) -> tuple[list[dict[str, Any]], list[optuna.trial.FrozenTrial]]:
+    """(configurations to run first, trials for the sampler's history)."""
+    if d.warm_start is None:
+        return [], []
+    parent = store.studies.get(d.warm_start.study)
+    if parent is None:  # deleted since submission: nothing to start from
+        return [], []
+    metric, mode = d.objective.metric, d.objective.mode
+    points = []
+    for t in store.trials.best(parent.id, mode, d.warm_start.top_k):
+        fitted = space.fit(t.config)
+        if fitted and fitted not in points:
+            points.append(fitted)
+    history: list[optuna.trial.FrozenTrial] = []
+    same = parent.definition.get("search_space") == space.to_dict() and parent.definition.get("objective") == d.objective.model_dump()
+    if same:
+        dists = space.distributions()
+        for t in store.trials.for_study(parent.id):
+            value = (t.last_metrics or {}).get(metric)
+            if t.state not in MEASURED or not isinstance(value, (int, float)):
+                continue
+            params = space.fit(t.config)
+            distributions = {k: dists[k] for k in params}
+            if t.state == "completed":
+                history.append(optuna.trial.create_trial(params=params, distributions=distributions, value=float(value)))
+            else:
+                history.append(optuna.trial.create_trial(params=params, distributions=distributions, state=optuna.trial.TrialState.PRUNED,
+                                                         intermediate_values={int(t.epochs or 1): float(value)}))
+    return points, history
