@@ -156,3 +156,33 @@ def test_a_10000_trial_study_page_stays_small_and_sorts_on_the_server(tmp_path: 
         page.locator("th[aria-sort=descending]", has_text="Best value").wait_for()
         best = httpx.get(f"{url}/v1/studies/{sid}/best?k=1").json()["items"][0]
         page.locator(f"table.trials-table tbody tr:first-child[data-trial='{best['trial_id']}']").wait_for()
+
+
+def test_refine_with_a_preview_then_extend_from_the_study_page(tmp_path: Path, page: Any) -> None:
+    app = create_app(settings_for(tmp_path), jobs=FakeJobs())
+    definition = SLOW | {"name": "coarse", "fixed": {"epochs": 9}, "budget": {"num_trials": 40, "max_concurrent_trials": 2}}
+    parent = synthetic_study(app.state.ctx.store, definition, 40)
+    with serve_in_thread(app) as url:
+        page.goto(f"{url}/#/studies/{parent}")
+        page.get_by_role("button", name="Refine…").click()
+        page.get_by_label("top k").fill("3")
+        page.get_by_label("trials", exact=True).fill("8")
+        page.get_by_role("button", name="Preview the narrowed space").click()
+        narrowed = page.locator("[data-testid=narrowed]")
+        narrowed.wait_for()
+        assert {"x", "y"} & set(narrowed.locator("tr th:first-child").all_inner_texts())
+        screenshot(page, "refine")
+        assert httpx.get(f"{url}/v1/studies").json()["total"] == 1  # a preview stores nothing
+        page.get_by_role("button", name="Create the refined study").click()
+        page.locator("[data-testid=parent]", has_text=parent).wait_for()
+        child = page.url.rsplit("/", 1)[-1]
+        assert child != parent and httpx.get(f"{url}/v1/studies/{child}").json()["parent_id"] == parent
+        page.get_by_role("link", name=parent).click()
+        page.locator("[data-testid=children] a", has_text="coarse-refine").wait_for()
+
+        page.get_by_role("button", name="Extend…").click()
+        page.get_by_label("more trials").fill("5")
+        page.get_by_role("button", name="Extend", exact=True).click()
+        page.locator(".study-head .badge.queued").wait_for()
+        page.locator("[data-testid=counts]", has_text="/ 45").wait_for()
+        assert httpx.get(f"{url}/v1/studies/{parent}").json()["definition"]["budget"]["num_trials"] == 45

@@ -155,6 +155,7 @@ async function studyPage(id) {
     history: h("div", { class: "plot-box", "data-plot": "history" }), curves: h("div", { class: "plot-box", "data-plot": "curves" }),
     parallel: h("div", { class: "plot-box wide", "data-plot": "parallel" }), importance: h("div", { class: "plot-box", "data-plot": "importance" }),
     trials: h("section", { class: "card trials" }), live: h("span", { class: "live", title: "following the study's event stream" }),
+    steer: h("div", { class: "steer" }), children: h("span", { class: "muted" }, "–"),
   };
   const timeToggle = h("input", { type: "checkbox", id: "by-time", onchange: () => drawHistory() });
   view.replaceChildren(el.head, el.best,
@@ -180,8 +181,11 @@ async function studyPage(id) {
       b.disabled = true;
       try { study = (await api(`/v1/studies/${id}/cancel`, { method: "POST" })).data; renderHead(); } catch (err) { b.replaceWith(showError(err)); }
     } }, "Cancel study") : null;
+    const steer = ACTIVE.includes(s.status) ? null : [
+      h("button", { onclick: () => showRefine() }, "Refine…"), h("button", { onclick: () => showExtend() }, "Extend…")];
     el.head.replaceChildren(
-      h("div", { class: "toolbar" }, h("h1", {}, s.name), badge(s.status), el.live, cancel),
+      h("div", { class: "toolbar" }, h("h1", {}, s.name), badge(s.status), el.live, cancel, steer),
+      el.steer,
       h("dl", { class: "facts" },
         h("dt", {}, "Study"), h("dd", { class: "mono" }, s.id), h("dt", {}, "Owner"), h("dd", {}, s.owner),
         h("dt", {}, "Trials"), h("dd", { "data-testid": "counts" }, progress(s)),
@@ -190,9 +194,52 @@ async function studyPage(id) {
         h("dt", {}, "Sampler / scheduler"), h("dd", {}, `${s.definition.sampler?.type} / ${s.definition.scheduler?.type}`),
         h("dt", {}, "Created"), h("dd", {}, when(s.created_at)), h("dt", {}, "Finished"), h("dd", {}, when(s.finished_at)),
         s.error ? [h("dt", {}, "Error"), h("dd", { class: "error" }, s.error)] : null,
+        s.parent_id ? [h("dt", {}, "Started from"), h("dd", {}, h("a", { href: `#/studies/${s.parent_id}`, "data-testid": "parent" }, s.parent_id),
+          s.definition.warm_start ? ` (its best ${s.definition.warm_start.top_k} ran first)` : "")] : null,
+        s.extended_at ? [h("dt", {}, "Extended"), h("dd", {}, when(s.extended_at))] : null,
+        h("dt", {}, "Refined into"), h("dd", { "data-testid": "children" }, el.children),
         h("dt", {}, "Elsewhere"), h("dd", {},
           s.dashboard_url ? h("a", { href: s.dashboard_url, target: "_blank", rel: "noopener" }, "Ray job in the Ray dashboard") : h("span", { class: "muted" }, "no Ray job yet"),
           " · optuna-dashboard: ", h("code", {}, `caviar dashboard ${s.id}`))));
+  };
+
+  // coarse to fine: preview the narrowed space (a dry run), then create the refined study
+  const showRefine = () => {
+    const topK = h("input", { type: "number", min: 1, max: 100, value: 5, "aria-label": "top k" });
+    const trials = h("input", { type: "number", min: 1, max: 10000, value: 16, "aria-label": "trials" });
+    const out = h("div", { class: "preview" });
+    const body = () => ({ top_k: Number(topK.value), num_trials: Number(trials.value) });
+    const fail = (err) => out.replaceChildren(h("p", { class: "error", role: "alert" }, err.problem ? `${err.problem.field || ""} ${err.problem.detail}` : err.message));
+    el.steer.replaceChildren(h("form", { class: "card", onsubmit: async (e) => {
+      e.preventDefault();
+      try {
+        const { data } = await api(`/v1/studies/${id}/refine?dry_run=true`, { method: "POST", body: JSON.stringify(body()), type: "application/json" });
+        const range = (p) => (p ? (p.type === "categorical" ? p.choices.join(", ") : `${plot.fmt(p.low)} – ${plot.fmt(p.high)}${p.log ? " (log)" : ""}`) : "dropped");
+        out.replaceChildren(h("table", { class: "kv", "data-testid": "narrowed" }, h("tr", {}, h("th", {}, "parameter"), h("th", {}, "before"), h("th", {}, "after")),
+          Object.entries(data.narrowed).map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, range(v.before)), h("td", {}, range(v.after))))),
+        h("button", { type: "button", class: "primary", onclick: async () => {
+          try { location.hash = `#/studies/${(await api(`/v1/studies/${id}/refine`, { method: "POST", body: JSON.stringify(body()), type: "application/json" })).data.id}`; } catch (err) { fail(err); }
+        } }, "Create the refined study"));
+      } catch (err) { fail(err); }
+    } }, h("h2", {}, "Refine: search again, narrowed around the best"), h("label", {}, "top k ", topK), " ", h("label", {}, "trials ", trials), " ",
+    h("button", { type: "submit" }, "Preview the narrowed space"), out));
+  };
+  const showExtend = () => {
+    const more = h("input", { type: "number", min: 1, max: 10000, value: 8, "aria-label": "more trials" });
+    const out = h("div");
+    el.steer.replaceChildren(h("form", { class: "card", onsubmit: async (e) => {
+      e.preventDefault();
+      try {
+        study = (await api(`/v1/studies/${id}/extend`, { method: "POST", body: JSON.stringify({ num_trials: Number(more.value) }), type: "application/json" })).data;
+        el.steer.replaceChildren();
+        route(); // the study runs again: follow it live
+      } catch (err) { out.replaceChildren(h("p", { class: "error", role: "alert" }, err.problem ? err.problem.detail : err.message)); }
+    } }, h("h2", {}, "Extend: more trials in this study (the sampler keeps its history)"), h("label", {}, "more trials ", more), " ", h("button", { type: "submit" }, "Extend"), out));
+  };
+
+  const loadChildren = async () => {
+    const { data } = await api(`/v1/studies?parent_id=${id}&limit=20`);
+    el.children.replaceChildren(...(data.items.length ? data.items.flatMap((c, i) => [i ? ", " : "", h("a", { href: `#/studies/${c.id}` }, `${c.name} (${c.status})`)]) : ["–"]));
   };
 
   const loadBest = async () => {
@@ -260,7 +307,7 @@ async function studyPage(id) {
   try {
     await refreshStudy();
   } catch (err) { view.replaceChildren(showError(err)); return; }
-  await Promise.allSettled([loadBest(), loadPlots(), loadImportance(), loadTrials()]);
+  await Promise.allSettled([loadBest(), loadPlots(), loadImportance(), loadTrials(), loadChildren()]);
 
   if (!ACTIVE.includes(study.status)) { el.live.textContent = ""; return; }
   el.live.textContent = "● live";
