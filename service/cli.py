@@ -29,6 +29,9 @@ app = typer.Typer(help="Caviar: caviar-mode hyperparameter tuning as a service."
 token_app = typer.Typer(help="API tokens (run on the server's host: they are written to its database).", no_args_is_help=True,
                         rich_markup_mode=None)
 app.add_typer(token_app, name="token")
+schedule_app = typer.Typer(help="Scheduled re-tuning: a study run again every period, warm-started from the previous run.",
+                           no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(schedule_app, name="schedule")
 # a line is one line, in a terminal or a CI log; off a terminal, tables are as wide as their content
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
 err = Console(stderr=True, soft_wrap=True)
@@ -285,14 +288,7 @@ def submit(
             _fail(f"{flag} needs --wait")
     if (baseline is None) != (max_regression is None):
         _fail("--baseline and --max-regression go together")
-    text = file.read_text()
-    try:  # syntax errors named by file, line and column here; the server checks the rest
-        yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        _fail(f"{file}:{mark.line + 1}:{mark.column + 1}: {exc.problem or exc.context}" if mark else f"{file}: {exc}")
-    except yaml.YAMLError as exc:
-        _fail(f"{file}: {exc}")
+    text, _ = _read_definition(file)
     base = _call(url, Client.best, baseline, 1, token=token) if baseline else None  # a wrong id fails now, not after the study
     study = _call(url, Client.submit, text, idempotency_key=idempotency_key, token=token)
     console.print(f"study {study['id']} {study['status']}")
@@ -388,6 +384,66 @@ def cancel(study_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> 
     """Cancel a queued or running study."""
     s = _call(url, Client.cancel, study_id, token=token)
     console.print(f"study {s['id']} {s['status']}")
+
+
+def _read_definition(file: Path) -> tuple[str, Any]:
+    """The file's text and its parsed YAML/JSON; a syntax error names file, line and column (the server checks the rest)."""
+    text = file.read_text()
+    try:
+        return text, yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        _fail(f"{file}:{mark.line + 1}:{mark.column + 1}: {exc.problem or exc.context}" if mark else f"{file}: {exc}")
+    except yaml.YAMLError as exc:
+        _fail(f"{file}: {exc}")
+
+
+@schedule_app.command("create")
+def schedule_create(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A study definition (YAML or JSON).")],
+    every: Annotated[str, typer.Option(help="How often: 30d, 12h, 1w (at least 60 s).")],
+    top_k: Annotated[int, typer.Option("--top-k", help="The previous run's best configurations that run first (re-evaluated).")] = 5,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+) -> None:
+    """Run FILE's study now and every EVERY, each run warm-started from the previous one."""
+    _, definition = _read_definition(file)
+    if not isinstance(definition, dict):
+        _fail(f"{file}: a study definition is a mapping")
+    s = _call(url, Client.create_schedule, definition, every, top_k=top_k, token=token)
+    console.print(f"schedule {s['id']} ({s['name']}) every {s['every']}, next run {s['next_run_at']}", markup=False, highlight=False)
+
+
+@schedule_app.command("list")
+def schedule_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+    """The schedules, their last run and its drift."""
+    for s in _call(url, Client.schedules, token=token):
+        last = s["runs"][-1] if s["runs"] else None
+        drift = f", drift {last['drift']:+.4f}" if last and last["drift"] is not None else ""
+        state = "paused" if s["paused"] else f"next {s['next_run_at']}"
+        console.print(f"{s['id']}  {s['name']}  every {s['every']}  {state}  runs {len(s['runs'])}"
+                      + (f", last {last['study_id']} ({last['status']}){drift}" if last else "")
+                      + (f"  error: {s['last_error']}" if s["last_error"] else ""), markup=False, highlight=False)
+
+
+@schedule_app.command("pause")
+def schedule_pause(schedule_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+    """No run starts until it is resumed."""
+    _call(url, Client.pause_schedule, schedule_id, token=token)
+    console.print(f"schedule {schedule_id} paused", markup=False)
+
+
+@schedule_app.command("resume")
+def schedule_resume(schedule_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+    """Resume (a run overdue meanwhile starts now)."""
+    s = _call(url, Client.resume_schedule, schedule_id, token=token)
+    console.print(f"schedule {schedule_id} resumed, next run {s['next_run_at']}", markup=False)
+
+
+@schedule_app.command("delete")
+def schedule_delete(schedule_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+    """Delete it (the studies it started stay)."""
+    _call(url, Client.delete_schedule, schedule_id, token=token)
+    console.print(f"schedule {schedule_id} deleted", markup=False)
 
 
 @app.command()

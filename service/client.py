@@ -88,7 +88,7 @@ class Client:
             raise CaviarError(0, f"cannot reach Caviar at {self.url}: {exc}") from None
         if r.status_code >= 400:
             self._raise(r)
-        return r.json()
+        return r.json() if r.content else None  # 204: no body
 
     @staticmethod
     def _raise(r: httpx.Response) -> NoReturn:
@@ -158,6 +158,26 @@ class Client:
         definition, nothing stored). ``overrides``: definition keys (name, sampler, budget, ...)."""
         body = {"top_k": top_k, "num_trials": num_trials, **overrides}
         return dict(self.request("POST", f"/v1/studies/{study_id}/refine", json=body, params={"dry_run": "true"} if dry_run else None))
+
+    # -- schedules -----------------------------------------------------------------------------
+
+    def create_schedule(self, definition: dict[str, Any], every: str, *, top_k: int = 5) -> dict[str, Any]:
+        return dict(self.request("POST", "/v1/schedules", json={"definition": definition, "every": every, "top_k": top_k}))
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/schedules"))
+
+    def schedule(self, schedule_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/schedules/{schedule_id}"))
+
+    def pause_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/schedules/{schedule_id}/pause"))
+
+    def resume_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/schedules/{schedule_id}/resume"))
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self.request("DELETE", f"/v1/schedules/{schedule_id}")
 
     def extend(self, study_id: str, num_trials: int) -> dict[str, Any]:
         """``num_trials`` more trials for a finished study (same id, same Optuna study)."""

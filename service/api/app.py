@@ -19,8 +19,9 @@ from service.api.dispatch import dispatch_once
 from service.api.limits import Limits
 from service.api.metrics import instrument
 from service.api.routes import catalog, health
+from service.api.routes import schedules as schedule_routes
 from service.api.routes import studies as study_routes
-from service.api.schemas import Problem
+from service.api.schemas import Problem, ScheduleIn
 from service.api.studies import Context
 from service.definition import StudyDefinition
 from service.jobs import Jobs, RayJobs
@@ -99,6 +100,7 @@ def create_app(settings: Settings, *, jobs: Jobs | None = None, run_migrations: 
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(definition.pop("$defs", {}))
             components["StudyDefinition"] = definition
+            components["ScheduleIn"] = ScheduleIn.model_json_schema(ref_template="#/components/schemas/{model}")
             document_definition(components)
             if settings.auth == "optional":  # on loopback a token is optional: say so (an empty requirement)
                 for operations in schema.get("paths", {}).values():
@@ -123,6 +125,7 @@ def create_app(settings: Settings, *, jobs: Jobs | None = None, run_migrations: 
     app.add_middleware(GZipMiddleware, minimum_size=1024)
     problems.install(app)
     app.include_router(study_routes.router)
+    app.include_router(schedule_routes.router)
     app.include_router(catalog.router)
     app.include_router(health.router)
     ui.install(app)  # the web UI at / (service/api/ui)

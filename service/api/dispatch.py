@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from service.api import schedules
 from service.api.studies import Context
 from service.definition import ACTIVE, FINISHED, StudyStatus
 from service.jobs import JobState
@@ -25,6 +26,7 @@ def dispatch_once(ctx: Context) -> None:
       times, then failed; a job stopped outside Caviar fails its study;
     - trials still pending/running in a finished study (zombies: no process behind them) are failed.
     """
+    schedules.fire_due(ctx)  # scheduled re-tuning: due runs become queued studies, handed to Ray below
     for row in ctx.store.studies.with_zombies():
         n = ctx.store.trials.mark_zombies(row.id, f"no process behind this trial: its study is {row.status}")
         if n:

@@ -129,3 +129,42 @@ class RefineOut(BaseModel):
 class ExtendRequest(BaseModel):
     model_config = {"extra": "forbid"}
     num_trials: int = Field(ge=1, le=10_000, description="How many more trials to run.")
+
+
+class ScheduleIn(BaseModel):
+    model_config = {"extra": "forbid"}
+    definition: dict[str, Any] = Field(description="A study definition (as POST /v1/studies takes it), without warm_start: each run after "
+                                       "the first is warm-started from the previous run's best.")
+    every: str = Field(description="How often: a number and a unit, s m h d or w (`30d`, `12h`); at least 60 s, at most 366 d.",
+                       examples=["30d"])
+    top_k: int = Field(5, ge=1, le=100, description="How many of the previous run's best configurations run first (and are re-evaluated).")
+    start_at: datetime | None = Field(None, description="The first run (default: now).")
+
+
+class ScheduleRunOut(BaseModel):
+    study_id: str
+    status: StudyStatus | None = Field(description="The study's status (None if it was deleted).")
+    started_at: datetime
+    previous_study_id: str | None
+    best_value: float | None = Field(description="This run's best objective value.")
+    best_config: dict[str, Any] | None
+    previous_best_value: float | None = Field(description="The previous run's best value, as measured then.")
+    reevaluated_value: float | None = Field(description="The previous run's best configuration, trained again in this run (on today's data).")
+    drift: float | None = Field(description="reevaluated_value - previous_best_value: how the old best fares on today's data.")
+    gain: float | None = Field(description="best_value - reevaluated_value: what re-tuning found beyond the old best today.")
+
+
+class ScheduleOut(BaseModel):
+    id: str
+    name: str
+    owner: str
+    every: str
+    every_s: int
+    top_k: int
+    paused: bool
+    next_run_at: datetime
+    last_study_id: str | None
+    last_error: str | None = Field(description="Why the last due run could not start (quota, a definition no longer valid), if it could not.")
+    created_at: datetime
+    definition: dict[str, Any]
+    runs: list[ScheduleRunOut]

@@ -7,7 +7,9 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import IO, Any
 
 from pydantic import TypeAdapter
@@ -29,7 +31,7 @@ from service.definition import FINISHED, DefinitionError, StudyDefinition, Study
 from service.jobs import Jobs
 from service.settings import Settings
 from service.storage import open_storage
-from service.store import LOCAL_OWNER, Store, StudyRow, TrialRow
+from service.store import LOCAL_OWNER, Store, StudyRow, TrialRow, now
 
 log = logging.getLogger("caviar.studies")
 
@@ -63,6 +65,7 @@ class Context:
     dispatch_now: asyncio.Event = field(default_factory=asyncio.Event, init=False)  # wakes the dispatcher loop
     importances: dict[tuple[str, int, int], dict[str, float]] = field(default_factory=dict, init=False)  # computed importances
     lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    clock: Callable[[], datetime] = field(default_factory=lambda: now, init=False)  # what schedules call now (tests inject one)
 
     def __post_init__(self) -> None:
         self.reads = ReadCache(self.settings.read_cache_s)

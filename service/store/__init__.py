@@ -9,7 +9,8 @@ Every call is one short transaction, retried on transient lock errors (``engine.
 from service.store.engine import SQLITE_BUSY_TIMEOUT_S, Database, migrate, sqlalchemy_url
 from service.store.events import Event, EventRepo
 from service.store.keys import ClaimOutcome, KeyRepo
-from service.store.models import LOCAL_OWNER, StudyRow, TokenRow, TrialRow, now
+from service.store.models import LOCAL_OWNER, ScheduleRow, ScheduleRunRow, StudyRow, TokenRow, TrialRow, now
+from service.store.schedules import ScheduleRepo
 from service.store.stats import Stats, StatsRepo
 from service.store.studies import StudyRepo
 from service.store.tokens import TokenRepo, hash_token
@@ -28,6 +29,7 @@ class Store:
         self.keys = KeyRepo(self.db)
         self.stats = StatsRepo(self.db)
         self.events = EventRepo(self.db)
+        self.schedules = ScheduleRepo(self.db)
 
     def ping(self) -> None:
         self.db.ping()
@@ -40,6 +42,9 @@ __all__ = [
     "Event",
     "EventRepo",
     "KeyRepo",
+    "ScheduleRepo",
+    "ScheduleRow",
+    "ScheduleRunRow",
     "Stats",
     "StatsRepo",
     "Store",

@@ -186,3 +186,25 @@ def test_refine_with_a_preview_then_extend_from_the_study_page(tmp_path: Path, p
         page.locator(".study-head .badge.queued").wait_for()
         page.locator("[data-testid=counts]", has_text="/ 45").wait_for()
         assert httpx.get(f"{url}/v1/studies/{parent}").json()["definition"]["budget"]["num_trials"] == 45
+
+
+def test_a_schedule_from_the_submit_page_then_pause_and_delete(tmp_path: Path, page: Any) -> None:
+    app = create_app(settings_for(tmp_path), jobs=FakeJobs())
+    with serve_in_thread(app) as url:
+        page.goto(f"{url}/#/submit")
+        page.locator("[data-testid=presets] li").first.wait_for()
+        page.fill("#definition", "\n".join(f"{k}: {json.dumps(v)}" for k, v in (SLOW | {"name": "monthly"}).items()))
+        page.get_by_label("every").fill("30d")
+        page.get_by_role("button", name="Submit").click()
+        card = page.locator("section[data-schedule]", has_text="monthly")
+        card.wait_for()
+        assert "every 30d" in card.inner_text()
+        schedules = httpx.get(f"{url}/v1/schedules").json()
+        assert [s["name"] for s in schedules] == ["monthly"] and schedules[0]["every_s"] == 30 * 86400
+        page.locator("section[data-schedule] tbody tr").first.wait_for()  # its first run started (a queued study)
+        card.get_by_role("button", name="Pause").click()
+        card.locator(".badge.paused").wait_for()
+        assert httpx.get(f"{url}/v1/schedules").json()[0]["paused"] is True
+        screenshot(page, "schedules")
+        card.get_by_role("button", name="Delete").click()
+        page.get_by_text("No schedules.").wait_for()

@@ -342,6 +342,7 @@ async function submitPage() {
   const errors = h("div", { class: "errors", "aria-live": "polite" });
   const file = h("input", { type: "file", accept: ".yaml,.yml,.json", "aria-label": "upload a definition", onchange: async (e) => { const f = e.target.files[0]; if (f) text.value = await f.text(); } });
   const submit = h("button", { type: "submit", class: "primary" }, "Submit");
+  const every = h("input", { type: "text", placeholder: "e.g. 30d", size: 8, "aria-label": "every" });
   const catalog = h("aside", { class: "catalog" });
   const form = h("form", { class: "submit", onsubmit: async (e) => {
     e.preventDefault();
@@ -350,6 +351,12 @@ async function submitPage() {
     const body = text.value;
     const type = /^\s*[{[]/.test(body) ? "application/json" : "application/yaml";
     try {
+      if (every.value.trim()) { // a schedule: the definition, indented under `definition:` (YAML; JSON is YAML too)
+        const doc = `every: ${JSON.stringify(every.value.trim())}\ndefinition:\n${body.split("\n").map((l) => `  ${l}`).join("\n")}\n`;
+        await api("/v1/schedules", { method: "POST", body: doc, type: "application/yaml" });
+        location.hash = "#/schedules";
+        return;
+      }
       const { data } = await api("/v1/studies", { method: "POST", body, type });
       location.hash = `#/studies/${data.id}`;
     } catch (err) {
@@ -359,7 +366,7 @@ async function submitPage() {
         h("ul", {}, list.map((x) => h("li", { "data-field": x.field }, h("code", { class: "field" }, x.field || "(definition)"), " ", x.message))));
     } finally { submit.disabled = false; }
   } }, h("label", { for: "definition" }, "Study definition, YAML or JSON (see ", h("a", { href: "/docs#/studies/submit_study_v1_studies_post" }, "the schema"), ")"),
-  text, h("div", { class: "toolbar" }, file, submit), errors);
+  text, h("div", { class: "toolbar" }, file, h("label", {}, "run again every ", every, h("small", { class: "muted" }, " (optional: a schedule)")), submit), errors);
   view.replaceChildren(h("h1", {}, "Submit a study"), h("div", { class: "submit-grid" }, form, catalog));
   try {
     const [trainables, spaces] = await Promise.all([api("/v1/trainables"), api("/v1/search-spaces")]);
@@ -370,6 +377,36 @@ async function submitPage() {
   } catch (err) { catalog.replaceChildren(showError(err)); }
 }
 
+// ---- schedules (re-tuning) -------------------------------------------------------------------
+
+async function schedulesPage() {
+  const list = h("div");
+  view.replaceChildren(h("div", { class: "toolbar" }, h("h1", {}, "Schedules"),
+    h("span", { class: "muted" }, "a study run again every period, warm-started from the previous run (create one from Submit)")), list);
+  const act = (sid, what) => async () => {
+    try { await api(`/v1/schedules/${sid}${what === "delete" ? "" : `/${what}`}`, { method: what === "delete" ? "DELETE" : "POST" }); }
+    catch (err) { list.prepend(showError(err)); }
+    load();
+  };
+  const load = async () => {
+    const { data } = await api("/v1/schedules");
+    list.replaceChildren(...(data.length ? data.map((s) => h("section", { class: "card", dataset: { schedule: s.id } },
+      h("div", { class: "toolbar" }, h("h2", {}, s.name), h("span", { class: "muted mono" }, s.id), h("span", {}, `every ${s.every}`),
+        s.paused ? badge("paused") : h("span", {}, `next run ${when(s.next_run_at)}`),
+        h("button", { onclick: act(s.id, s.paused ? "resume" : "pause") }, s.paused ? "Resume" : "Pause"),
+        h("button", { class: "danger", onclick: act(s.id, "delete") }, "Delete")),
+      s.last_error ? h("p", { class: "error" }, s.last_error) : null,
+      h("table", {}, h("thead", {}, h("tr", {}, ["Run", "Status", "Best", "Previous best then", "Previous best today", "Drift", "Gain"].map((c) => h("th", {}, c)))),
+        h("tbody", {}, s.runs.map((r) => h("tr", {}, h("td", {}, h("a", { href: `#/studies/${r.study_id}` }, when(r.started_at))),
+          h("td", {}, r.status ? badge(r.status) : "deleted"), h("td", {}, plot.fmt(r.best_value)), h("td", {}, plot.fmt(r.previous_best_value)),
+          h("td", {}, plot.fmt(r.reevaluated_value)), h("td", { class: "drift" }, r.drift === null ? "–" : (r.drift >= 0 ? "+" : "") + plot.fmt(r.drift)),
+          h("td", {}, r.gain === null ? "–" : (r.gain >= 0 ? "+" : "") + plot.fmt(r.gain)))))))) : [h("p", { class: "muted" }, "No schedules.")]));
+  };
+  try { await load(); } catch (err) { list.replaceChildren(showError(err)); return; }
+  const timer = setInterval(() => load().catch(() => {}), 3000);
+  leave = () => clearInterval(timer);
+}
+
 // ---- routing -------------------------------------------------------------------------------
 
 async function route() {
@@ -378,9 +415,10 @@ async function route() {
   const [path, query] = (location.hash.slice(1) || "/").split("?");
   const params = new URLSearchParams(query || "");
   const match = path.match(/^\/studies\/([A-Za-z0-9]+)$/);
-  for (const a of document.querySelectorAll("nav a[data-nav]")) a.classList.toggle("active", a.dataset.nav === (path === "/submit" ? "submit" : "list"));
+  for (const a of document.querySelectorAll("nav a[data-nav]")) a.classList.toggle("active", a.dataset.nav === ({ "/submit": "submit", "/schedules": "schedules" }[path] || "list"));
   if (match) await studyPage(match[1]);
   else if (path === "/submit") await submitPage();
+  else if (path === "/schedules") await schedulesPage();
   else await listPage(params);
   document.body.dataset.ready = path;
 }

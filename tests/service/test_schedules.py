@@ -1,0 +1,162 @@
+"""Scheduled re-tuning with an injected clock (no waiting): runs start when due and not before,
+each warm-started from the previous run; drift is the previous best re-evaluated in the next run;
+missed runs are not made up in a burst; a run waits for the previous one; pause, resume, delete;
+schedules survive a restart. Then the CLI against `caviar serve`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from service.api.app import create_app
+from service.api.dispatch import dispatch_once
+from service.api.schedules import parse_every
+from service.definition import DefinitionError, StudyStatus
+from service.local import LocalServer, wait_until
+from tests.service.fakes import GOOD, FakeJobs, serve_in_thread, settings_for
+
+CAVIAR = str(Path(sys.executable).parent / "caviar")
+DEFINITION = {**GOOD, "name": "monthly", "search_space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}}
+T0 = datetime(2027, 1, 1, tzinfo=UTC)
+
+
+def test_every_is_a_number_and_a_unit_within_bounds() -> None:
+    assert parse_every("30d") == 30 * 86400 and parse_every("12h") == 43200 and parse_every("1w") == 604800 and parse_every("60s") == 60
+    for bad in ("30", "d", "5s", "400d", "1.5h", "-3d"):
+        with pytest.raises(DefinitionError) as info:
+            parse_every(bad)
+        assert info.value.field == "every"
+
+
+def measure(store: Any, study_id: str, results: dict[str, tuple[float, float]]) -> None:
+    """The study's driver, played: trials (trial id -> (lr, val_accuracy)), then completed."""
+    for trial_id, (lr, value) in results.items():
+        store.trials.upsert(study_id, trial_id, config={"lr": lr}, state="completed")
+        store.trials.add_epoch(study_id, trial_id, {"epoch": 2, "val_accuracy": value}, "val_accuracy", "max")
+    store.studies.finish(study_id, StudyStatus.COMPLETED)
+
+
+def test_a_schedule_runs_on_time_warm_starts_reports_drift_and_survives_a_restart(tmp_path: Path) -> None:
+    clock = [T0]
+    settings = settings_for(tmp_path, dispatch_interval_s=60)
+    app = create_app(settings, jobs=FakeJobs())
+    ctx = app.state.ctx
+    ctx.clock = lambda: clock[0]
+    store = ctx.store
+    with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+        r = client.post("/v1/schedules", json={"definition": {**DEFINITION, "trainable": "nope"}, "every": "30d"})
+        assert r.status_code == 422 and r.json()["field"] == "definition.trainable"
+        r = client.post("/v1/schedules", json={"definition": {**DEFINITION, "warm_start": {"study": "0123456789abcdef"}}, "every": "30d"})
+        assert r.status_code == 422 and r.json()["field"] == "definition.warm_start"
+        r = client.post("/v1/schedules", json={"definition": DEFINITION, "every": "5s"})
+        assert r.status_code == 422 and r.json()["field"] == "every"
+
+        r = client.post("/v1/schedules", json={"definition": DEFINITION, "every": "30d", "top_k": 2})
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+
+        def runs() -> list[dict[str, Any]]:
+            return list(client.get(f"/v1/schedules/{sid}").json()["runs"])
+
+        dispatch_once(ctx)  # the dispatcher's step (the API's own loop may have taken it first: it was woken by the create)
+        first = wait_until(lambda: runs() or None, 10, "the first run")
+        assert len(first) == 1 and first[0]["previous_study_id"] is None
+        s1 = first[0]["study_id"]
+        study1 = client.get(f"/v1/studies/{s1}").json()
+        assert study1["name"] == "monthly-20270101-0000" and study1["definition"]["warm_start"] is None
+        assert client.get(f"/v1/schedules/{sid}").json()["next_run_at"].startswith("2027-01-31")
+
+        clock[0] = T0 + timedelta(days=29)
+        dispatch_once(ctx)
+        assert len(runs()) == 1  # not due yet
+        measure(store, s1, {"a": (0.01, 0.90), "b": (0.05, 0.70), "c": (0.001, 0.80)})
+
+        clock[0] = T0 + timedelta(days=30)
+        dispatch_once(ctx)
+        second = runs()
+        assert len(second) == 2 and second[1]["previous_study_id"] == s1
+        s2 = second[1]["study_id"]
+        study2 = client.get(f"/v1/studies/{s2}").json()
+        assert study2["definition"]["warm_start"] == {"study": s1, "top_k": 2} and study2["parent_id"] == s1
+        # the driver runs s1's best (lr 0.01) first: on today's data it scores 0.85; re-tuning finds 0.93
+        measure(store, s2, {"re": (0.01, 0.85), "new": (0.02, 0.93)})
+        run = runs()[1]
+        assert run["previous_best_value"] == pytest.approx(0.90) and run["reevaluated_value"] == pytest.approx(0.85)
+        assert run["drift"] == pytest.approx(-0.05) and run["gain"] == pytest.approx(0.08) and run["best_value"] == pytest.approx(0.93)
+
+        clock[0] = T0 + timedelta(days=100)  # the service was down for two periods: one run, not three
+        dispatch_once(ctx)
+        dispatch_once(ctx)
+        assert len(runs()) == 3
+        assert client.get(f"/v1/schedules/{sid}").json()["next_run_at"].startswith("2027-05-01")  # T0 + 120 d: the cadence kept
+        s3 = runs()[2]["study_id"]
+        clock[0] = T0 + timedelta(days=121)
+        dispatch_once(ctx)
+        assert len(runs()) == 3  # run 3 is still queued: the next waits for it
+        store.studies.finish(s3, StudyStatus.CANCELLED)
+
+        assert client.post(f"/v1/schedules/{sid}/pause").json()["paused"] is True
+        clock[0] = T0 + timedelta(days=200)
+        dispatch_once(ctx)
+        assert len(runs()) == 3
+        resumed = client.post(f"/v1/schedules/{sid}/resume").json()
+        assert resumed["paused"] is False and resumed["next_run_at"].startswith("2027-07-20")  # overdue: now
+        dispatch_once(ctx)
+        wait_until(lambda: len(runs()) == 4, 10, "the run after the resume")
+        fourth = runs()
+        assert len(fourth) == 4 and fourth[3]["previous_study_id"] is None  # the cancelled run measured nothing to start from
+    # a restart: a new API process on the same database finds the schedule as it was
+    app2 = create_app(settings, jobs=FakeJobs())
+    with serve_in_thread(app2) as url, httpx.Client(base_url=url) as client:
+        listed = client.get("/v1/schedules").json()
+        assert [s["id"] for s in listed] == [sid] and len(listed[0]["runs"]) == 4 and listed[0]["every"] == "30d"
+        assert client.delete(f"/v1/schedules/{sid}").status_code == 204
+        assert client.get(f"/v1/schedules/{sid}").status_code == 404
+        assert client.get("/v1/studies").json()["total"] == 4  # its studies stay
+
+
+def test_schedules_are_per_owner(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path, auth="required", dispatch_interval_s=60), jobs=FakeJobs())
+    tokens = {o: app.state.ctx.store.tokens.create(o)[1] for o in ("alice", "bob")}
+    with serve_in_thread(app) as url:
+        alice = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {tokens['alice']}"})
+        bob = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {tokens['bob']}"})
+        sid = alice.post("/v1/schedules", json={"definition": DEFINITION, "every": "1d"}).json()["id"]
+        assert bob.get("/v1/schedules").json() == [] and bob.get(f"/v1/schedules/{sid}").status_code == 404
+        assert bob.delete(f"/v1/schedules/{sid}").status_code == 404 and bob.post(f"/v1/schedules/{sid}/pause").status_code == 404
+        assert [s["id"] for s in alice.get("/v1/schedules").json()] == [sid]
+        assert httpx.get(f"{url}/v1/schedules").status_code == 401
+
+
+def test_the_cli_manages_schedules_on_caviar_serve_across_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "monthly.yaml"
+    path.write_text(yaml.safe_dump(DEFINITION))
+    server = LocalServer(tmp_path / "data", None).start()  # no Ray: the first run's study stays queued
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CAVIAR, "schedule", *args, "--url", server.url], capture_output=True, text=True, timeout=60)
+
+    try:
+        made = cli("create", str(path), "--every", "30d", "--top-k", "3")
+        assert made.returncode == 0, made.stderr
+        sid = made.stdout.split()[1]
+        assert "every 30d" in made.stdout
+        bad = cli("create", str(path), "--every", "30")
+        assert bad.returncode != 0 and "every" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+        with server.client() as client:
+            wait_until(lambda: client.studies()["total"] == 1, 30, "the first run to start")
+        server.stop()
+        server.start()
+        listed = cli("list")
+        assert listed.returncode == 0 and listed.stdout.startswith(f"{sid}  monthly  every 30d") and "runs 1" in listed.stdout, listed.stdout
+        assert cli("pause", sid).returncode == 0 and "paused" in cli("list").stdout
+        assert cli("delete", sid).returncode == 0 and cli("list").stdout == ""
+    finally:
+        server.stop()
