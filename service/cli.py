@@ -447,6 +447,23 @@ def schedule_delete(schedule_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt
 
 
 @app.command()
+def adjust(
+    study_id: str, trial_id: str,
+    changes: Annotated[list[str], typer.Argument(help="KNOB=VALUE pairs, e.g. lr=0.003 dropout=0.2.")],
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+) -> None:
+    """Panda mode: change a running trial's knobs; they apply from its next epoch on."""
+    parsed: dict[str, Any] = {}
+    for pair in changes:
+        knob, sep, value = pair.partition("=")
+        if not sep or not knob:
+            _fail(f"'{pair}' is not KNOB=VALUE")
+        parsed[knob] = yaml.safe_load(value)
+    a = _call(url, Client.adjust, study_id, trial_id, parsed, token=token)
+    console.print(f"adjustment {a['id']} of trial {trial_id}: {pairs(a['changes'])} (applies after its current epoch)", markup=False, highlight=False)
+
+
+@app.command()
 def refine(
     study_id: str,
     top_k: Annotated[int, typer.Option("--top-k", help="Narrow around this many best trials (they run first).")] = 5,

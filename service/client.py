@@ -159,6 +159,10 @@ class Client:
         body = {"top_k": top_k, "num_trials": num_trials, **overrides}
         return dict(self.request("POST", f"/v1/studies/{study_id}/refine", json=body, params={"dry_run": "true"} if dry_run else None))
 
+    def adjust(self, study_id: str, trial_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Panda mode: change a running trial's knobs from its next epoch on."""
+        return dict(self.request("POST", f"/v1/studies/{study_id}/trials/{trial_id}/adjust", json=changes))
+
     # -- schedules -----------------------------------------------------------------------------
 
     def create_schedule(self, definition: dict[str, Any], every: str, *, top_k: int = 5) -> dict[str, Any]:

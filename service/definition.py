@@ -39,6 +39,7 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 # at rungs, so their grace_period must fit in a trial's epochs
 SCHEDULERS = ("asha", "hyperband", "median", "none")
 RUNG_BASED = ("asha", "hyperband")
+MAX_PANDA_TRIALS = 8
 METRIC = r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$"
 
 
@@ -172,6 +173,15 @@ class StudyDefinition(BaseModel):
     budget: Budget = Field(default_factory=Budget)
     resources_per_trial: Resources = Field(default_factory=Resources)
     warm_start: WarmStart | None = Field(None, description="Start from an earlier study's best (coarse-to-fine refine sets it).")
+    mode: Literal["caviar", "panda"] = Field("caviar", description="caviar: many trials, the scheduler stops bad ones. panda: one "
+                                             "configuration (or a handful) that a person steers while it runs (POST .../trials/{id}/adjust); "
+                                             "no early stopping.")
+
+    @model_validator(mode="after")
+    def _panda(self) -> StudyDefinition:
+        if self.mode == "panda" and "scheduler" not in self.model_fields_set:  # a steered trial is not stopped early
+            self.scheduler = Scheduler(type="none")
+        return self
 
     def epochs(self) -> int:
         return int(self.fixed.get("epochs") or self.scheduler.max_t or 20)
@@ -257,6 +267,10 @@ def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[
         except DatasetError as exc:
             field, _, rule = str(exc).partition(": ")
             raise DefinitionError(field, rule) from None
+    if d.mode == "panda" and d.scheduler.type != "none":
+        raise DefinitionError("scheduler.type", "panda mode trains without early stopping: leave the scheduler out or use none")
+    if d.mode == "panda" and d.budget.num_trials > MAX_PANDA_TRIALS:
+        raise DefinitionError("budget.num_trials", f"panda mode trains at most {MAX_PANDA_TRIALS} trials, each watched by a person")
     if d.scheduler.max_t is not None and "epochs" in d.fixed and d.scheduler.max_t > d.fixed["epochs"]:
         raise DefinitionError("scheduler.max_t", f"must be <= fixed.epochs ({d.fixed['epochs']})")
     if d.scheduler.type in RUNG_BASED and d.scheduler.grace_period > d.epochs():

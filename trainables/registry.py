@@ -58,6 +58,9 @@ class TrainableSpec:
     metrics: tuple[str, ...]
     description: str = ""
     build_model: str | Callable[..., Any] | None = None
+    # knobs a person may change while a trial runs (panda mode: POST .../trials/{id}/adjust); the
+    # trainable applies them at its next epoch boundary (trainables.report: Reporter.adjustments)
+    adjustable: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.metrics:
@@ -65,6 +68,9 @@ class TrainableSpec:
         for reserved in ("epoch", "diverged"):
             if reserved in self.metrics:
                 raise ValueError(f"trainable {self.name}: '{reserved}' is reported by every trainable; do not declare it")
+        unknown = [k for k in self.adjustable if k not in self.config_model.model_fields]
+        if unknown:
+            raise ValueError(f"trainable {self.name}: adjustable {unknown} are not knobs of {self.config_model.__name__}")
 
     def load_train(self) -> TrainFn:
         return _resolve(self.train)
@@ -87,13 +93,16 @@ class TrainableSpec:
         return out
 
 
+ADJUSTABLE = ("lr", "weight_decay", "dropout")  # what the built-in loop applies mid-run (trainables.engine.loop)
+
 BUILTIN = {
     spec.name: spec
     for spec in (
         TrainableSpec("mlp_bn_softmax", "trainables.engine.builtin:mlp_bn_softmax", MLPConfig, CLASSIFIER_METRICS,
-                      "A multilayer perceptron with BatchNorm and a softmax classifier.", "trainables.engine.models:build_mlp"),
+                      "A multilayer perceptron with BatchNorm and a softmax classifier.", "trainables.engine.models:build_mlp", ADJUSTABLE),
         TrainableSpec("cnn_bn_softmax", "trainables.engine.builtin:cnn_bn_softmax", CNNConfig, CLASSIFIER_METRICS,
-                      "A small BatchNorm CNN for 1-D signals (MNIST-1D) and 8x8 images (digits).", "trainables.engine.models:build_cnn"),
+                      "A small BatchNorm CNN for 1-D signals (MNIST-1D) and 8x8 images (digits).", "trainables.engine.models:build_cnn",
+                      ADJUSTABLE),
         TrainableSpec("busy_work", "trainables.busy_work:busy_work", BusyWorkConfig, ("train_loss", "val_loss", "val_accuracy"),
                       "For benchmarks and cluster checks: fixed CPU work per epoch and a score of x and y only "
                       "(best at x=0.3, y=0.7). No data, no model."),

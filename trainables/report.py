@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 CHECKPOINT_FILE = "state.pt"
+ADJUSTED = "adjusted"  # a report's key: {"ids": [...], "after_epoch": n}, the adjustments applied after epoch n
+CHANNEL_PREFIX = "caviar-adjust-"  # + the study id: the named Ray actor a panda study's driver runs
 
 
 class Reporter(Protocol):
@@ -31,6 +33,11 @@ class Reporter(Protocol):
 
     def num_cpus(self) -> int:
         """CPUs allotted to this run (sets torch's thread count)."""
+
+    def adjustments(self) -> list[dict[str, Any]]:
+        """Changes a person asked for since the last call (panda mode), oldest first: each
+        ``{"id": int, "changes": {knob: value}}``. A trainable that declares adjustable knobs applies
+        them before its next epoch and lists the ids it applied in that epoch's report (``ADJUSTED``)."""
 
 
 def load_state(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -70,9 +77,16 @@ class StdoutReporter:
     def num_cpus(self) -> int:
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
+    def adjustments(self) -> list[dict[str, Any]]:
+        return []  # standalone: nobody steers
+
 
 class TuneReporter:
-    """Inside a Ray Tune trial."""
+    """Inside a Ray Tune trial. Adjustments come from the study's channel (a named Ray actor that
+    a panda study's driver runs); a trial of a study without one asks once and never again."""
+
+    def __init__(self) -> None:
+        self._channel: Any = None  # None: not looked up yet; False: the study has none
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         from ray import tune
@@ -98,6 +112,21 @@ class TuneReporter:
 
         cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
         return max(1, math.ceil(cpus))
+
+    def adjustments(self) -> list[dict[str, Any]]:
+        import ray
+        from ray import tune
+
+        context = tune.get_context()
+        if self._channel is None:
+            try:
+                self._channel = ray.get_actor(CHANNEL_PREFIX + context.get_experiment_name())
+            except ValueError:
+                self._channel = False
+        if self._channel is False:
+            return []
+        found: list[dict[str, Any]] = ray.get(self._channel.take.remote(context.get_trial_id()), timeout=30)
+        return found
 
 
 def in_tune() -> bool:

@@ -49,10 +49,19 @@ class TrialOut(BaseModel):
     finished_at: datetime | None
 
 
+class Intervention(BaseModel):
+    id: int
+    changes: dict[str, Any] = Field(description="Knob -> new value.")
+    by: str = Field(description="The owner of the token that asked.")
+    requested_at: datetime
+    after_epoch: int | None = Field(description="The epoch after which it applied (it holds from the next one on); None while pending.")
+
+
 class TrialDetail(TrialOut):
     history: list[dict[str, Any]] = Field(
         description="One entry per epoch: the learning curve; `reported_at` is when the study's driver received it (Unix seconds)."
     )
+    interventions: list[Intervention] = Field(default_factory=list, description="Panda mode: the changes a person made while it ran.")
 
 
 class StudyOut(BaseModel):

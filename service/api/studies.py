@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 import search_spaces
 from service.api import plots
@@ -21,6 +21,7 @@ from service.api.schemas import (
     BestEntry,
     BestOut,
     ImportanceOut,
+    Intervention,
     RefineOut,
     RefineRequest,
     StudyOut,
@@ -32,6 +33,7 @@ from service.jobs import Jobs
 from service.settings import Settings
 from service.storage import open_storage
 from service.store import LOCAL_OWNER, Store, StudyRow, TrialRow, now
+from trainables import get_trainable
 
 log = logging.getLogger("caviar.studies")
 
@@ -227,7 +229,39 @@ def trial(ctx: Context, study_id: str, trial_id: str, owner: str | None = None) 
     if found is None:
         raise NotFound(f"no trial '{trial_id}' in study '{study_id}'")
     row, history = found
-    return TrialDetail(**trial_out(row), history=history)
+    interventions = [Intervention(id=a.pk, changes=a.changes, by=a.by, requested_at=a.requested_at, after_epoch=a.after_epoch)
+                     for a in ctx.store.adjustments.for_trial(study_id, trial_id)]
+    return TrialDetail(**trial_out(row), history=history, interventions=interventions)
+
+
+def adjust(ctx: Context, study_id: str, trial_id: str, changes: dict[str, Any], owner: str) -> Intervention:
+    """Panda mode: change knobs of a running trial from its next epoch on (what its trainable declares adjustable)."""
+    row = get(ctx, study_id, owner)
+    d = StudyDefinition.model_validate(row.definition)
+    if d.mode != "panda":
+        raise DefinitionError("mode", f"study '{study_id}' is in {d.mode} mode; trials are adjusted in panda mode (mode: panda)")
+    spec = get_trainable(d.trainable)
+    if not spec.adjustable:
+        raise DefinitionError("trainable", f"'{d.trainable}' declares no adjustable knobs (TrainableSpec.adjustable)")
+    if not changes:
+        raise DefinitionError("body", f"name at least one knob to change: {', '.join(spec.adjustable)}")
+    for knob in changes:
+        if knob not in spec.adjustable:
+            raise DefinitionError(knob, f"'{knob}' is not adjustable in '{d.trainable}' (adjustable: {', '.join(spec.adjustable)})")
+    found = ctx.store.trials.get(study_id, trial_id)
+    if found is None:
+        raise NotFound(f"no trial '{trial_id}' in study '{study_id}'")
+    trial_row = found[0]
+    if row.status != StudyStatus.RUNNING.value or trial_row.state != "running":
+        raise Conflict(f"trial '{trial_id}' is {trial_row.state} in a {row.status} study; only a running trial can be adjusted")
+    try:  # the values as the trainable's config model checks them
+        spec.config({**d.constants(), **trial_row.config, **changes})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        knob = str(err["loc"][0]) if err["loc"] else "body"
+        raise DefinitionError(knob, err["msg"]) from None
+    a = ctx.store.adjustments.add(study_id, trial_id, changes, owner)
+    return Intervention(id=a.pk, changes=a.changes, by=a.by, requested_at=a.requested_at, after_epoch=None)
 
 
 def checkpoint(ctx: Context, study_id: str, trial_id: str, owner: str | None = None) -> tuple[IO[bytes], str]:

@@ -14,6 +14,7 @@ from search_spaces import define_by_run, make_sampler
 from service.definition import StudyDefinition
 from service.runner.callbacks import StoreCallback, store_for
 from service.runner.optuna_storage import optuna_storage
+from service.runner.panda import PandaCallback, start_channel
 from service.runner.schedulers import make_scheduler
 from service.runner.searcher import PruningOptunaSearch
 from service.runner.warm_start import warm_start_plan
@@ -45,6 +46,9 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
     constants = d.constants()
     r = d.resources_per_trial
     trainable = tune.with_resources(spec.load_train(), {"cpu": r.cpu, "gpu": r.gpu})
+    panda = [PandaCallback(study_id, settings.database_url)] if d.mode == "panda" else []
+    if panda:
+        start_channel(study_id)  # before a restore too: the restored PandaCallback forwards through it
     storage = open_storage(settings)
     experiment = storage.experiment(study_id)
     restore_fs = storage.filesystem_arg()
@@ -82,7 +86,7 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
             # JSON log (result.json) stays, its CSV and TensorBoard loggers are off
             callbacks=[StoreCallback(study_id, settings.database_url, metric, mode, epochs, spec.metrics, resumed=resumed,
                                      started_since=extended_at),
-                       JsonLoggerCallback()],
+                       JsonLoggerCallback(), *panda],
             failure_config=tune.FailureConfig(max_failures=d.budget.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             verbose=1,

@@ -6,6 +6,7 @@
 Every call is one short transaction, retried on transient lock errors (``engine.retry_transient``).
 """
 
+from service.store.adjustments import AdjustmentRepo
 from service.store.engine import SQLITE_BUSY_TIMEOUT_S, Database, migrate, sqlalchemy_url
 from service.store.events import Event, EventRepo
 from service.store.keys import ClaimOutcome, KeyRepo
@@ -30,6 +31,7 @@ class Store:
         self.stats = StatsRepo(self.db)
         self.events = EventRepo(self.db)
         self.schedules = ScheduleRepo(self.db)
+        self.adjustments = AdjustmentRepo(self.db)
 
     def ping(self) -> None:
         self.db.ping()
@@ -37,6 +39,7 @@ class Store:
 
 __all__ = [
     "LOCAL_OWNER",
+    "AdjustmentRepo",
     "ClaimOutcome",
     "Database",
     "Event",

@@ -166,3 +166,17 @@ class ScheduleRunRow(Base):
     study_id: Mapped[str] = mapped_column(String(32))
     previous_study_id: Mapped[str | None] = mapped_column(String(32))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AdjustmentRow(Base):
+    """Panda mode: a change a person asked for while a trial ran; ``after_epoch`` is set when the
+    trainable applied it (it holds from the next epoch on)."""
+
+    __tablename__ = "caviar_adjustments"
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("caviar_studies.id", ondelete="CASCADE"), index=True)
+    trial_id: Mapped[str] = mapped_column(String(128))
+    changes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    by: Mapped[str] = mapped_column(String(64))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    after_epoch: Mapped[int | None] = mapped_column(Integer)

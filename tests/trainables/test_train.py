@@ -238,3 +238,44 @@ def test_checkpoints_by_time_by_default_and_always_at_the_end() -> None:
     every = Recorder()
     fit(cfg.model_copy(update={"checkpoint_interval_s": 1e-9}), build_mlp, every)
     assert [s["epoch"] for s in every.states] == [1, 2, 3, 4]
+
+
+class Steered(Recorder):
+    """A person steering the run: after epoch ``at`` they ask for ``changes`` (panda mode)."""
+
+    def __init__(self, at: int, changes: dict, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.at, self.changes = at, changes
+
+    def adjustments(self) -> list[dict]:
+        return [{"id": 7, "changes": self.changes}] if len(self.metrics) == self.at - 1 else []  # asked before epoch at is reported
+
+
+def test_an_adjusted_lr_applies_from_the_next_epoch_and_equals_that_schedule_from_the_start() -> None:
+    base = {"epochs": 5, "batch_size": 32, "optimizer": "momentum", "lr": 0.05, "seed": 3}
+    steered = Steered(3, {"lr": 0.005})
+    fit(MLPConfig.model_validate(base), build_mlp, steered)
+    assert [m["lr"] for m in steered.metrics] == pytest.approx([0.05, 0.05, 0.05, 0.005, 0.005])
+    assert steered.metrics[2]["adjusted"] == {"ids": [7], "after_epoch": 3}  # in the report of the epoch after which it applies
+    assert steered.states[0]["epoch"] == 3 and steered.states[0]["adjusted"] == {"lr": 0.005}  # checkpointed at once
+    planned = Recorder()  # the same change, planned: step decay by 0.1 after epoch 3
+    fit(MLPConfig.model_validate({**base, "lr_schedule": "step", "step_size": 3, "step_gamma": 0.1}), build_mlp, planned)
+    for got, want in zip(steered.metrics, planned.metrics, strict=True):
+        assert {k: got[k] for k in MEASURED} == pytest.approx({k: want[k] for k in MEASURED}, rel=1e-5)
+
+
+def test_adjusted_dropout_and_weight_decay_survive_a_resume() -> None:
+    cfg = MLPConfig.model_validate({"epochs": 5, "batch_size": 32, "dropout": 0.1, "optimizer": "adam", "seed": 4})
+    whole = Steered(2, {"dropout": 0.4, "weight_decay": 1e-3})
+    fit(cfg, build_mlp, whole)
+    crashed = Steered(2, {"dropout": 0.4, "weight_decay": 1e-3}, crash_after=2)  # killed right after the checkpoint the change wrote
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, build_mlp, crashed)
+    resumed = Recorder(restore=crashed.states[-1])  # the checkpoint taken when the change applied
+    fit(cfg, build_mlp, resumed)
+    assert crashed.states[-1]["epoch"] == 2 and crashed.states[-1]["optimizer"]["param_groups"][0]["weight_decay"] == 1e-3
+    for got, want in zip(resumed.metrics, whole.metrics[2:], strict=True):
+        assert {k: got[k] for k in MEASURED} == {k: want[k] for k in MEASURED}
+    unsteered = Recorder()
+    fit(cfg, build_mlp, unsteered)
+    assert unsteered.metrics[-1]["train_loss"] != whole.metrics[-1]["train_loss"]  # the change did something

@@ -22,7 +22,7 @@ from torch import nn
 from trainables.config import TrainConfig
 from trainables.datasets import Dataset, load_dataset
 from trainables.engine.models import init_weights, l1_penalty
-from trainables.report import Reporter, get_reporter
+from trainables.report import ADJUSTED, Reporter, get_reporter
 
 C = TypeVar("C", bound=TrainConfig)
 ModelBuilder = Callable[[Any, tuple[int, ...], int], nn.Module]
@@ -137,14 +137,17 @@ def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: 
     )
 
     start = 1
+    adjusted: dict[str, Any] = {}  # what a person changed mid-run (panda mode), checkpointed with the rest
     state = reporter.restore()
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state["optimizer"])  # holds an adjusted lr and weight decay
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["torch_rng"])
         shuffle.set_state(state["shuffle_rng"])
         start = int(state["epoch"]) + 1
+        adjusted = dict(state.get("adjusted") or {})
+        set_dropout(model, adjusted.get("dropout"))
 
     n = len(tensors.x_train)
     bs = min(cfg.batch_size, n)
@@ -192,8 +195,17 @@ def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: 
         due = bool(cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or (
             cfg.checkpoint_interval_s > 0 and time.perf_counter() - last_checkpoint >= cfg.checkpoint_interval_s
         )
+        if not last:  # a person's changes take effect from the next epoch on, and are in this epoch's checkpoint
+            applied = []
+            for item in (reporter.adjustments() if hasattr(reporter, "adjustments") else []):  # older reporters have none
+                apply_adjustment(model, optimizer, schedule, item["changes"])
+                adjusted.update(item["changes"])
+                applied.append(item["id"])
+            if applied:
+                metrics[ADJUSTED] = {"ids": applied, "after_epoch": epoch}
+                due = True
         keep = not diverged and (last or due)
-        reporter.report(metrics, _state(model, optimizer, schedule, shuffle, epoch) if keep else None)
+        reporter.report(metrics, _state(model, optimizer, schedule, shuffle, epoch, adjusted) if keep else None)
         if keep:
             last_checkpoint = time.perf_counter()
         if diverged:  # a diverged configuration ends here; the service records it as failed
@@ -208,9 +220,37 @@ def held_out_metrics(model: nn.Module, tensors: _Tensors, loss_fn: nn.Module) ->
     return {"test_loss": t["loss"], "test_accuracy": t["accuracy"]}
 
 
-def _state(model: nn.Module, opt: torch.optim.Optimizer, sched: Any, shuffle: torch.Generator, epoch: int) -> dict[str, Any]:
+def set_dropout(model: nn.Module, p: float | None) -> None:
+    if p is None:
+        return
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = float(p)
+
+
+def apply_adjustment(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, changes: dict[str, Any]) -> None:
+    """Apply a person's changes between epochs: ``lr`` (the schedule goes on from it: its base
+    rates are scaled alike), ``weight_decay``, ``dropout``."""
+    if "lr" in changes:
+        lr = float(changes["lr"])
+        for i, group in enumerate(optimizer.param_groups):
+            ratio = lr / group["lr"] if group["lr"] else 1.0
+            group["lr"] = lr
+            if hasattr(schedule, "base_lrs"):
+                schedule.base_lrs[i] *= ratio
+            if hasattr(schedule, "_last_lr"):
+                schedule._last_lr[i] = lr
+    if "weight_decay" in changes:
+        for group in optimizer.param_groups:
+            group["weight_decay"] = float(changes["weight_decay"])
+    set_dropout(model, changes.get("dropout"))
+
+
+def _state(model: nn.Module, opt: torch.optim.Optimizer, sched: Any, shuffle: torch.Generator, epoch: int,
+           adjusted: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "epoch": epoch,
+        "adjusted": dict(adjusted or {}),
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "schedule": sched.state_dict(),

@@ -19,6 +19,7 @@ from service.api.schemas import (
     BestOut,
     ExtendRequest,
     ImportanceOut,
+    Intervention,
     RefineOut,
     RefineRequest,
     StudyOut,
@@ -129,6 +130,17 @@ async def study_plots(study_id: str, ctx: ContextDep, owner: OwnerDep) -> Respon
 @router.get("/{study_id}/trials/{trial_id}", response_model=TrialDetail, responses={404: ERRORS[404]}, summary="One trial with its per-epoch history")
 async def get_trial(study_id: str, trial_id: str, ctx: ContextDep, owner: OwnerDep) -> TrialDetail:
     return await run_in_threadpool(studies.trial, ctx, study_id, trial_id, owner)
+
+
+@router.post(
+    "/{study_id}/trials/{trial_id}/adjust", status_code=status.HTTP_202_ACCEPTED, response_model=Intervention,
+    responses={404: ERRORS[404], 409: {"description": "The trial is not running", "content": PROBLEM_CONTENT}},
+    summary="Panda mode: change a running trial's knobs (lr, weight_decay, dropout: what its trainable declares adjustable)",
+    description="Accepted now, applied by the trainable at its next epoch boundary (then `after_epoch` is set in the trial's "
+    "`interventions`); it holds from the next epoch on and is in that epoch's checkpoint, so it survives a resume.",
+)
+async def adjust_trial(study_id: str, trial_id: str, changes: dict[str, Any], ctx: ContextDep, owner: OwnerDep) -> Intervention:
+    return await run_in_threadpool(studies.adjust, ctx, study_id, trial_id, changes, owner)
 
 
 @router.get(
