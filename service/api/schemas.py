@@ -26,6 +26,7 @@ class TrainableOut(BaseModel):
     description: str
     metrics: list[str] = Field(description="What the trainable reports each epoch: the names an objective may use.")
     knobs: dict[str, Any] = Field(description="Knob name -> default: what a search space or `fixed` may set.")
+    adjustable: list[str] = Field(default_factory=list, description="Knobs a person may change while a trial runs (panda mode).")
 
 
 class SearchSpaceOut(BaseModel):

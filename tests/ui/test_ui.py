@@ -208,3 +208,28 @@ def test_a_schedule_from_the_submit_page_then_pause_and_delete(tmp_path: Path, p
         screenshot(page, "schedules")
         card.get_by_role("button", name="Delete").click()
         page.get_by_text("No schedules.").wait_for()
+
+
+def test_panda_mode_a_person_adjusts_a_running_trial_from_the_study_page(tmp_path: Path, page: Any) -> None:
+    app = create_app(settings_for(tmp_path), jobs=FakeJobs())
+    store = app.state.ctx.store
+    panda = {"name": "babysit", "trainable": "mlp_bn_softmax", "dataset": {"name": "digits"}, "mode": "panda",
+             "search_space": {"lr": {"type": "categorical", "choices": [0.05]}}, "budget": {"num_trials": 1, "max_concurrent_trials": 1}}
+    with serve_in_thread(app) as url:
+        sid = httpx.post(f"{url}/v1/studies", json=panda).json()["id"]
+        store.studies.update(sid, status="running")
+        store.trials.upsert(sid, "t1", config={"lr": 0.05}, state="running")
+        page.goto(f"{url}/#/studies/{sid}")
+        page.get_by_label("knob").select_option("dropout")
+        page.get_by_label("new value").fill("1.5")
+        page.get_by_role("button", name="Adjust").click()
+        page.locator(".panda .error", has_text="dropout").wait_for()  # the field and its rule
+        page.get_by_label("knob").select_option("lr")
+        page.get_by_label("new value").fill("0.005")
+        page.get_by_role("button", name="Adjust").click()
+        row = page.locator("[data-testid=interventions] tbody tr", has_text="lr=0.005")
+        row.wait_for()
+        assert "pending" in row.inner_text()
+        screenshot(page, "panda")
+        store.adjustments.applied(sid, "t1", [httpx.get(f"{url}/v1/studies/{sid}/trials/t1").json()["interventions"][0]["id"]], 3)
+        page.locator("[data-testid=interventions] tbody tr td:last-child", has_text="3").wait_for()  # live, from the event stream

@@ -15,7 +15,8 @@ router = APIRouter(prefix="/v1", tags=["catalog"], dependencies=[Depends(current
 
 @router.get("/trainables", summary="Registered trainables: their knobs with defaults, and the metrics they report (what an objective may name)")
 def trainables() -> list[TrainableOut]:
-    return [TrainableOut(name=s.name, description=s.description.strip(), metrics=list(s.metrics), knobs=s.knobs())
+    return [TrainableOut(name=s.name, description=s.description.strip(), metrics=list(s.metrics), knobs=s.knobs(),
+                        adjustable=list(s.adjustable))
             for s in list_trainables().values()]
 
 

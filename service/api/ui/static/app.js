@@ -155,10 +155,10 @@ async function studyPage(id) {
     history: h("div", { class: "plot-box", "data-plot": "history" }), curves: h("div", { class: "plot-box", "data-plot": "curves" }),
     parallel: h("div", { class: "plot-box wide", "data-plot": "parallel" }), importance: h("div", { class: "plot-box", "data-plot": "importance" }),
     trials: h("section", { class: "card trials" }), live: h("span", { class: "live", title: "following the study's event stream" }),
-    steer: h("div", { class: "steer" }), children: h("span", { class: "muted" }, "–"),
+    steer: h("div", { class: "steer" }), children: h("span", { class: "muted" }, "–"), panda: h("section", { class: "card panda" }),
   };
   const timeToggle = h("input", { type: "checkbox", id: "by-time", onchange: () => drawHistory() });
-  view.replaceChildren(el.head, el.best,
+  view.replaceChildren(el.head, el.panda, el.best,
     h("div", { class: "grid" },
       h("section", { class: "card" }, h("h2", {}, "Optimization history ", h("label", { class: "small" }, timeToggle, " by wall time")), el.history),
       h("section", { class: "card" }, h("h2", {}, "Learning curves"), el.curves, h("p", { class: "legend" },
@@ -237,6 +237,33 @@ async function studyPage(id) {
     } }, h("h2", {}, "Extend: more trials in this study (the sampler keeps its history)"), h("label", {}, "more trials ", more), " ", h("button", { type: "submit" }, "Extend"), out));
   };
 
+  // panda mode: a person steers a running trial (POST .../adjust), and sees what was changed when
+  const loadPanda = async () => {
+    if (study.definition.mode !== "panda") { el.panda.replaceChildren(); return; }
+    const [{ data: trainables }, { data: trials }] = await Promise.all([api("/v1/trainables"), api(`/v1/studies/${id}/trials`)]);
+    const knobs = (trainables.find((t) => t.name === study.trainable) || { adjustable: [] }).adjustable;
+    const details = await Promise.all(trials.map((t) => api(`/v1/studies/${id}/trials/${t.trial_id}`).then((r) => r.data)));
+    const running = trials.filter((t) => t.state === "running");
+    const trialSel = h("select", { "aria-label": "trial to adjust" }, running.map((t) => h("option", { value: t.trial_id }, `${t.trial_id} (epoch ${t.epochs})`)));
+    const knobSel = h("select", { "aria-label": "knob" }, knobs.map((k) => h("option", { value: k }, k)));
+    const value = h("input", { type: "text", size: 10, "aria-label": "new value" });
+    const msg = h("span", { "aria-live": "polite" });
+    el.panda.replaceChildren(h("h2", {}, "Panda mode: steer a running trial"),
+      running.length && knobs.length ? h("form", { class: "toolbar", onsubmit: async (e) => {
+        e.preventDefault();
+        const v = Number(value.value);
+        try {
+          const { data } = await api(`/v1/studies/${id}/trials/${trialSel.value}/adjust`, { method: "POST", body: JSON.stringify({ [knobSel.value]: Number.isNaN(v) ? value.value : v }), type: "application/json" });
+          msg.textContent = `adjustment ${data.id} accepted: applies after the current epoch`;
+          loadPanda();
+        } catch (err) { msg.replaceChildren(showError(err)); }
+      } }, trialSel, knobSel, value, h("button", { type: "submit", class: "primary" }, "Adjust"), msg)
+        : h("p", { class: "muted" }, knobs.length ? "No trial is running." : `${study.trainable} declares no adjustable knobs.`),
+      h("table", { "data-testid": "interventions" }, h("thead", {}, h("tr", {}, ["Trial", "Changes", "By", "Asked", "Applied after epoch"].map((c) => h("th", {}, c)))),
+        h("tbody", {}, details.flatMap((d) => d.interventions.map((i) => h("tr", {}, h("td", { class: "mono" }, d.trial_id), h("td", {}, configText(i.changes)),
+          h("td", {}, i.by), h("td", {}, when(i.requested_at)), h("td", {}, i.after_epoch === null ? "pending" : String(i.after_epoch))))))));
+  };
+
   const loadChildren = async () => {
     const { data } = await api(`/v1/studies?parent_id=${id}&limit=20`);
     el.children.replaceChildren(...(data.items.length ? data.items.flatMap((c, i) => [i ? ", " : "", h("a", { href: `#/studies/${c.id}` }, `${c.name} (${c.status})`)]) : ["–"]));
@@ -307,7 +334,7 @@ async function studyPage(id) {
   try {
     await refreshStudy();
   } catch (err) { view.replaceChildren(showError(err)); return; }
-  await Promise.allSettled([loadBest(), loadPlots(), loadImportance(), loadTrials(), loadChildren()]);
+  await Promise.allSettled([loadBest(), loadPlots(), loadImportance(), loadTrials(), loadChildren(), loadPanda()]);
 
   if (!ACTIVE.includes(study.status)) { el.live.textContent = ""; return; }
   el.live.textContent = "● live";
@@ -319,6 +346,7 @@ async function studyPage(id) {
       if (c) { c.values[data.epoch - 1] = data.metrics[plots.curves.metric] ?? null; for (let i = 0; i < c.values.length; i++) if (c.values[i] === undefined) c.values[i] = null; drawCurves(); }
     }
     if (["trial_started", "completed", "stopped_early", "failed", "retried", "new_best"].includes(type)) refreshAll();
+    if (["adjust_requested", "adjusted", "trial_started"].includes(type)) loadPanda();
     if (["completed", "stopped_early"].includes(type)) refreshImportance();
     if (type === "study_finished") { el.live.textContent = ""; refreshAll(); loadImportance(); }
   }, controller.signal);
