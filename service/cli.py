@@ -446,6 +446,28 @@ def schedule_delete(schedule_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt
     console.print(f"schedule {schedule_id} deleted", markup=False)
 
 
+def _pairs(items: list[str]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for pair in items:
+        knob, sep, value = pair.partition("=")
+        if not sep or not knob:
+            _fail(f"'{pair}' is not KNOB=VALUE")
+        parsed[knob] = yaml.safe_load(value)
+    return parsed
+
+
+@app.command()
+def fork(
+    study_id: str, trial_id: str,
+    from_epoch: Annotated[int, typer.Option("--from-epoch", help="Start from the trial's checkpoint at this epoch.")],
+    changes: Annotated[list[str] | None, typer.Argument(help="KNOB=VALUE pairs that differ from then on, e.g. lr=0.003.")] = None,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+) -> None:
+    """Panda mode's "try something else from here": a new study from TRIAL's checkpoint at --from-epoch."""
+    s = _call(url, Client.fork, study_id, trial_id, from_epoch, _pairs(changes or []), token=token)
+    console.print(f"study {s['id']} {s['status']} ({s['name']}: trial {trial_id} of {study_id} from epoch {from_epoch})", markup=False, highlight=False)
+
+
 @app.command()
 def adjust(
     study_id: str, trial_id: str,
@@ -453,13 +475,7 @@ def adjust(
     url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
 ) -> None:
     """Panda mode: change a running trial's knobs; they apply from its next epoch on."""
-    parsed: dict[str, Any] = {}
-    for pair in changes:
-        knob, sep, value = pair.partition("=")
-        if not sep or not knob:
-            _fail(f"'{pair}' is not KNOB=VALUE")
-        parsed[knob] = yaml.safe_load(value)
-    a = _call(url, Client.adjust, study_id, trial_id, parsed, token=token)
+    a = _call(url, Client.adjust, study_id, trial_id, _pairs(changes), token=token)
     console.print(f"adjustment {a['id']} of trial {trial_id}: {pairs(a['changes'])} (applies after its current epoch)", markup=False, highlight=False)
 
 

@@ -163,6 +163,10 @@ class Client:
         """Panda mode: change a running trial's knobs from its next epoch on."""
         return dict(self.request("POST", f"/v1/studies/{study_id}/trials/{trial_id}/adjust", json=changes))
 
+    def fork(self, study_id: str, trial_id: str, from_epoch: int, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A new panda study whose trial starts from ``trial_id``'s checkpoint at ``from_epoch`` with ``changes``."""
+        return dict(self.request("POST", f"/v1/studies/{study_id}/trials/{trial_id}/fork", json={"from_epoch": from_epoch, "changes": changes or {}}))
+
     # -- schedules -----------------------------------------------------------------------------
 
     def create_schedule(self, definition: dict[str, Any], every: str, *, top_k: int = 5) -> dict[str, Any]:

@@ -114,6 +114,17 @@ class WarmStart(BaseModel):
                        "study's space equals the earlier one's, the earlier finished trials also seed the sampler's history.")
 
 
+class ForkFrom(BaseModel):
+    """Where a forked study's one trial starts: an earlier trial's checkpoint at an epoch (POST .../fork sets it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    study: str = Field(pattern=r"^[0-9a-f]{16}$")
+    trial: str = Field(min_length=1, max_length=128)
+    epoch: int = Field(ge=1, le=100_000)
+    checkpoint: str = Field(min_length=1, max_length=1024, description="The checkpoint's directory in the study storage (set by the service).")
+    changes: dict[str, Any] = Field(default_factory=dict, description="What differs from the earlier trial from epoch+1 on.")
+
+
 class StudyDefinition(BaseModel):
     """What a user submits. Trainables, datasets and presets are names; nothing here is code."""
 
@@ -173,6 +184,7 @@ class StudyDefinition(BaseModel):
     budget: Budget = Field(default_factory=Budget)
     resources_per_trial: Resources = Field(default_factory=Resources)
     warm_start: WarmStart | None = Field(None, description="Start from an earlier study's best (coarse-to-fine refine sets it).")
+    fork: ForkFrom | None = Field(None, description="Set by POST .../trials/{id}/fork: the study's trial starts from that checkpoint.")
     mode: Literal["caviar", "panda"] = Field("caviar", description="caviar: many trials, the scheduler stops bad ones. panda: one "
                                              "configuration (or a handful) that a person steers while it runs (POST .../trials/{id}/adjust); "
                                              "no early stopping.")

@@ -51,6 +51,12 @@ class Storage:
         """``storage_path`` (and ``storage_filesystem`` for an object store) as Tune's RunConfig takes them."""
         return {"storage_path": self.root, **self.filesystem_arg()}
 
+    def read_checkpoint_file(self, study_id: str, checkpoint: str, name: str) -> bytes:
+        """A file of a checkpoint (``<trial dir>/<checkpoint dir>``) of the study's experiment."""
+        with self.fs.open_input_stream(f"{self.experiment(study_id)}/{checkpoint}/{name}") as f:
+            data: bytes = f.read()
+        return data
+
     def latest_checkpoint(self, study_id: str, trial_dir: str) -> str | None:
         """The path of the trial's newest checkpoint directory, or None when it has none."""
         selector = pafs.FileSelector(f"{self.experiment(study_id)}/{trial_dir}", allow_not_found=True)

@@ -102,10 +102,35 @@ class TuneReporter:
         from ray import tune
 
         checkpoint = tune.get_checkpoint()
-        if checkpoint is None:
-            return None
+        if checkpoint is None:  # a forked study's trial starts from the earlier trial's checkpoint its driver holds
+            return self._forked()
         with checkpoint.as_directory() as directory:
             return load_state(directory)
+
+    def _forked(self) -> dict[str, Any] | None:
+        import io
+
+        import ray
+        import torch
+
+        channel = self._lookup()
+        data = ray.get(channel.initial_state.remote(), timeout=60) if channel else None
+        if not data:
+            return None
+        state: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        state["forked"] = True  # its config's adjustable values apply from the next epoch (they may differ from the checkpoint's)
+        return state
+
+    def _lookup(self) -> Any:
+        import ray
+        from ray import tune
+
+        if self._channel is None:
+            try:
+                self._channel = ray.get_actor(CHANNEL_PREFIX + tune.get_context().get_experiment_name())
+            except ValueError:
+                self._channel = False
+        return self._channel or None
 
     def num_cpus(self) -> int:
         import ray
@@ -117,15 +142,10 @@ class TuneReporter:
         import ray
         from ray import tune
 
-        context = tune.get_context()
-        if self._channel is None:
-            try:
-                self._channel = ray.get_actor(CHANNEL_PREFIX + context.get_experiment_name())
-            except ValueError:
-                self._channel = False
-        if self._channel is False:
+        channel = self._lookup()
+        if channel is None:
             return []
-        found: list[dict[str, Any]] = ray.get(self._channel.take.remote(context.get_trial_id()), timeout=30)
+        found: list[dict[str, Any]] = ray.get(channel.take.remote(tune.get_context().get_trial_id()), timeout=30)
         return found
 
 

@@ -178,3 +178,9 @@ class ScheduleOut(BaseModel):
     created_at: datetime
     definition: dict[str, Any]
     runs: list[ScheduleRunOut]
+
+
+class ForkRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    from_epoch: int = Field(ge=1, le=100_000, description="Start from the trial's checkpoint at this epoch.")
+    changes: dict[str, Any] = Field(default_factory=dict, description="Adjustable knobs that differ from then on (e.g. {lr: 0.003}).")

@@ -78,7 +78,8 @@ def body_hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def submit(ctx: Context, data: dict[str, Any], owner: str = LOCAL_OWNER, idempotency_key: str | None = None) -> tuple[StudyOut, bool]:
+def submit(ctx: Context, data: dict[str, Any], owner: str = LOCAL_OWNER, idempotency_key: str | None = None, *,
+           fork: bool = False) -> tuple[StudyOut, bool]:
     """Validate fully, store as queued; the dispatcher hands it to Ray (the API never blocks on Ray).
 
     Returns (the study, whether it was created now). With ``idempotency_key``: the same key and body
@@ -103,7 +104,9 @@ def submit(ctx: Context, data: dict[str, Any], owner: str = LOCAL_OWNER, idempot
             cluster = None
         space = check_definition(definition, max_grid_points=s.max_grid_points, cluster=cluster, data_dir=s.data_dir,
                                  max_file_bytes=s.max_dataset_file_bytes)
-        parent_id = _warm_start_parent(ctx, definition, owner)
+        if definition.fork is not None and not fork:  # it names a checkpoint the driver loads: the service sets it, nobody else
+            raise DefinitionError("fork", "set by POST /v1/studies/{id}/trials/{trial_id}/fork only")
+        parent_id = definition.fork.study if definition.fork is not None else _warm_start_parent(ctx, definition, owner)
         check_quota(ctx, owner, definition.budget.max_concurrent_trials)
         row = ctx.store.studies.create(definition.name, freeze(definition, space), owner=owner, idempotency_key=idempotency_key,
                                        parent_id=parent_id)
@@ -234,32 +237,64 @@ def trial(ctx: Context, study_id: str, trial_id: str, owner: str | None = None) 
     return TrialDetail(**trial_out(row), history=history, interventions=interventions)
 
 
+def _adjustable(d: StudyDefinition, changes: dict[str, Any], config: dict[str, Any]) -> None:
+    """``changes`` name knobs the trainable declares adjustable, with values its config model accepts."""
+    spec = get_trainable(d.trainable)
+    if not spec.adjustable:
+        raise DefinitionError("trainable", f"'{d.trainable}' declares no adjustable knobs (TrainableSpec.adjustable)")
+    for knob in changes:
+        if knob not in spec.adjustable:
+            raise DefinitionError(knob, f"'{knob}' is not adjustable in '{d.trainable}' (adjustable: {', '.join(spec.adjustable)})")
+    try:  # the values as the trainable's config model checks them
+        spec.config({**d.constants(), **config, **changes})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise DefinitionError(str(err["loc"][0]) if err["loc"] else "body", err["msg"]) from None
+
+
+def fork(ctx: Context, study_id: str, trial_id: str, from_epoch: int, changes: dict[str, Any], owner: str) -> StudyOut:
+    """The seed's "try something else from here": a new panda study whose one trial starts from
+    ``trial_id``'s checkpoint at ``from_epoch`` with ``changes`` (adjustable knobs) from then on."""
+    row = get(ctx, study_id, owner)
+    d = StudyDefinition.model_validate(row.definition)
+    found = ctx.store.trials.get(study_id, trial_id)
+    if found is None:
+        raise NotFound(f"no trial '{trial_id}' in study '{study_id}'")
+    trial_row, history = found
+    _adjustable(d, changes, trial_row.config)
+    kept = {int(h["epoch"]): h["checkpoint"] for h in history if h.get("checkpoint")}
+    if from_epoch not in kept or not trial_row.trial_dir:
+        at = ", ".join(map(str, sorted(kept))) or "none"
+        raise Conflict(f"trial '{trial_id}' has no checkpoint at epoch {from_epoch} (at epochs: {at}); panda studies checkpoint every epoch")
+    if from_epoch >= d.epochs():
+        raise DefinitionError("from_epoch", f"must be below the {d.epochs()} epochs the trial runs")
+    config = {**trial_row.config, **changes}
+    space = d.space().to_dict()
+    data = {**row.definition, "name": f"{row.name}-fork"[:128], "mode": "panda", "warm_start": None,
+            "scheduler": {"type": "none"}, "budget": {**row.definition["budget"], "num_trials": 1, "max_concurrent_trials": 1},
+            "search_space": {k: {"type": "categorical", "choices": [v]} for k, v in config.items() if k in space},
+            "fixed": {**row.definition.get("fixed", {}), **{k: v for k, v in changes.items() if k not in space}},
+            "fork": {"study": study_id, "trial": trial_id, "epoch": from_epoch, "checkpoint": f"{trial_row.trial_dir}/{kept[from_epoch]}",
+                     "changes": changes}}
+    study, _ = submit(ctx, data, owner, fork=True)
+    return study
+
+
 def adjust(ctx: Context, study_id: str, trial_id: str, changes: dict[str, Any], owner: str) -> Intervention:
     """Panda mode: change knobs of a running trial from its next epoch on (what its trainable declares adjustable)."""
     row = get(ctx, study_id, owner)
     d = StudyDefinition.model_validate(row.definition)
     if d.mode != "panda":
         raise DefinitionError("mode", f"study '{study_id}' is in {d.mode} mode; trials are adjusted in panda mode (mode: panda)")
-    spec = get_trainable(d.trainable)
-    if not spec.adjustable:
-        raise DefinitionError("trainable", f"'{d.trainable}' declares no adjustable knobs (TrainableSpec.adjustable)")
     if not changes:
-        raise DefinitionError("body", f"name at least one knob to change: {', '.join(spec.adjustable)}")
-    for knob in changes:
-        if knob not in spec.adjustable:
-            raise DefinitionError(knob, f"'{knob}' is not adjustable in '{d.trainable}' (adjustable: {', '.join(spec.adjustable)})")
+        raise DefinitionError("body", "name at least one knob to change")
     found = ctx.store.trials.get(study_id, trial_id)
     if found is None:
         raise NotFound(f"no trial '{trial_id}' in study '{study_id}'")
     trial_row = found[0]
+    _adjustable(d, changes, trial_row.config)
     if row.status != StudyStatus.RUNNING.value or trial_row.state != "running":
         raise Conflict(f"trial '{trial_id}' is {trial_row.state} in a {row.status} study; only a running trial can be adjusted")
-    try:  # the values as the trainable's config model checks them
-        spec.config({**d.constants(), **trial_row.config, **changes})
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        knob = str(err["loc"][0]) if err["loc"] else "body"
-        raise DefinitionError(knob, err["msg"]) from None
     a = ctx.store.adjustments.add(study_id, trial_id, changes, owner)
     return Intervention(id=a.pk, changes=a.changes, by=a.by, requested_at=a.requested_at, after_epoch=None)
 

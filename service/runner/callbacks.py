@@ -114,6 +114,8 @@ class StoreCallback(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
         metrics = {k: result[k] for k in self.reported if k in result}
         metrics["reported_at"] = time.time()
+        if result.get("checkpoint_dir_name"):  # this epoch's checkpoint (a fork starts from it)
+            metrics["checkpoint"] = result["checkpoint_dir_name"]
         if not self._pending:
             self._oldest = time.monotonic()
         self._pending.append((trial.trial_id, metrics))

@@ -17,6 +17,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from service.definition import ForkFrom
 from service.runner.callbacks import store_for
 from trainables.report import ADJUSTED, CHANNEL_PREFIX
 
@@ -28,6 +29,13 @@ POLL_S = 0.3
 class AdjustChannel:
     def __init__(self) -> None:
         self.pending: dict[str, list[dict[str, Any]]] = {}
+        self.initial: bytes | None = None  # a forked study: the checkpoint its trial starts from
+
+    def set_initial(self, state: bytes) -> None:
+        self.initial = state
+
+    def initial_state(self) -> bytes | None:
+        return self.initial
 
     def put(self, trial_id: str, item: dict[str, Any]) -> None:
         self.pending.setdefault(trial_id, []).append(item)
@@ -46,16 +54,24 @@ def start_channel(study_id: str) -> Any:
 
 
 class PandaCallback(tune.Callback):
-    def __init__(self, study_id: str, database_url: str) -> None:
-        self.study_id, self.database_url = study_id, database_url
+    def __init__(self, study_id: str, database_url: str, owner: str = "local", fork: ForkFrom | None = None) -> None:
+        self.study_id, self.database_url, self.owner, self.fork = study_id, database_url, owner, fork
         self._forwarded: set[int] = set()
         self._polled = 0.0
 
     def __getstate__(self) -> dict[str, Any]:  # Tune saves callbacks with its state: a resumed driver forwards afresh
-        return {"study_id": self.study_id, "database_url": self.database_url}
+        return {"study_id": self.study_id, "database_url": self.database_url, "owner": self.owner, "fork": self.fork}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["study_id"], state["database_url"])  # type: ignore[misc]
+        self.__init__(state["study_id"], state["database_url"], state.get("owner", "local"), state.get("fork"))  # type: ignore[misc]
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """A forked trial's changes are its first intervention: applied after the epoch it starts from."""
+        f = self.fork
+        if f is not None and f.changes and not store_for(self.database_url).adjustments.for_trial(self.study_id, trial.trial_id):
+            adjustments = store_for(self.database_url).adjustments
+            a = adjustments.add(self.study_id, trial.trial_id, f.changes, self.owner)
+            adjustments.applied(self.study_id, trial.trial_id, [a.pk], f.epoch)
 
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if time.monotonic() - self._polled < POLL_S:

@@ -21,6 +21,7 @@ from service.runner.warm_start import warm_start_plan
 from service.settings import Settings
 from service.storage import open_storage
 from trainables import TrainableSpec, get_trainable
+from trainables.report import CHECKPOINT_FILE
 
 log = logging.getLogger("caviar.runner")
 
@@ -46,10 +47,16 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
     constants = d.constants()
     r = d.resources_per_trial
     trainable = tune.with_resources(spec.load_train(), {"cpu": r.cpu, "gpu": r.gpu})
-    panda = [PandaCallback(study_id, settings.database_url)] if d.mode == "panda" else []
-    if panda:
-        start_channel(study_id)  # before a restore too: the restored PandaCallback forwards through it
     storage = open_storage(settings)
+    panda: list[Any] = []
+    if d.mode == "panda":  # a person steers: every epoch checkpointed (a fork may start from any), none stopped
+        if "checkpoint_every" in spec.config_model.model_fields:
+            constants = {**constants, "checkpoint_every": 1}
+        owner = store_for(settings.database_url).studies.get(study_id)
+        panda = [PandaCallback(study_id, settings.database_url, owner.owner if owner else "local", d.fork)]
+        channel = start_channel(study_id)  # before a restore too: the restored PandaCallback forwards through it
+        if d.fork is not None:  # its trial starts from the earlier trial's checkpoint, read here from the study storage
+            channel.set_initial.remote(storage.read_checkpoint_file(d.fork.study, d.fork.checkpoint, CHECKPOINT_FILE))
     experiment = storage.experiment(study_id)
     restore_fs = storage.filesystem_arg()
     if resumed and tune.Tuner.can_restore(experiment, **restore_fs):
@@ -88,7 +95,7 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
                                      started_since=extended_at),
                        JsonLoggerCallback(), *panda],
             failure_config=tune.FailureConfig(max_failures=d.budget.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if d.mode == "panda" else 2),
             verbose=1,
         ),
     )

@@ -43,6 +43,24 @@ def test_a_person_lowers_the_learning_rate_of_a_running_trial(api: LocalServer) 
         assert "adjust_requested" in kinds and "adjusted" in kinds
         client.cancel(sid)
 
+        # "try something else from here": a new trial from epoch 2's checkpoint, with another learning rate
+        last = client.trial(sid, trial)["epochs"]
+        r = httpx.post(f"{api.url}/v1/studies/{sid}/trials/{trial}/fork", json={"from_epoch": last + 50, "changes": {"lr": 0.01}})
+        assert r.status_code == 409 and f"no checkpoint at epoch {last + 50}" in r.json()["detail"]
+        r = httpx.post(f"{api.url}/v1/studies/{sid}/trials/{trial}/fork", json={"from_epoch": 2, "changes": {"width": 8}})
+        assert r.status_code == 422 and r.json()["field"] == "width"
+        r = httpx.post(f"{api.url}/v1/studies/{sid}/trials/{trial}/fork", json={"from_epoch": 2, "changes": {"lr": 0.01}})
+        assert r.status_code == 201, r.text
+        forked = r.json()
+        assert forked["parent_id"] == sid and forked["definition"]["fork"]["epoch"] == 2 and forked["definition"]["mode"] == "panda"
+        fid = forked["id"]
+        child = wait_until(lambda: next((t for t in client.trials(fid) if t["epochs"] >= 4), None), 180, "the forked trial to train", interval=0.3)
+        detail = client.trial(fid, child["trial_id"])
+        assert [h["epoch"] for h in detail["history"]][:2] == [3, 4]  # it went on from epoch 2's checkpoint
+        assert all(h["lr"] == pytest.approx(0.01) for h in detail["history"])
+        assert [(i["changes"], i["after_epoch"]) for i in detail["interventions"]] == [({"lr": 0.01}, 2)]
+        client.cancel(fid)
+
 
 def _events_until(client: object, sid: str, kind: str) -> list[tuple[str, str, dict]]:
     seen = []

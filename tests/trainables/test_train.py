@@ -279,3 +279,14 @@ def test_adjusted_dropout_and_weight_decay_survive_a_resume() -> None:
     unsteered = Recorder()
     fit(cfg, build_mlp, unsteered)
     assert unsteered.metrics[-1]["train_loss"] != whole.metrics[-1]["train_loss"]  # the change did something
+
+
+def test_a_fork_starts_from_another_trials_checkpoint_with_its_own_values() -> None:
+    base = {"epochs": 4, "batch_size": 32, "optimizer": "momentum", "lr": 0.05, "seed": 5, "checkpoint_every": 1}
+    parent = Recorder()
+    fit(MLPConfig.model_validate(base), build_mlp, parent)
+    forked_state = {**parent.states[1], "forked": True}  # its checkpoint at epoch 2 (a copy: the run went on)
+    assert forked_state["epoch"] == 2
+    child = Recorder(restore=forked_state)
+    fit(MLPConfig.model_validate({**base, "lr": 0.001}), build_mlp, child)
+    assert [m["epoch"] for m in child.metrics] == [3, 4] and [m["lr"] for m in child.metrics] == pytest.approx([0.001, 0.001])

@@ -233,3 +233,19 @@ def test_panda_mode_a_person_adjusts_a_running_trial_from_the_study_page(tmp_pat
         screenshot(page, "panda")
         store.adjustments.applied(sid, "t1", [httpx.get(f"{url}/v1/studies/{sid}/trials/t1").json()["interventions"][0]["id"]], 3)
         page.locator("[data-testid=interventions] tbody tr td:last-child", has_text="3").wait_for()  # live, from the event stream
+
+        store.trials.upsert(sid, "t1", trial_dir="trial-dir")
+        store.trials.add_epoch(sid, "t1", {"epoch": 1, "val_accuracy": 0.5, "checkpoint": "checkpoint_000000"}, "val_accuracy", "max")
+        page.reload()
+        page.get_by_role("button", name="Fork from here").wait_for()
+        page.get_by_label("from epoch").fill("1")
+        page.get_by_label("fork knob").select_option("lr")
+        page.get_by_label("fork value").fill("0.01")
+        page.get_by_role("button", name="Fork from here").click()
+        page.locator("[data-testid=parent]", has_text=sid).wait_for()
+        fork = httpx.get(f"{url}/v1/studies/{page.url.rsplit('/', 1)[-1]}").json()
+        assert fork["definition"]["fork"] == {"study": sid, "trial": "t1", "epoch": 1, "checkpoint": "trial-dir/checkpoint_000000",
+                                              "changes": {"lr": 0.01}}
+        assert fork["definition"]["search_space"]["lr"] == {"type": "categorical", "choices": [0.01]}
+        r = httpx.post(f"{url}/v1/studies", json={**panda, "fork": fork["definition"]["fork"]})  # nobody else may name a checkpoint
+        assert r.status_code == 422 and r.json()["field"] == "fork"

@@ -148,6 +148,10 @@ def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: 
         start = int(state["epoch"]) + 1
         adjusted = dict(state.get("adjusted") or {})
         set_dropout(model, adjusted.get("dropout"))
+        if state.get("forked"):  # another trial's checkpoint: this config's values hold from here on
+            forked = {k: getattr(cfg, k) for k in ("lr", "weight_decay", "dropout") if hasattr(cfg, k)}
+            apply_adjustment(model, optimizer, schedule, forked)
+            adjusted.update(forked)
 
     n = len(tensors.x_train)
     bs = min(cfg.batch_size, n)

@@ -18,6 +18,7 @@ from service.api.problems import ERRORS, PROBLEM_CONTENT, problem
 from service.api.schemas import (
     BestOut,
     ExtendRequest,
+    ForkRequest,
     ImportanceOut,
     Intervention,
     RefineOut,
@@ -141,6 +142,18 @@ async def get_trial(study_id: str, trial_id: str, ctx: ContextDep, owner: OwnerD
 )
 async def adjust_trial(study_id: str, trial_id: str, changes: dict[str, Any], ctx: ContextDep, owner: OwnerDep) -> Intervention:
     return await run_in_threadpool(studies.adjust, ctx, study_id, trial_id, changes, owner)
+
+
+@router.post(
+    "/{study_id}/trials/{trial_id}/fork", status_code=status.HTTP_201_CREATED, response_model=StudyOut,
+    responses={404: ERRORS[404], 409: {"description": "No checkpoint at that epoch", "content": PROBLEM_CONTENT}, 429: ERRORS[429]},
+    summary="Panda mode's 'try something else from here': a new study whose one trial starts from this trial's checkpoint "
+    "at from_epoch, with the changes",
+)
+async def fork_trial(study_id: str, trial_id: str, body: ForkRequest, ctx: ContextDep, owner: OwnerDep) -> StudyOut:
+    study = await run_in_threadpool(studies.fork, ctx, study_id, trial_id, body.from_epoch, body.changes, owner)
+    ctx.dispatch_now.set()
+    return study
 
 
 @router.get(

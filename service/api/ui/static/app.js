@@ -259,9 +259,28 @@ async function studyPage(id) {
         } catch (err) { msg.replaceChildren(showError(err)); }
       } }, trialSel, knobSel, value, h("button", { type: "submit", class: "primary" }, "Adjust"), msg)
         : h("p", { class: "muted" }, knobs.length ? "No trial is running." : `${study.trainable} declares no adjustable knobs.`),
+      trials.some((t) => t.epochs > 0) && knobs.length ? forkForm(trials, knobs) : null,
       h("table", { "data-testid": "interventions" }, h("thead", {}, h("tr", {}, ["Trial", "Changes", "By", "Asked", "Applied after epoch"].map((c) => h("th", {}, c)))),
         h("tbody", {}, details.flatMap((d) => d.interventions.map((i) => h("tr", {}, h("td", { class: "mono" }, d.trial_id), h("td", {}, configText(i.changes)),
           h("td", {}, i.by), h("td", {}, when(i.requested_at)), h("td", {}, i.after_epoch === null ? "pending" : String(i.after_epoch))))))));
+  };
+
+  // "try something else from here": a new study from a trial's checkpoint at an epoch, with a change
+  const forkForm = (trials, knobs) => {
+    const trialSel = h("select", { "aria-label": "trial to fork" }, trials.filter((t) => t.epochs > 0).map((t) => h("option", { value: t.trial_id }, t.trial_id)));
+    const epoch = h("input", { type: "number", min: 1, value: 1, size: 4, "aria-label": "from epoch" });
+    const knobSel = h("select", { "aria-label": "fork knob" }, knobs.map((k) => h("option", { value: k }, k)));
+    const value = h("input", { type: "text", size: 10, "aria-label": "fork value" });
+    const msg = h("span");
+    return h("form", { class: "toolbar", onsubmit: async (e) => {
+      e.preventDefault();
+      const v = Number(value.value);
+      const changes = value.value.trim() ? { [knobSel.value]: Number.isNaN(v) ? value.value : v } : {};
+      try {
+        const { data } = await api(`/v1/studies/${id}/trials/${trialSel.value}/fork`, { method: "POST", body: JSON.stringify({ from_epoch: Number(epoch.value), changes }), type: "application/json" });
+        location.hash = `#/studies/${data.id}`;
+      } catch (err) { msg.replaceChildren(showError(err)); }
+    } }, h("strong", {}, "Fork:"), trialSel, h("label", {}, "from epoch ", epoch), knobSel, value, h("button", { type: "submit" }, "Fork from here"), msg);
   };
 
   const loadChildren = async () => {
