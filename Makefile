@@ -46,6 +46,7 @@ bench-smoke: setup
 	$(BIN)/python -m bench.store_load --smoke
 	if [ -n "$$CAVIAR_TEST_POSTGRES_URL" ]; then $(BIN)/python -m bench.store_load --smoke --database-url "$$CAVIAR_TEST_POSTGRES_URL"; fi
 	$(BIN)/python -m bench.ui_load --smoke
+	$(BIN)/python -m bench.refine --smoke
 	$(BIN)/python -m bench.control_plane --smoke $${CAVIAR_TEST_POSTGRES_URL:+--database-url "$$CAVIAR_TEST_POSTGRES_URL"}
 
 demo: setup

@@ -54,13 +54,16 @@ def arm_refine(client: Client, seed: int, coarse: int, fine: int, epochs: int, c
     study = client.wait(child, poll_s=0.25)
     if study["status"] != "completed":
         raise SystemExit(f"refined study {child} {study['status']}: {study['error']}")
-    first = [t["config"] for t in sorted(client.trials(child), key=lambda t: t["started_at"])][: len(top)]
+    n = min(len(top), fine)  # the refined study runs the best first, as many as its budget holds
+    first = [t["config"] for t in sorted(client.trials(child), key=lambda t: t["started_at"])][:n]
     keys = set(study["definition"]["search_space"])
 
     def fitted(configs: list[dict[str, Any]]) -> list[str]:  # 2 run at a time: the order within a pair is the cluster's
         return sorted(json.dumps({k: v for k, v in c.items() if k in keys}, sort_keys=True) for c in configs)
 
-    checks.check(fitted(first) == fitted(top), f"seed {seed}: the refined study ran the coarse study's {len(top)} best first")
+    ok = checks.check(fitted(first) == fitted(top[:n]), f"seed {seed}: the refined study ran the coarse study's {n} best first")
+    if not ok:
+        print(f"  ran first: {fitted(first)}\n  the best:  {fitted(top[:n])}", flush=True)
     return {**measured(client, [parent, child]), "wall_s": time.time() - t0, "studies": [parent, child],
             "narrowed": study["definition"]["search_space"]}
 
