@@ -137,3 +137,20 @@ def test_the_api_script_serves_the_api(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_the_monitoring_profile_scrapes_the_api_with_a_token_and_provisions_the_dashboard() -> None:
+    services = compose()["services"]
+    prom, grafana = services["prometheus"], services["grafana"]
+    assert prom["profiles"] == grafana["profiles"] == ["monitoring"] and not prom.get("ports") and not grafana.get("ports")
+    config = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+    job = config["scrape_configs"][0]
+    assert job["static_configs"][0]["targets"] == ["api:8000"] and job["metrics_path"] == "/metrics"
+    assert job["authorization"]["credentials_file"] == "/run/secrets/scrape_token" and "scrape_token" in prom["secrets"]
+    assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prom["volumes"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in grafana["volumes"]}
+    assert (DOCKER / mounts["./grafana/caviar-dashboard.json"].replace("/var/lib/grafana/dashboards", "grafana")).exists()
+    provider = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/caviar.yaml").read_text())["providers"][0]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"  # where the dashboard JSON is mounted
+    source = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yaml").read_text())["datasources"][0]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
