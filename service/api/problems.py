@@ -104,6 +104,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):  # FastAPI: a body that is not JSON
+            return problem(422, "Invalid body", "the body is not valid JSON (or not UTF-8)", field="body")
         title = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}.get(exc.status_code, str(exc.detail))
         headers = dict(exc.headers) if exc.headers else {}
         if exc.status_code == 405:  # every method the path takes, not only the first route's

@@ -145,8 +145,8 @@ class ScheduleIn(BaseModel):
     model_config = {"extra": "forbid"}
     definition: dict[str, Any] = Field(description="A study definition (as POST /v1/studies takes it), without warm_start: each run after "
                                        "the first is warm-started from the previous run's best.")
-    every: str = Field(description="How often: a number and a unit, s m h d or w (`30d`, `12h`); at least 60 s, at most 366 d.",
-                       examples=["30d"])
+    every: str = Field(pattern=r"^\s*\d{1,9}\s*[smhdw]\s*$", description="How often: a number and a unit, s m h d or w (`30d`, "
+                       "`12h`); at least 60 s, at most 366 d.", examples=["30d"])
     top_k: int = Field(5, ge=1, le=100, description="How many of the previous run's best configurations run first (and are re-evaluated).")
     start_at: datetime | None = Field(None, description="The first run (default: now).")
 

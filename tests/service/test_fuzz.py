@@ -64,6 +64,10 @@ INTENDED = {
     ("POST /v1/studies", "RejectedPositiveData"):
         "a schema-valid definition can still break a rule the schema cannot state: the trainable's knobs "
         "(search_space and fixed keys), the metric it reports, the file on disk, the cluster's resources",
+    ("POST /v1/schedules", "RejectedPositiveData"):
+        "its definition is checked as POST /v1/studies checks one (see above), and `every` must lie between 60 s and 366 d",
+    ("POST /v1/studies/{study_id}/trials/{trial_id}/adjust", "RejectedPositiveData"):
+        "what may be adjusted depends on the study (panda mode) and its trainable's declared knobs, which the schema cannot state",
 }
 # Ray is deliberately unreachable: /readyz says so with its (documented) 503; no other 5xx is expected.
 EXPECTED_5XX = {("GET /readyz", 503)}
