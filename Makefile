@@ -34,7 +34,8 @@ e2e: setup
 
 test: lint unit e2e bench-smoke
 
-# each benchmark in its smoke form (what each asserts: docs/benchmarks.md);
+# each benchmark in its smoke form (what each asserts: docs/benchmarks.md) but bench.refine's, whose
+# warm start tests/service/test_workflows_e2e.py checks (CI's 25 minutes);
 # the store-under-load smoke runs on PostgreSQL too when CAVIAR_TEST_POSTGRES_URL is set (CI sets it)
 bench-smoke: setup
 	$(BIN)/python -m bench.trainable_throughput --smoke
@@ -46,7 +47,6 @@ bench-smoke: setup
 	$(BIN)/python -m bench.store_load --smoke
 	if [ -n "$$CAVIAR_TEST_POSTGRES_URL" ]; then $(BIN)/python -m bench.store_load --smoke --database-url "$$CAVIAR_TEST_POSTGRES_URL"; fi
 	$(BIN)/python -m bench.ui_load --smoke
-	$(BIN)/python -m bench.refine --smoke
 	$(BIN)/python -m bench.control_plane --smoke $${CAVIAR_TEST_POSTGRES_URL:+--database-url "$$CAVIAR_TEST_POSTGRES_URL"}
 
 demo: setup

@@ -2,8 +2,8 @@
 
 - a study on the session's Ray head: open the list, open the running study, see its learning
   curves grow from the event stream without a reload, cancel it;
-- `caviar serve` with no Ray: an invalid definition shows its field and rule, a valid one opens
-  its study page; trainables and presets are listed from the API;
+- the API with Ray faked: an invalid definition shows its field and rule, a valid one opens its
+  study page; trainables and presets are listed from the API;
 - auth required (not on loopback): the page asks for a token, refuses a wrong one, and shows only
   the token owner's studies;
 - a study of 10,000 trials: the study page stays small (payload bounded) and sorts on the server.
@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from service.api.app import create_app
+from service.client import Client
 from service.local import LocalHead, LocalServer, wait_until
 from service.store.synthetic import synthetic_study
 from tests.service.fakes import FakeJobs, serve_in_thread, settings_for
@@ -69,12 +70,11 @@ def test_list_then_a_running_study_whose_curves_grow_live_then_cancel(api: Local
 
 
 def test_submit_shows_the_field_and_rule_of_a_422_and_a_valid_definition_opens_its_study(tmp_path: Path, page: Any) -> None:
-    server = LocalServer(tmp_path, None).start()  # `caviar serve` with no Ray: studies stay queued
-    try:
-        with server.client() as client:
-            trainables = {t["name"] for t in client.trainables()}
-            presets = {p["name"] for p in client.search_spaces()}
-        page.goto(f"{server.url}/#/submit")
+    app = create_app(settings_for(tmp_path), jobs=FakeJobs())  # uvicorn over HTTP, Ray faked: studies stay queued
+    with serve_in_thread(app) as url, Client(url) as client:
+        trainables = {t["name"] for t in client.trainables()}
+        presets = {p["name"] for p in client.search_spaces()}
+        page.goto(f"{url}/#/submit")
         page.locator("[data-testid=presets] li").first.wait_for()
         listed = page.locator("[data-testid=trainables] li code").all_inner_texts()
         assert set(listed) == trainables
@@ -91,14 +91,11 @@ def test_submit_shows_the_field_and_rule_of_a_422_and_a_valid_definition_opens_i
         yaml_text = "\n".join(f"{k}: {json.dumps(v)}" for k, v in (SLOW | {"name": "ui-good"}).items())
         page.fill("#definition", yaml_text)  # YAML (JSON values are YAML too)
         page.get_by_role("button", name="Submit").click()
-        page.wait_for_url(f"{server.url}/#/studies/*")
+        page.wait_for_url(f"{url}/#/studies/*")
         sid = page.url.rsplit("/", 1)[-1]
         page.locator(".study-head h1", has_text="ui-good").wait_for()
-        with server.client() as client:
-            assert client.study(sid)["name"] == "ui-good"
-            assert [s["name"] for s in client.studies()["items"]] == ["ui-good"]  # the invalid one stored nothing
-    finally:
-        server.stop()
+        assert client.study(sid)["name"] == "ui-good"
+        assert [s["name"] for s in client.studies()["items"]] == ["ui-good"]  # the invalid one stored nothing
 
 
 def test_beyond_loopback_the_ui_asks_for_a_token_and_shows_only_its_owners_studies(tmp_path: Path, page: Any) -> None:
