@@ -248,7 +248,7 @@ async function studyPage(id) {
     const knobSel = h("select", { "aria-label": "knob" }, knobs.map((k) => h("option", { value: k }, k)));
     const value = h("input", { type: "text", size: 10, "aria-label": "new value" });
     const msg = h("span", { "aria-live": "polite" });
-    el.panda.replaceChildren(h("h2", {}, "Panda mode: steer a running trial"),
+    el.panda.replaceChildren(...[h("h2", {}, "Panda mode: steer a running trial"),
       running.length && knobs.length ? h("form", { class: "toolbar", onsubmit: async (e) => {
         e.preventDefault();
         const v = Number(value.value);
@@ -262,7 +262,8 @@ async function studyPage(id) {
       trials.some((t) => t.epochs > 0) && knobs.length ? forkForm(trials, knobs) : null,
       h("table", { "data-testid": "interventions" }, h("thead", {}, h("tr", {}, ["Trial", "Changes", "By", "Asked", "Applied after epoch"].map((c) => h("th", {}, c)))),
         h("tbody", {}, details.flatMap((d) => d.interventions.map((i) => h("tr", {}, h("td", { class: "mono" }, d.trial_id), h("td", {}, configText(i.changes)),
-          h("td", {}, i.by), h("td", {}, when(i.requested_at)), h("td", {}, i.after_epoch === null ? "pending" : String(i.after_epoch))))))));
+          h("td", {}, i.by), h("td", {}, when(i.requested_at)), h("td", {}, i.after_epoch === null ? "pending" : String(i.after_epoch)))))))]
+      .filter(Boolean)); // the DOM's replaceChildren would print a null
   };
 
   // "try something else from here": a new study from a trial's checkpoint at an epoch, with a change
@@ -297,7 +298,8 @@ async function studyPage(id) {
       h("p", {}, h("strong", { "data-testid": "best-value" }, `${data.objective.metric} = ${plot.fmt(b.value)}`), ` (trial ${b.trial_id})`),
       h("table", { class: "kv" }, Object.entries(b.config).map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, typeof v === "number" ? plot.fmt(v, 6) : String(v))))),
       data.test_metrics ? h("p", {}, h("strong", {}, "Held-out test: "), Object.entries(data.test_metrics).map(([k, v]) => `${k} ${plot.fmt(v)}`).join(", "))
-        : h("p", { class: "muted" }, "Held-out test metrics come when the study completes."));
+        : h("p", { class: "muted" }, ACTIVE.includes(study.status) ? "Held-out test metrics come when the study completes."
+          : "No held-out test metrics (the trainable builds no model, or the best trial left no checkpoint)."));
   };
 
   const loadPlots = async () => {
