@@ -138,6 +138,10 @@ SAMPLERS: dict[str, SamplerBuilder] = {
     "cmaes": lambda space, seed, _: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
     "qmc": lambda space, seed, _: optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False),
     "gp": lambda space, seed, _: optuna.samplers.GPSampler(seed=seed),
+    # evolutionary, for several objectives (Optuna's defaults: generations of 50; a study smaller
+    # than one generation samples at random)
+    "nsga2": lambda space, seed, _: optuna.samplers.NSGAIISampler(seed=seed),
+    "nsga3": lambda space, seed, _: optuna.samplers.NSGAIIISampler(seed=seed),
 }
 
 

@@ -380,6 +380,21 @@ def best(study_id: str, k: int = 5, url: UrlOpt = DEFAULT_URL, token: TokenOpt =
 
 
 @app.command()
+def pareto(study_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """The Pareto front of a study with several objectives: the completed trials no other beats in all of them."""
+    out = _call(url, Client.pareto, study_id, token=token)
+    if as_json:
+        console.print_json(json.dumps(out))
+        return
+    names = [f"{o['metric']} ({o['mode']})" for o in out["objectives"]]
+    table = Table("trial", *names, "config")
+    for p in out["front"]:
+        table.add_row(p["trial_id"], *("-" if v is None else f"{v:.6g}" for v in p["values"].values()), pairs(p["config"] or {}))
+    console.print(table)
+    console.print(f"{len(out['front'])} on the front of {out['trials_considered']} completed trials")
+
+
+@app.command()
 def cancel(study_id: str, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
     """Cancel a queued or running study."""
     s = _call(url, Client.cancel, study_id, token=token)

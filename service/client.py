@@ -150,6 +150,9 @@ class Client:
     def best(self, study_id: str, k: int = 5) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/studies/{study_id}/best", params={"k": k}))
 
+    def pareto(self, study_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/studies/{study_id}/pareto"))
+
     def cancel(self, study_id: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/studies/{study_id}/cancel"))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from search_spaces import (
     SAMPLERS,
@@ -40,6 +41,11 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 SCHEDULERS = ("asha", "hyperband", "median", "none")
 RUNG_BASED = ("asha", "hyperband")
 MAX_PANDA_TRIALS = 8
+MAX_OBJECTIVES = 4
+# what a study with several objectives may use: the samplers Optuna runs with several objectives, and
+# the schedulers that can judge several at once (asha becomes multi-objective ASHA)
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "random", "grid", "qmc", "nsga2", "nsga3")
+MULTI_OBJECTIVE_SCHEDULERS = ("asha", "none")
 METRIC = r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$"
 
 
@@ -178,7 +184,12 @@ class StudyDefinition(BaseModel):
         "left to right. Stored resolved: a study keeps the space it was submitted with."
     )
     fixed: dict[str, Any] = Field(default_factory=dict, description="Knob values every trial gets (e.g. epochs).")
-    objective: Objective = Field(default_factory=Objective)
+    objective: Objective = Field(default_factory=Objective, description="What the study optimises. With `objectives`, the first of them.")
+    objectives: list[Objective] | None = Field(
+        None, min_length=2, max_length=MAX_OBJECTIVES,
+        description="Several objectives at once (e.g. val_accuracy max and param_count min): the study looks for the Pareto front "
+        "(GET .../pareto). Samplers: " + ", ".join(MULTI_OBJECTIVE_SAMPLERS) + "; scheduler asha becomes multi-objective ASHA "
+        "(promotion by non-dominated sorting), or none. `objective` (the first) orders /best and the learning curves.")
     sampler: Sampler = Field(default_factory=Sampler)
     scheduler: Scheduler = Field(default_factory=Scheduler)
     budget: Budget = Field(default_factory=Budget)
@@ -189,11 +200,34 @@ class StudyDefinition(BaseModel):
                                              "configuration (or a handful) that a person steers while it runs (POST .../trials/{id}/adjust); "
                                              "no early stopping.")
 
+    @field_validator("objectives")
+    @classmethod
+    def _distinct(cls, value: list[Objective] | None) -> list[Objective] | None:
+        metrics = [o.metric for o in value or []]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"each metric once (got {', '.join(metrics)})")
+        return value
+
+    @model_validator(mode="after")
+    def _objectives(self) -> StudyDefinition:
+        if self.objectives is None:
+            return self
+        if "objective" in self.model_fields_set and self.objective != self.objectives[0]:
+            raise ValidationError.from_exception_data(type(self).__name__, [InitErrorDetails(
+                type=PydanticCustomError("conflict", "give objective or objectives, not both (with objectives, objective is the first)"),
+                loc=("objective",), input=self.objective.model_dump())])
+        self.objective = self.objectives[0]
+        return self
+
     @model_validator(mode="after")
     def _panda(self) -> StudyDefinition:
         if self.mode == "panda" and "scheduler" not in self.model_fields_set:  # a steered trial is not stopped early
             self.scheduler = Scheduler(type="none")
         return self
+
+    def objective_list(self) -> list[Objective]:
+        """The objectives: ``objectives``, or the one ``objective``."""
+        return list(self.objectives) if self.objectives else [self.objective]
 
     def epochs(self) -> int:
         return int(self.fixed.get("epochs") or self.scheduler.max_t or 20)
@@ -242,8 +276,16 @@ def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[
         spec = get_trainable(d.trainable)
     except UnknownTrainable as exc:
         raise DefinitionError("trainable", str(exc)) from None
-    if d.objective.metric not in spec.metrics:
+    if d.objective.metric not in spec.metrics and not d.objectives:
         raise DefinitionError("objective.metric", f"'{d.trainable}' does not report '{d.objective.metric}' (it reports: {', '.join(spec.metrics)})")
+    for i, o in enumerate(d.objectives or []):
+        if o.metric not in spec.metrics:
+            raise DefinitionError(f"objectives.{i}.metric", f"'{d.trainable}' does not report '{o.metric}' (it reports: {', '.join(spec.metrics)})")
+    if d.objectives and d.sampler.type not in MULTI_OBJECTIVE_SAMPLERS:
+        raise DefinitionError("sampler.type", f"'{d.sampler.type}' optimises one objective; with several use one of: {', '.join(MULTI_OBJECTIVE_SAMPLERS)}")
+    if d.objectives and d.scheduler.type not in MULTI_OBJECTIVE_SCHEDULERS:
+        raise DefinitionError("scheduler.type", f"'{d.scheduler.type}' judges one objective; with several use one of: "
+                              f"{', '.join(MULTI_OBJECTIVE_SCHEDULERS)} (asha promotes by non-dominated sorting)")
     try:
         space = d.space()
     except SearchSpaceError as exc:

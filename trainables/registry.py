@@ -32,8 +32,10 @@ from trainables.config import BusyWorkConfig, CNNConfig, MLPConfig
 ENTRY_POINT_GROUP = "caviar.trainables"
 TrainFn = Callable[[dict[str, Any]], None]
 
-# what the built-in PyTorch trainables report each epoch (besides `epoch` and, on divergence, `diverged`)
-CLASSIFIER_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_confidence", "lr", "samples_per_s")
+# what the built-in PyTorch trainables report each epoch (besides `epoch` and, on divergence, `diverged`);
+# param_count and latency_ms (a forward pass over 256 validation examples) are what a multi-objective
+# study trades accuracy against
+CLASSIFIER_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_confidence", "lr", "samples_per_s", "param_count", "latency_ms")
 
 
 def _resolve(ref: str | Callable[..., Any]) -> Callable[..., Any]:

@@ -109,6 +109,23 @@ class BestOut(BaseModel):
     )
 
 
+class ParetoPoint(BaseModel):
+    trial_id: str
+    values: dict[str, float | None] = Field(description="Objective metric -> the trial's value at its last epoch.")
+    config: dict[str, Any] | None = Field(None, description="Set for the trials on the front.")
+
+
+class ParetoOut(BaseModel):
+    study_id: str
+    objectives: list[Objective]
+    states: list[str] = Field(description="The trial states considered: completed (trained for all their epochs; a trial "
+                              "stopped early has a lower-fidelity value and is not compared).")
+    trials_considered: int
+    front: list[ParetoPoint] = Field(description="The non-dominated trials, by the first objective best first.")
+    points: list[ParetoPoint] = Field(description="The considered trials for a scatter (without configs): all of them up to "
+                                      "2,000, else the front and an even sample of the rest.")
+
+
 class ImportanceOut(BaseModel):
     study_id: str
     evaluator: str = Field(description="How importances are computed.")

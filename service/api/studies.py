@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from service.api.schemas import (
     BestOut,
     ImportanceOut,
     Intervention,
+    ParetoOut,
+    ParetoPoint,
     RefineOut,
     RefineRequest,
     StudyOut,
@@ -30,6 +33,7 @@ from service.api.schemas import (
 )
 from service.definition import FINISHED, DefinitionError, StudyDefinition, StudyStatus, check_definition, freeze
 from service.jobs import Jobs
+from service.pareto import front, minimized
 from service.settings import Settings
 from service.storage import open_storage
 from service.store import LOCAL_OWNER, Store, StudyRow, TrialRow, now
@@ -345,6 +349,32 @@ def importance(ctx: Context, study_id: str, owner: str | None = None) -> Importa
                 ctx.importances.pop(next(iter(ctx.importances)))
     return ImportanceOut(study_id=study_id, evaluator=search_spaces.IMPORTANCE_EVALUATOR, states=list(IMPORTANCE_STATES),
                          trials_used=len(used), trials_measured=len(measured), importances=scores)
+
+
+PARETO_STATES = ("completed",)
+MAX_PARETO_POINTS = 2000
+
+
+def pareto(ctx: Context, study_id: str, owner: str | None = None) -> ParetoOut:
+    """The non-dominated completed trials by the study's objectives (one objective: its best trials),
+    with the considered trials' points for a scatter."""
+    row = get(ctx, study_id, owner)
+    d = StudyDefinition.model_validate(row.definition)
+    objectives = [(o.metric, o.mode) for o in d.objective_list()]
+    done = [t for t in ctx.store.trials.for_study(study_id) if t.state in PARETO_STATES]
+    pts = [minimized(t.last_metrics or {}, objectives) for t in done]
+    on = [i for i in front(pts) if all(math.isfinite(v) for v in pts[i])]
+    on.sort(key=lambda i: (pts[i], i))
+
+    def point(i: int, config: bool) -> ParetoPoint:
+        m = done[i].last_metrics or {}
+        values = {k: (float(m[k]) if isinstance(m.get(k), (int, float)) and math.isfinite(m[k]) else None) for k, _ in objectives}
+        return ParetoPoint(trial_id=done[i].trial_id, values=values, config=done[i].config if config else None)
+
+    chosen = set(on)
+    rest = plots.even([i for i in range(len(done)) if i not in chosen], max(0, MAX_PARETO_POINTS - len(on)))
+    return ParetoOut(study_id=study_id, objectives=d.objective_list(), states=list(PARETO_STATES), trials_considered=len(done),
+                     front=[point(i, True) for i in on], points=[point(i, False) for i in sorted([*on, *rest])])
 
 
 def best(ctx: Context, study_id: str, k: int, owner: str | None = None) -> BestOut:

@@ -6,12 +6,13 @@ module); here is the one place that builds each, checked at import to cover exac
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
 
 from service.definition import SCHEDULERS, Scheduler
+from service.runner.mo_asha import MultiObjectiveASHA
 
 Builder = Callable[[Scheduler, int], Any]  # (the study's scheduler settings, epochs a trial runs) -> a Tune scheduler
 
@@ -37,5 +38,10 @@ if tuple(BUILDERS) != SCHEDULERS:  # pragma: no cover - a scheduler named withou
     raise RuntimeError(f"scheduler builders {tuple(BUILDERS)} do not match the names {SCHEDULERS}")
 
 
-def make_scheduler(s: Scheduler, epochs: int) -> Any:
+def make_scheduler(s: Scheduler, epochs: int, objectives: Sequence[tuple[str, str]] | None = None) -> Any:
+    """The study's scheduler; with several ``objectives`` ((metric, mode) pairs) asha is
+    multi-objective ASHA (the definition admits only asha and none then)."""
+    if objectives and len(objectives) > 1 and s.type == "asha":
+        return MultiObjectiveASHA(objectives, time_attr="epoch", max_t=s.max_t or epochs, grace_period=s.grace_period,
+                                  reduction_factor=s.reduction_factor)
     return BUILDERS[s.type](s, epochs)

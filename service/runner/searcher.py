@@ -50,12 +50,14 @@ class PruningOptunaSearch(OptunaSearch):
             return
         state = optuna.trial.TrialState.PRUNED if outcome == TrialState.STOPPED_EARLY else optuna.trial.TrialState.FAIL
         ot_trial = self._ot_trials[trial_id]
-        metric, study = self._metric or "", self._ot_study
+        metric, study = self._metric, self._ot_study
         assert study is not None, "OptunaSearch sets up its study before any trial completes"
         try:
             # Tune does not forward the result on which the scheduler stops a trial; report it
-            # so the pruned trial carries its last intermediate value
-            if result and isinstance(result.get(metric), (int, float)) and "training_iteration" in result:
+            # so the pruned trial carries its last intermediate value (Optuna keeps intermediate
+            # values for one objective only: with several, the pruned trial has none)
+            if (isinstance(metric, str) and result and isinstance(result.get(metric), (int, float))
+                    and "training_iteration" in result):
                 ot_trial.report(float(result[metric]), int(result["training_iteration"]))
             study.tell(ot_trial, None, state=state)
         except Exception as exc:  # e.g. already told

@@ -43,7 +43,11 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
         ray.init(address="auto", log_to_driver=True)
     spec = get_trainable(d.trainable)
     epochs = d.epochs()
-    metric, mode = d.objective.metric, d.objective.mode
+    metric, mode = d.objective.metric, d.objective.mode  # the first objective: Tune's, the store's best value and curves
+    objectives = [(o.metric, o.mode) for o in d.objective_list()]
+    # several objectives: the Optuna study has one direction each and is told every one at the end
+    search_metric: str | list[str] = [m for m, _ in objectives] if d.objectives else metric
+    search_mode: str | list[str] = [m for _, m in objectives] if d.objectives else mode
     constants = d.constants()
     r = d.resources_per_trial
     trainable = tune.with_resources(spec.load_train(), {"cpu": r.cpu, "gpu": r.gpu})
@@ -69,7 +73,7 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
     # warm start on the first run only: an extension continues its own Optuna study's history
     points, history = warm_start_plan(store, d, space) if extended_at is None else ([], [])
     search = PruningOptunaSearch(
-        space=define_by_run(space, constants), metric=metric, mode=mode,
+        space=define_by_run(space, constants), metric=search_metric, mode=search_mode,
         sampler=make_sampler(d.sampler.type, space, d.sampler.seed, max_grid_points=10**9),
         # the Optuna study caviar-<id>: in a journal file beside Tune's results, or in the database;
         # either way optuna-dashboard opens it
@@ -79,7 +83,7 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=metric, mode=mode, search_alg=search, scheduler=make_scheduler(d.scheduler, epochs),
+            metric=metric, mode=mode, search_alg=search, scheduler=make_scheduler(d.scheduler, epochs, objectives),
             num_samples=max(d.budget.num_trials - earlier, 1), max_concurrent_trials=d.budget.max_concurrent_trials,
             time_budget_s=d.budget.time_budget_s,
             # one trial process per slot, reused by the next trial: no process start, no imports,

@@ -28,25 +28,30 @@ def warm_start_plan(store: Store, d: StudyDefinition, space: SearchSpace) -> tup
     parent = store.studies.get(d.warm_start.study)
     if parent is None:  # deleted since submission: nothing to start from
         return [], []
-    metric, mode = d.objective.metric, d.objective.mode
+    mode = d.objective.mode
     points = []
     for t in store.trials.best(parent.id, mode, d.warm_start.top_k):
         fitted = space.fit(t.config)
         if fitted and fitted not in points:
             points.append(fitted)
     history: list[optuna.trial.FrozenTrial] = []
-    same = parent.definition.get("search_space") == space.to_dict() and parent.definition.get("objective") == d.objective.model_dump()
-    if same:
+    objectives = [o.model_dump() for o in d.objective_list()]
+    theirs = parent.definition.get("objectives") or [parent.definition.get("objective")]
+    if parent.definition.get("search_space") == space.to_dict() and theirs == objectives:
         dists = space.distributions()
         for t in store.trials.for_study(parent.id):
-            value = (t.last_metrics or {}).get(metric)
-            if t.state not in MEASURED or not isinstance(value, (int, float)):
+            raw = [(t.last_metrics or {}).get(o["metric"]) for o in objectives]
+            if t.state not in MEASURED or not all(isinstance(v, (int, float)) for v in raw):
                 continue
+            values = [float(v) for v in raw]  # type: ignore[arg-type]
+            value = values[0]
             params = space.fit(t.config)
             distributions = {k: dists[k] for k in params}
             if t.state == "completed":
-                history.append(optuna.trial.create_trial(params=params, distributions=distributions, value=float(value)))
+                history.append(optuna.trial.create_trial(params=params, distributions=distributions, values=values))
+            elif len(values) > 1:  # Optuna keeps no intermediate values with several objectives
+                history.append(optuna.trial.create_trial(params=params, distributions=distributions, state=optuna.trial.TrialState.PRUNED))
             else:
                 history.append(optuna.trial.create_trial(params=params, distributions=distributions, state=optuna.trial.TrialState.PRUNED,
-                                                         intermediate_values={int(t.epochs or 1): float(value)}))
+                                                         intermediate_values={int(t.epochs or 1): value}))
     return points, history

@@ -1,7 +1,8 @@
 """A synthetic study written straight into the store, as a study's driver would have left it: what
 the UI benchmark (bench/ui_load.py) and the UI tests load at sizes no test could train (10,000
 trials). The learning curves rise and saturate by each trial's quality; at every ASHA rung the
-trials below the top 1/reduction_factor stop there, as ASHA stops them."""
+trials below the top 1/reduction_factor stop there, as ASHA stops them. With several objectives each
+further one trades against the first: a better trial costs more (e.g. more parameters)."""
 
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ def synthetic_study(store: Any, definition: dict[str, Any], num_trials: int, *, 
             started = start + timedelta(seconds=i * 2)
             finished = None if state == "running" else started + timedelta(seconds=last * 0.5)
             trial_id = f"t{i:05d}"
+            extra = {o.metric: round((q if o.mode == "min" else 1 - q) * 1e5 * rng.uniform(0.3, 1.7), 1) for o in d.objective_list()[1:]}
             trials.append({"study_id": row.id, "trial_id": trial_id, "state": state, "config": config, "epochs": last,
-                           "last_metrics": {d.objective.metric: curve[-1], "epoch": last}, "best_value": max(curve) if d.objective.mode == "max" else min(curve),
+                           "last_metrics": {d.objective.metric: curve[-1], "epoch": last, **extra}, "best_value": max(curve) if d.objective.mode == "max" else min(curve),
                            "error": None, "retries": 0, "node": "127.0.0.1", "started_at": started, "finished_at": finished})
             metrics += [{"trial_id": trial_id, "epoch": e + 1, "values": {d.objective.metric: v, "epoch": e + 1,
                                                                     "reported_at": (started + timedelta(seconds=(e + 1) * 0.5)).timestamp()}}

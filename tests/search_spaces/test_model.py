@@ -19,6 +19,7 @@ from search_spaces import (
     resolve_space,
     suggest,
 )
+from service.definition import MULTI_OBJECTIVE_SAMPLERS
 
 F = {"type": "float", "low": 0.1, "high": 1.0}
 
@@ -163,7 +164,7 @@ def test_define_by_run_returns_fixed_values_and_matches_distributions() -> None:
     space.check_config(trial.params)
 
 
-@pytest.mark.parametrize("kind", ["tpe", "random", "grid", "cmaes", "qmc", "gp"])
+@pytest.mark.parametrize("kind", ["tpe", "random", "grid", "cmaes", "qmc", "gp", "nsga2", "nsga3"])
 def test_every_sampler_runs_on_a_space(kind: str) -> None:
     space = parse_space(
         {
@@ -177,6 +178,16 @@ def test_every_sampler_runs_on_a_space(kind: str) -> None:
     assert len(study.trials) == 6
     for t in study.trials:
         space.check_config(t.params)
+
+
+@pytest.mark.parametrize("kind", MULTI_OBJECTIVE_SAMPLERS)
+def test_the_multi_objective_samplers_run_with_two_objectives(kind: str) -> None:
+    """What service.definition lets a study with several objectives use runs with several in Optuna."""
+    space = parse_space({"x": {"type": "float", "low": 0.0, "high": 1.0, "step": 0.25}, "opt": {"type": "categorical", "choices": ["a", "b"]}})
+    study = optuna.create_study(directions=["minimize", "maximize"], sampler=make_sampler(kind, space, 0, max_grid_points=100))
+    study.optimize(lambda t: (lambda c: (c["x"], c["x"] ** 2 + (c["opt"] == "a")))(suggest(t, space)), n_trials=6)
+    assert len(study.trials) == 6 and all(len(t.values) == 2 for t in study.trials)
+    assert study.best_trials
 
 
 def test_unknown_sampler() -> None:

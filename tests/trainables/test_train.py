@@ -15,6 +15,7 @@ import torch
 
 from trainables import get_trainable, list_trainables
 from trainables.config import CNNConfig, MLPConfig
+from trainables.datasets import load_dataset
 from trainables.engine import evaluate_checkpoint, fit
 from trainables.engine.models import build_cnn, build_mlp
 from trainables.report import StdoutReporter, load_state
@@ -25,7 +26,7 @@ DATASETS: list[dict[str, Any]] = [
     {"name": "synthetic", "n_samples": 400, "n_classes": 4, "imbalance": 3.0},
     {"name": "file", "path": "blobs.npz"},
 ]
-MEASURED = {"epoch", "train_loss", "val_loss", "val_accuracy", "val_confidence", "lr"}
+MEASURED = {"epoch", "train_loss", "val_loss", "val_accuracy", "val_confidence", "lr", "param_count"}
 
 
 class Recorder:
@@ -79,8 +80,10 @@ def test_each_trainable_trains_one_epoch_on_each_dataset(dataset: dict, model: A
     cfg = model.model_validate({"dataset": dataset, "epochs": 1, "depth": 2, "channels": 8} if model is CNNConfig else {"dataset": dataset, "epochs": 1})
     fit(cfg, build, rec)
     (m,) = rec.metrics
-    assert set(m) == MEASURED | {"samples_per_s", "device"}
+    assert set(m) == MEASURED | {"samples_per_s", "latency_ms", "device"}
     assert m["device"] == "cpu" or (torch.cuda.is_available() and m["device"].startswith("cuda:0 ("))
+    model = build(cfg, *(lambda d: (d.input_shape, d.n_classes))(load_dataset(cfg.dataset)))
+    assert m["param_count"] == sum(p.numel() for p in model.parameters()) and m["latency_ms"] > 0
     assert m["epoch"] == 1 and m["samples_per_s"] > 0 and np.isfinite(m["train_loss"])
     assert 0.0 <= m["val_accuracy"] <= 1.0
     assert len(rec.states) == 1 and rec.states[0]["epoch"] == 1

@@ -155,6 +155,7 @@ def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: 
 
     n = len(tensors.x_train)
     bs = min(cfg.batch_size, n)
+    size = model_size(model, tensors.x_val)  # what a multi-objective study may trade accuracy against
     metrics: dict[str, Any] = {}
     last_checkpoint = time.perf_counter()
     for epoch in range(start, cfg.epochs + 1):
@@ -190,6 +191,7 @@ def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: 
             "val_confidence": val["confidence"],
             "lr": lr,
             "samples_per_s": seen / elapsed if elapsed > 0 else float("inf"),
+            **size,
             "device": where,
         }
         diverged = not math.isfinite(train_loss)
@@ -217,6 +219,36 @@ def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: 
     if test:
         metrics = dict(metrics, **held_out_metrics(model, tensors, eval_loss))
     return metrics
+
+
+LATENCY_BATCH, LATENCY_REPEATS = 256, 5
+
+
+@torch.no_grad()
+def model_size(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """``param_count`` (trainable parameters) and ``latency_ms``: the median of LATENCY_REPEATS timed
+    forward passes over a batch of LATENCY_BATCH validation examples, in eval mode on the trial's
+    device, after one untimed pass (the batch is repeated when the validation set is smaller)."""
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if len(x) == 0:
+        return {"param_count": float(params), "latency_ms": float("nan")}
+    batch = x[:LATENCY_BATCH]
+    if len(batch) < LATENCY_BATCH:
+        batch = batch.repeat((LATENCY_BATCH + len(batch) - 1) // len(batch), *([1] * (batch.dim() - 1)))[:LATENCY_BATCH]
+    was_training = model.training
+    model.eval()
+    times = []
+    for i in range(LATENCY_REPEATS + 1):
+        if batch.is_cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model(batch)
+        if batch.is_cuda:
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - t0)
+    model.train(was_training)
+    return {"param_count": float(params), "latency_ms": 1000.0 * sorted(times)[len(times) // 2]}
 
 
 def held_out_metrics(model: nn.Module, tensors: _Tensors, loss_fn: nn.Module) -> dict[str, float]:

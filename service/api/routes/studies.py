@@ -21,6 +21,7 @@ from service.api.schemas import (
     ForkRequest,
     ImportanceOut,
     Intervention,
+    ParetoOut,
     RefineOut,
     RefineRequest,
     StudyOut,
@@ -205,6 +206,14 @@ async def study_events(
 )
 async def importance(study_id: str, ctx: ContextDep, owner: OwnerDep) -> ImportanceOut:
     return await run_in_threadpool(studies.importance, ctx, study_id, owner)
+
+
+@router.get("/{study_id}/pareto", response_model=ParetoOut, responses={404: ERRORS[404]},
+            summary="The Pareto front: the completed trials no other completed trial beats in every objective",
+            description="With several `objectives` the trade-off a study found (e.g. accuracy against parameters); with one, "
+            "its best trials. Values are each trial's at its last epoch.")
+async def pareto(study_id: str, ctx: ContextDep, owner: OwnerDep) -> ParetoOut:
+    return await run_in_threadpool(studies.pareto, ctx, study_id, owner)
 
 
 @router.get("/{study_id}/best", response_model=BestOut, responses={404: ERRORS[404]}, summary="Top-k configurations, best first")
