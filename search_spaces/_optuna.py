@@ -118,6 +118,25 @@ class FastTPESampler(optuna.samplers.TPESampler):
             return super().sample_independent(study, trial, param_name, param_distribution)
 
 
+class _PicklableLock:
+    """Optuna's genetic samplers hold a thread lock, which does not pickle; Ray Tune pickles the
+    searcher (and its sampler) with the experiment state. The lock is made anew when unpickled."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _thread_lock=threading.Lock())
+
+
+class NSGAIISampler(_PicklableLock, optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, picklable."""
+
+
+class NSGAIIISampler(_PicklableLock, optuna.samplers.NSGAIIISampler):
+    """Optuna's NSGA-III, picklable."""
+
+
 # -- the registry -----------------------------------------------------------------------------------
 
 SamplerBuilder = Callable[[SearchSpace, "int | None", int], optuna.samplers.BaseSampler]
@@ -131,6 +150,12 @@ def _tpe(space: SearchSpace, seed: int | None, max_grid_points: int) -> optuna.s
         return FastTPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
 
 
+def _experimental(cls: Any, seed: int | None) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return cls(seed=seed)  # type: ignore[no-any-return]
+
+
 SAMPLERS: dict[str, SamplerBuilder] = {
     "tpe": _tpe,
     "random": lambda space, seed, _: optuna.samplers.RandomSampler(seed=seed),
@@ -140,8 +165,8 @@ SAMPLERS: dict[str, SamplerBuilder] = {
     "gp": lambda space, seed, _: optuna.samplers.GPSampler(seed=seed),
     # evolutionary, for several objectives (Optuna's defaults: generations of 50; a study smaller
     # than one generation samples at random)
-    "nsga2": lambda space, seed, _: optuna.samplers.NSGAIISampler(seed=seed),
-    "nsga3": lambda space, seed, _: optuna.samplers.NSGAIIISampler(seed=seed),
+    "nsga2": lambda space, seed, _: NSGAIISampler(seed=seed),
+    "nsga3": lambda space, seed, _: _experimental(NSGAIIISampler, seed),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import optuna
@@ -188,6 +189,8 @@ def test_the_multi_objective_samplers_run_with_two_objectives(kind: str) -> None
     study.optimize(lambda t: (lambda c: (c["x"], c["x"] ** 2 + (c["opt"] == "a")))(suggest(t, space)), n_trials=6)
     assert len(study.trials) == 6 and all(len(t.values) == 2 for t in study.trials)
     assert study.best_trials
+    again = pickle.loads(pickle.dumps(study.sampler))  # Ray Tune pickles the searcher with its sampler
+    again.sample_independent(study, study.trials[0], "x", space.distributions()["x"])
 
 
 def test_unknown_sampler() -> None:
