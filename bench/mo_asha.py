@@ -14,7 +14,7 @@ a front, as the API's /pareto), in (1 - val_accuracy, log10 param_count), both m
 reference point (1, 6) (no better than chance, a million parameters), divided by the area between
 (0, 2) and it: 1.0 would be perfect accuracy with 100 parameters.
 
-    python -m bench.mo_asha --seeds 5          # JSON: docs/bench/mo_asha.json
+    python -m bench.mo_asha --seeds 10         # JSON: docs/bench/mo_asha.json
     python -m bench.mo_asha --smoke            # 1 seed, 8 trials of 4 epochs (asserts A stopped some and B had A's budget)
 """
 
@@ -65,7 +65,8 @@ def arm(client: Client, name: str, trials: int, epochs: int, seed: int, asha: bo
 
 def main() -> int:
     ap = parser(__doc__, "1 seed, 8 trials of 4 epochs", "mo_asha")
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1 (a long run in parts)")
     ap.add_argument("--trials", type=int, default=40, help="MO-ASHA's trials")
     ap.add_argument("--epochs", type=int, default=12)
     args = ap.parse_args()
@@ -76,7 +77,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="caviar-bench-mo-") as tmp, cluster(Path(tmp), num_cpus=2) as (_, server):
         assert server is not None
         with server.client() as client:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 a = arm(client, "mo-asha", args.trials, args.epochs, seed, True)  # first: B's size is A's spend
                 b = arm(client, "random", max(1, a["trial_epochs"] // args.epochs), args.epochs, seed, False)
                 rows.append({"seed": seed, **{f"asha_{k}": v for k, v in a.items()}, **{f"random_{k}": v for k, v in b.items()}})

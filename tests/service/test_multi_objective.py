@@ -112,3 +112,14 @@ def test_warm_start_of_a_multi_objective_study_gives_the_sampler_every_objective
     assert study.best_trials
     d1 = StudyDefinition.model_validate({**d.model_dump(), "objectives": None, "objective": TWO[0]})
     assert warm_start_plan(store, d1, d1.space())[1] == []  # other objectives: the values are of another problem
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_definition_is_accepted(tmp_path: Path, path: Path) -> None:
+    import yaml
+
+    app = create_app(settings_for(tmp_path), jobs=FakeJobs())
+    with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+        r = client.post("/v1/studies", content=path.read_bytes(), headers={"Content-Type": "application/yaml"})
+        assert r.status_code == 201, r.text
+        assert r.json()["definition"]["name"] == yaml.safe_load(path.read_text())["name"]

@@ -246,3 +246,28 @@ def test_panda_mode_a_person_adjusts_a_running_trial_from_the_study_page(tmp_pat
         assert fork["definition"]["search_space"]["lr"] == {"type": "categorical", "choices": [0.01]}
         r = httpx.post(f"{url}/v1/studies", json={**panda, "fork": fork["definition"]["fork"]})  # nobody else may name a checkpoint
         assert r.status_code == 422 and r.json()["field"] == "fork"
+
+
+def test_a_study_with_two_objectives_shows_its_pareto_front(tmp_path: Path, page: Any) -> None:
+    app = create_app(settings_for(tmp_path), jobs=FakeJobs())
+    definition = {"name": "acc-vs-size", "trainable": "mlp_bn_softmax", "dataset": {"name": "digits"}, "search_space": "seven_key",
+                  "fixed": {"epochs": 9}, "objectives": [{"metric": "val_accuracy", "mode": "max"}, {"metric": "param_count", "mode": "min"}],
+                  "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 3}}
+    sid = synthetic_study(app.state.ctx.store, definition, 300, seed=5)
+    single = synthetic_study(app.state.ctx.store, SLOW | {"name": "one"}, 20)
+    with serve_in_thread(app) as url:
+        want = httpx.get(f"{url}/v1/studies/{sid}/pareto").json()
+        page.goto(f"{url}/#/studies/{sid}")
+        plot = page.locator("[data-plot=pareto] svg")
+        plot.wait_for()
+        assert int(plot.get_attribute("data-front") or 0) == len(want["front"]) >= 3
+        assert int(plot.get_attribute("data-points") or 0) == len(want["points"])
+        drawn = sorted(plot.locator(".front circle").evaluate_all("cs => cs.map(c => c.dataset.trial)"))
+        assert drawn == sorted(p["trial_id"] for p in want["front"])
+        assert page.get_by_test_id("pareto-summary").inner_text().startswith(f"{len(want['front'])} on the front of {want['trials_considered']}")
+        assert page.get_by_test_id("objectives").inner_text() == "max val_accuracy, min param_count"
+        plot.scroll_into_view_if_needed()
+        screenshot(page, "pareto")
+        page.goto(f"{url}/#/studies/{single}")
+        page.locator("[data-plot=curves] svg").wait_for()
+        assert page.locator("[data-plot=pareto] svg").count() == 0  # one objective: no front card

@@ -154,6 +154,7 @@ async function studyPage(id) {
     head: h("div", { class: "study-head" }), best: h("section", { class: "card best" }),
     history: h("div", { class: "plot-box", "data-plot": "history" }), curves: h("div", { class: "plot-box", "data-plot": "curves" }),
     parallel: h("div", { class: "plot-box wide", "data-plot": "parallel" }), importance: h("div", { class: "plot-box", "data-plot": "importance" }),
+    pareto: h("div", { class: "plot-box", "data-plot": "pareto" }), paretoCard: h("section", { class: "card", hidden: true }),
     trials: h("section", { class: "card trials" }), live: h("span", { class: "live", title: "following the study's event stream" }),
     steer: h("div", { class: "steer" }), children: h("span", { class: "muted" }, "–"), panda: h("section", { class: "card panda" }),
   };
@@ -165,7 +166,7 @@ async function studyPage(id) {
         Object.entries(plot.STATE_COLORS).filter(([s]) => s !== "pending").map(([s, c]) => h("span", {}, h("i", { style: `background:${c}` }), s.replace("_", " "))),
         h("span", {}, "× cut by the scheduler"), h("span", {}, "dashed: rungs"))),
       h("section", { class: "card wide" }, h("h2", {}, "Parallel coordinates (colour: value, yellow best)"), el.parallel),
-      h("section", { class: "card" }, h("h2", {}, "Parameter importance"), el.importance)),
+      h("section", { class: "card" }, h("h2", {}, "Parameter importance"), el.importance), el.paretoCard),
     el.trials);
 
   let study = null, plots = null;
@@ -189,7 +190,8 @@ async function studyPage(id) {
       h("dl", { class: "facts" },
         h("dt", {}, "Study"), h("dd", { class: "mono" }, s.id), h("dt", {}, "Owner"), h("dd", {}, s.owner),
         h("dt", {}, "Trials"), h("dd", { "data-testid": "counts" }, progress(s)),
-        h("dt", {}, "Objective"), h("dd", {}, `${s.objective.mode} ${s.objective.metric}`),
+        h("dt", {}, (s.definition.objectives || []).length ? "Objectives" : "Objective"),
+        h("dd", { "data-testid": "objectives" }, (s.definition.objectives || [s.objective]).map((o) => `${o.mode} ${o.metric}`).join(", ")),
         h("dt", {}, "Trainable"), h("dd", {}, s.trainable),
         h("dt", {}, "Sampler / scheduler"), h("dd", {}, `${s.definition.sampler?.type} / ${s.definition.scheduler?.type}`),
         h("dt", {}, "Created"), h("dd", {}, when(s.created_at)), h("dt", {}, "Finished"), h("dd", {}, when(s.finished_at)),
@@ -315,6 +317,20 @@ async function studyPage(id) {
     el.curves.title = sampled.length ? `Showing the best, the running and an even sample: ${sampled.join(", ")}` : "";
   };
 
+  // several objectives: the Pareto front of the completed trials (GET .../pareto)
+  const loadPareto = async () => {
+    if (!study || !(study.definition.objectives || []).length) return;
+    const { data } = await api(`/v1/studies/${id}/pareto`);
+    el.paretoCard.hidden = false;
+    el.paretoCard.replaceChildren(h("h2", {}, "Pareto front"), el.pareto);
+    if (data.objectives.length === 2) plot.pareto(el.pareto, data);
+    else el.pareto.replaceChildren(h("p", { class: "muted" }, `${data.objectives.length} objectives: the front is listed below.`));
+    el.paretoCard.append(h("p", { class: "muted small", "data-testid": "pareto-summary" },
+      `${data.front.length} on the front of ${data.trials_considered} completed trials (stopped-early ones are not compared)`),
+      h("table", { class: "kv pareto" }, h("tr", {}, h("th", {}, "trial"), data.objectives.map((o) => h("th", {}, `${o.metric} (${o.mode})`))),
+        data.front.slice(0, 20).map((p) => h("tr", {}, h("td", {}, p.trial_id), data.objectives.map((o) => h("td", {}, plot.fmt(p.values[o.metric])))))));
+  };
+
   const loadImportance = async () => {
     try {
       const { data } = await api(`/v1/studies/${id}/importance`);
@@ -349,13 +365,13 @@ async function studyPage(id) {
   };
 
   const refreshStudy = async () => { study = (await api(`/v1/studies/${id}`)).data; renderHead(); };
-  const refreshAll = throttle(async () => { await Promise.allSettled([refreshStudy().then(loadBest), loadPlots(), loadTrials()]); }, 1500);
+  const refreshAll = throttle(async () => { await Promise.allSettled([refreshStudy().then(loadBest).then(loadPareto), loadPlots(), loadTrials()]); }, 1500);
   const refreshImportance = throttle(loadImportance, 5000);
 
   try {
     await refreshStudy();
   } catch (err) { view.replaceChildren(showError(err)); return; }
-  await Promise.allSettled([loadBest(), loadPlots(), loadImportance(), loadTrials(), loadChildren(), loadPanda()]);
+  await Promise.allSettled([loadBest(), loadPlots(), loadImportance(), loadTrials(), loadChildren(), loadPanda(), loadPareto()]);
 
   if (!ACTIVE.includes(study.status)) { el.live.textContent = ""; return; }
   el.live.textContent = "● live";

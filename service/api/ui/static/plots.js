@@ -191,3 +191,30 @@ export function bars(el, entries) {
     root.appendChild(svg("text", { x: s(v) + 4, y: y + 14 }, fmt(v, 3)));
   });
 }
+
+// the Pareto front of two objectives: every considered trial (grey), the non-dominated ones on top
+// (joined in order of the first objective); an axis whose values span more than two decades is logarithmic
+export function pareto(el, data) {
+  const root = frame(el, { label: "pareto front" });
+  const [a, b] = data.objectives.map((o) => o.metric);
+  const pts = data.points.filter((p) => Number.isFinite(p.values[a]) && Number.isFinite(p.values[b]));
+  root.dataset.points = String(pts.length);
+  root.dataset.front = "0";
+  if (!pts.length) { root.appendChild(svg("text", { x: 280, y: 140, "text-anchor": "middle", class: "empty" }, "no completed trials yet")); return; }
+  const wide = (vs) => { const [lo, hi] = extent(vs); return lo > 0 && hi / lo > 100; };
+  const xs = pts.map((p) => p.values[a]), ys = pts.map((p) => p.values[b]);
+  const xLog = wide(xs), yLog = wide(ys);
+  const { sx, sy: syLin } = axes(root, { xs, ys: yLog ? ys.map(Math.log10) : ys, xLog,
+    xLabel: `${a} (${data.objectives[0].mode})`, yLabel: `${yLog ? "log10 " : ""}${b} (${data.objectives[1].mode})` });
+  const sy = (v) => syLin(yLog ? Math.log10(v) : v);
+  const onFront = new Set(data.front.map((p) => p.trial_id));
+  const dots = root.appendChild(svg("g", { class: "dots" }));
+  for (const p of pts) if (!onFront.has(p.trial_id)) dots.appendChild(title(svg("circle", { cx: sx(p.values[a]), cy: sy(p.values[b]), r: 2.5 }), `${p.trial_id}: ${a} ${fmt(p.values[a])}, ${b} ${fmt(p.values[b])}`));
+  const front = data.front.filter((p) => Number.isFinite(p.values[a]) && Number.isFinite(p.values[b]));
+  const line = front.map((p) => `${sx(p.values[a])},${sy(p.values[b])}`).join(" L");
+  if (front.length > 1) root.appendChild(svg("path", { d: `M${line}`, class: "front-line" }));
+  const g = root.appendChild(svg("g", { class: "front" }));
+  for (const p of front) g.appendChild(title(svg("circle", { cx: sx(p.values[a]), cy: sy(p.values[b]), r: 4.5, "data-trial": p.trial_id }),
+    `${p.trial_id} (on the front): ${a} ${fmt(p.values[a])}, ${b} ${fmt(p.values[b])}`));
+  root.dataset.front = String(front.length);
+}
