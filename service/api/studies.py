@@ -389,13 +389,15 @@ def best(ctx: Context, study_id: str, k: int, owner: str | None = None) -> BestO
 
 def refine_definition(ctx: Context, study_id: str, req: RefineRequest, owner: str | None = None) -> RefineOut:
     """The definition of a study that searches ``study_id``'s space narrowed around its top-k
+    (with several objectives: the Pareto front first, ``TrialRepo.top``)
     (search_spaces.narrow: log-aware, within the old bounds, categoricals kept to those used),
     warm-started with those configurations; the request's other keys override the parent's."""
     row = get(ctx, study_id, owner)
     d = StudyDefinition.model_validate(row.definition)
-    top = ctx.store.trials.best(study_id, d.objective.mode, req.top_k)
+    top = ctx.store.trials.top(study_id, [(o.metric, o.mode) for o in d.objective_list()], req.top_k)
     if not top:
-        raise Conflict(f"study '{study_id}' has no completed or stopped-early trial with a value: nothing to refine around")
+        raise Conflict(f"study '{study_id}' has no {'completed' if d.objectives else 'completed or stopped-early'} trial with a value: "
+                       "nothing to refine around")
     before = d.space()
     after = search_spaces.narrow(before, [t.config for t in top], margin=req.margin)
     new = {**row.definition, "name": f"{row.name}-refine"[:128], "search_space": after.to_dict(),

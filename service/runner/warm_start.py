@@ -28,15 +28,14 @@ def warm_start_plan(store: Store, d: StudyDefinition, space: SearchSpace) -> tup
     parent = store.studies.get(d.warm_start.study)
     if parent is None:  # deleted since submission: nothing to start from
         return [], []
-    mode = d.objective.mode
-    points = []
-    for t in store.trials.best(parent.id, mode, d.warm_start.top_k):
+    theirs = parent.definition.get("objectives") or [parent.definition.get("objective")]
+    points = []  # the earlier study's best by its own objectives (several: its Pareto front first)
+    for t in store.trials.top(parent.id, [(o["metric"], o["mode"]) for o in theirs], d.warm_start.top_k):
         fitted = space.fit(t.config)
         if fitted and fitted not in points:
             points.append(fitted)
     history: list[optuna.trial.FrozenTrial] = []
     objectives = [o.model_dump() for o in d.objective_list()]
-    theirs = parent.definition.get("objectives") or [parent.definition.get("objective")]
     if parent.definition.get("search_space") == space.to_dict() and theirs == objectives:
         dists = space.distributions()
         for t in store.trials.for_study(parent.id):

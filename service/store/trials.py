@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
+from service.pareto import minimized, order
 from service.store.engine import Database, retry_transient
 from service.store.models import EventRow, MetricRow, TrialRow, TrialState, now
 
@@ -146,6 +147,17 @@ class TrialRepo:
     def best(self, study_id: str, mode: str, k: int) -> list[TrialRow]:
         with self.db.session() as s:
             return list(s.scalars(best_query(study_id, mode, k)))
+
+    def top(self, study_id: str, objectives: list[tuple[str, str]], k: int) -> list[TrialRow]:
+        """The study's k best trials: by the one objective's best value (``best``), or with several
+        objectives the completed trials by non-dominated sorting, the front first and, within a
+        front, the most isolated first (``service.pareto.order``): what refine narrows around and
+        a warm start runs first."""
+        if len(objectives) < 2:
+            return self.best(study_id, objectives[0][1], k)
+        done = [t for t in self.for_study(study_id) if t.state == TrialState.COMPLETED.value]
+        pts = [minimized(t.last_metrics or {}, objectives) for t in done]
+        return [done[i] for i in order(pts) if all(math.isfinite(v) for v in pts[i])][:k]
 
     @retry_transient
     def recovered(self, study_id: str, trial_id: str) -> None:

@@ -51,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, F
          "search_space", "more than the limit of 10000"),
         (_with("budget.num_trials", -1), "budget.num_trials", "greater than or equal to 1"),
         (_with("resources_per_trial.gpu", 1), "resources_per_trial.gpu", "the Ray cluster has 0"),
-        (_with("sampler", {"type": "annealing"}), "sampler.type", "unknown sampler 'annealing' (expected one of tpe, random, grid, cmaes, qmc, gp)"),
+        (_with("sampler", {"type": "annealing"}), "sampler.type", "unknown sampler 'annealing' (expected one of tpe, random, grid, cmaes, qmc, gp, nsga2, nsga3)"),
         (_with("scheduler", {"type": "pbt"}), "scheduler.type", "unknown scheduler 'pbt' (expected one of asha, hyperband, median, none)"),
         (_with("objective", {"metric": "f1"}), "objective.metric", "'mlp_bn_softmax' does not report 'f1' (it reports: train_loss, val_loss"),
         (_with("fixed", {"epochs": 0}), "fixed.epochs", "greater than or equal to 1"),

@@ -123,3 +123,24 @@ def test_every_example_definition_is_accepted(tmp_path: Path, path: Path) -> Non
         r = client.post("/v1/studies", content=path.read_bytes(), headers={"Content-Type": "application/yaml"})
         assert r.status_code == 201, r.text
         assert r.json()["definition"]["name"] == yaml.safe_load(path.read_text())["name"]
+
+
+def test_refine_and_warm_start_of_a_multi_objective_study_start_from_its_front(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path), jobs=FakeJobs())
+    store = app.state.ctx.store
+    parent = synthetic_study(store, MO, 300, seed=4)
+    with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+        on_front = {p["trial_id"]: p["config"] for p in client.get(f"/v1/studies/{parent}/pareto").json()["front"]}
+        assert len(on_front) >= 4
+        r = client.post(f"/v1/studies/{parent}/refine", params={"dry_run": "true"}, json={"top_k": 4, "num_trials": 8}).json()
+        child = StudyDefinition.model_validate(r["definition"])
+        assert child.objectives == StudyDefinition.model_validate(MO).objectives
+    top = store.trials.top(parent, [("val_accuracy", "max"), ("param_count", "min")], 4)
+    assert {t.trial_id for t in top} <= set(on_front)  # the front first, not the 4 most accurate
+    assert [t.trial_id for t in top] != [t.trial_id for t in store.trials.best(parent, "max", 4)]
+    space = child.space()
+    for t in top:  # the narrowed space holds each of them
+        space.check_config(space.fit(t.config))
+        assert space.fit(t.config).keys() == t.config.keys() - {"epochs"}
+    points, _ = warm_start_plan(store, child, space)
+    assert points == [space.fit(t.config) for t in top]
