@@ -219,7 +219,7 @@ def test_busy_work_spins_its_time_and_scores_by_x_and_y(capsys: pytest.CaptureFi
     spec = get_trainable("busy_work")
     t0 = time.process_time()
     spec.load_train()({"epochs": 4, "seconds_per_epoch": 0.05, "x": 0.3, "y": 0.7})
-    assert time.process_time() - t0 >= 0.18  # CPU time, not sleep
+    assert time.process_time() - t0 >= 0.05  # it spins (CPU time; a sleep would use ~1 ms), even on a loaded machine
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["val_accuracy"] == pytest.approx(1 - 0.5**4)
