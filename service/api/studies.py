@@ -140,8 +140,10 @@ def _warm_start_parent(ctx: Context, d: StudyDefinition, owner: str) -> str | No
     parent = ctx.store.studies.get(d.warm_start.study)
     if parent is None or parent.owner != owner:
         raise DefinitionError("warm_start.study", f"no study '{d.warm_start.study}' (of owner '{owner}')")
-    if not ctx.store.trials.best(parent.id, parent.definition["objective"]["mode"], 1):
-        raise DefinitionError("warm_start.study", f"study '{parent.id}' has no completed or stopped-early trial with a value to start from")
+    theirs = parent.definition.get("objectives") or [parent.definition["objective"]]
+    if not ctx.store.trials.top(parent.id, [(o["metric"], o["mode"]) for o in theirs], 1):
+        measured = "completed trial with every objective's value" if len(theirs) > 1 else "completed or stopped-early trial with a value"
+        raise DefinitionError("warm_start.study", f"study '{parent.id}' has no {measured} to start from")
     return parent.id
 
 
@@ -403,7 +405,11 @@ def refine_definition(ctx: Context, study_id: str, req: RefineRequest, owner: st
     new = {**row.definition, "name": f"{row.name}-refine"[:128], "search_space": after.to_dict(),
            "warm_start": {"study": study_id, "top_k": req.top_k},
            "budget": {**row.definition["budget"], "num_trials": req.num_trials}}
-    for key, value in (req.model_extra or {}).items():  # overrides, merged one level deep
+    extra = req.model_extra or {}
+    for a, b in (("objectives", "objective"), ("objective", "objectives")):  # one of them overridden: the other goes
+        if a in extra:
+            new.pop(b, None)
+    for key, value in extra.items():  # overrides, merged one level deep
         new[key] = {**new[key], **value} if isinstance(value, dict) and isinstance(new.get(key), dict) else value
     old_params, new_params = before.to_dict(), after.to_dict()
     narrowed = {k: {"before": old_params[k], "after": new_params.get(k)} for k in old_params if old_params[k] != new_params.get(k)}

@@ -28,7 +28,7 @@ from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from service.pareto import Point, minimized, order
+from service.pareto import Point, keys, minimized
 
 
 def kept(m: int, reduction_factor: float) -> int:
@@ -57,30 +57,42 @@ class MultiObjectiveASHA(FIFOScheduler):
         return True  # it judges its own objectives; Tune's metric (the first of them) changes nothing
 
     def _judge(self, trial_id: str, t: float, point: Point) -> str:
-        """ASHA's step with the multi-objective order: the highest rung reached and not yet recorded decides."""
+        """ASHA's step with the multi-objective order: the highest rung reached and not yet recorded
+        decides. The trial's position is how many recorded points are ahead of it in the order;
+        points equal to it are not (a tie goes the trial's way, as in Ray's ``value < cutoff``)."""
         for milestone, recorded in self.rungs:  # highest first
             if t < milestone or trial_id in recorded:
                 continue
-            ids = list(recorded)
-            position = order([recorded[i] for i in ids] + [point]).index(len(ids))
+            pts = [*recorded.values(), point]
+            k = keys(pts)
+            mine = k[-1]
+            position = sum(1 for q, kq in zip(pts[:-1], k[:-1], strict=True) if kq < mine and q != point)
             recorded[trial_id] = point
-            return TrialScheduler.CONTINUE if position < kept(len(ids), self.rf) else TrialScheduler.STOP
+            return TrialScheduler.CONTINUE if position < kept(len(pts) - 1, self.rf) else TrialScheduler.STOP
         return TrialScheduler.CONTINUE
+
+    @staticmethod
+    def _finite(point: Point) -> bool:
+        return all(math.isfinite(v) for v in point)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         if self.time_attr not in result:
             return TrialScheduler.CONTINUE
+        point = minimized(result, self.objectives)
         if result[self.time_attr] >= self.max_t:
             action = TrialScheduler.STOP
+        elif not self._finite(point):  # a result without every objective (or NaN) is not judged, as in Ray's ASHA
+            return TrialScheduler.CONTINUE
         else:
-            action = self._judge(trial.trial_id, result[self.time_attr], minimized(result, self.objectives))
+            action = self._judge(trial.trial_id, result[self.time_attr], point)
         if action == TrialScheduler.STOP and result[self.time_attr] < self.max_t:
             self.num_stopped += 1
         return action
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
-        if result and self.time_attr in result:  # recorded where it ended, for the trials that come later
-            self._judge(trial.trial_id, result[self.time_attr], minimized(result, self.objectives))
+        point = minimized(result or {}, self.objectives)
+        if result and self.time_attr in result and self._finite(point):  # recorded where it ended, for the trials that come later
+            self._judge(trial.trial_id, result[self.time_attr], point)
 
     def debug_string(self) -> str:
         rungs = ", ".join(f"{m:g}: {len(r)}" for m, r in reversed(self.rungs))

@@ -33,7 +33,8 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
 
     ``resumed``: an earlier driver of this study died. With Tune's saved experiment state on disk
     the run is restored from it: finished trials are kept, unfinished ones continue from their last
-    checkpoint, the searcher and scheduler continue where they were.
+    checkpoint, the searcher continues where it was (Tune does not save its scheduler: ASHA's rungs
+    start empty again).
 
     ``extended_at``: the study was extended then (POST .../extend). This run adds the trials its
     budget grew by to those of earlier runs, in the same Optuna study (the sampler keeps its history)

@@ -155,9 +155,9 @@ class TrialRepo:
         a warm start runs first."""
         if len(objectives) < 2:
             return self.best(study_id, objectives[0][1], k)
-        done = [t for t in self.for_study(study_id) if t.state == TrialState.COMPLETED.value]
-        pts = [minimized(t.last_metrics or {}, objectives) for t in done]
-        return [done[i] for i in order(pts) if all(math.isfinite(v) for v in pts[i])][:k]
+        done = [(t, minimized(t.last_metrics or {}, objectives)) for t in self.for_study(study_id) if t.state == TrialState.COMPLETED.value]
+        done = [(t, p) for t, p in done if all(math.isfinite(v) for v in p)]
+        return [done[i][0] for i in order([p for _, p in done])[:k]]
 
     @retry_transient
     def recovered(self, study_id: str, trial_id: str) -> None:

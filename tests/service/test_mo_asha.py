@@ -81,7 +81,7 @@ def fake_trial(i: int) -> Any:
     return SimpleNamespace(trial_id=f"t{i}", config={}, evaluated_params={}, placement_group_factory=None)
 
 
-def stream(seed: int, n: int, max_t: int) -> list[tuple[int, int, float, float]]:
+def stream(seed: int, n: int, max_t: int, digits: int = 0) -> list[tuple[int, int, float, float]]:
     """(trial, epoch, accuracy, size) results in an asynchronous order: trials start over time and
     report at different speeds."""
     rng = random.Random(seed)
@@ -93,7 +93,8 @@ def stream(seed: int, n: int, max_t: int) -> list[tuple[int, int, float, float]]
     while clock:
         i = min(clock, key=lambda k: clock[k])
         epoch[i] += 1
-        out.append((i, epoch[i], quality[i] * (1 - 0.5 ** epoch[i]) + rng.gauss(0, 0.02), size[i]))
+        acc = quality[i] * (1 - 0.5 ** epoch[i]) + rng.gauss(0, 0.02)
+        out.append((i, epoch[i], round(acc, digits) if digits else acc, size[i]))  # digits: accuracies that tie
         clock[i] += rng.uniform(0.5, 1.5)
         if epoch[i] >= max_t:
             del clock[i]
@@ -131,10 +132,11 @@ def rays_cutoff_at_the_value_below(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("rays_cutoff_at_the_value_below")
 @pytest.mark.parametrize(("rf", "grace", "max_t", "metric", "mode"),
                          [(3, 2, 20, "val_accuracy", "max"), (2, 1, 9, "val_loss", "min"), (4, 1, 16, "val_accuracy", "max")])
-def test_one_objective_decides_exactly_as_rays_asha(rf: float, grace: int, max_t: int, metric: str, mode: str) -> None:
+@pytest.mark.parametrize("digits", [0, 1], ids=["distinct", "ties"])
+def test_one_objective_decides_exactly_as_rays_asha(rf: float, grace: int, max_t: int, metric: str, mode: str, digits: int) -> None:
     for seed in range(8):
         n = 30
-        results = stream(seed, n, max_t)
+        results = stream(seed, n, max_t, digits)
         ray = run(ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=max_t, grace_period=grace, reduction_factor=rf), results, n)
         ours = run(MultiObjectiveASHA([(metric, mode)], max_t=max_t, grace_period=grace, reduction_factor=rf), results, n)
         assert ours == ray
@@ -169,6 +171,25 @@ def test_a_constant_second_objective_changes_nothing_and_a_real_one_keeps_the_fr
                     goes += 1
             seen.append(p)
     assert stops >= 3 and goes >= 3
+
+
+def test_a_result_without_every_objective_is_not_judged() -> None:
+    s = MultiObjectiveASHA([("val_accuracy", "max"), ("param_count", "min")], max_t=9, grace_period=1, reduction_factor=3)
+    first, second = fake_trial(0), fake_trial(1)
+    assert s.on_trial_result(None, first, {"epoch": 1, "val_accuracy": 0.9, "param_count": 10}) == TrialScheduler.CONTINUE
+    assert s.on_trial_result(None, second, {"epoch": 1, "val_accuracy": float("nan"), "param_count": 5}) == TrialScheduler.CONTINUE
+    assert s.on_trial_result(None, second, {"epoch": 1, "val_accuracy": 0.5}) == TrialScheduler.CONTINUE
+    assert list(s.rungs[-1][1]) == ["t0"]  # neither was recorded at the rung
+    assert s.on_trial_result(None, second, {"epoch": 1, "val_accuracy": 0.5, "param_count": 50}) == TrialScheduler.STOP
+    assert s.on_trial_result(None, fake_trial(2), {"epoch": 1, "val_accuracy": 0.9, "param_count": 10}) == TrialScheduler.CONTINUE  # a tie goes on
+
+
+def test_ranks_of_many_points_stay_exact() -> None:
+    pts = points(600, 2, 7, grid=40)
+    r = ranks(pts)
+    for i in random.Random(1).sample(range(600), 60):  # the longest chain of dominators ends at each point's rank
+        dominators = [j for j in range(600) if dominates(pts[j], pts[i])]
+        assert r[i] == (max(r[j] for j in dominators) + 1 if dominators else 0)
 
 
 def test_make_scheduler_picks_multi_objective_asha_for_several_objectives() -> None:

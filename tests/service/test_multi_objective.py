@@ -144,3 +144,23 @@ def test_refine_and_warm_start_of_a_multi_objective_study_start_from_its_front(t
         assert space.fit(t.config).keys() == t.config.keys() - {"epochs"}
     points, _ = warm_start_plan(store, child, space)
     assert points == [space.fit(t.config) for t in top]
+
+
+def test_refine_may_change_the_objectives_and_warm_start_needs_a_completed_trial(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path), jobs=FakeJobs())
+    store = app.state.ctx.store
+    parent = synthetic_study(store, MO, 60, seed=6)
+    with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+        one = client.post(f"/v1/studies/{parent}/refine", json={"top_k": 3, "num_trials": 4, "objective": {"metric": "val_loss", "mode": "min"}})
+        assert one.status_code == 201, one.text
+        assert one.json()["definition"]["objective"] == {"metric": "val_loss", "mode": "min"} and not one.json()["definition"]["objectives"]
+        three = [*TWO, {"metric": "latency_ms", "mode": "min"}]
+        other = client.post(f"/v1/studies/{parent}/refine", json={"top_k": 3, "num_trials": 4, "objectives": three})
+        assert other.status_code == 201, other.text
+        assert other.json()["definition"]["objectives"] == three
+        # a parent with two objectives whose trials all stopped early has nothing to start from
+        stopped = store.studies.create("stopped", StudyDefinition.model_validate(MO).model_dump(mode="json"), owner="local").id
+        store.trials.upsert(stopped, "s0", config={"lr": 0.01}, state="stopped_early")
+        store.trials.add_epoch(stopped, "s0", {"epoch": 1, "val_accuracy": 0.5, "param_count": 100}, "val_accuracy", "max")
+        r = client.post("/v1/studies", json={**MO, "warm_start": {"study": stopped, "top_k": 2}})
+        assert r.status_code == 422 and r.json()["field"] == "warm_start.study" and "completed trial with every objective" in r.json()["detail"]
