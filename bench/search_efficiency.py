@@ -7,6 +7,9 @@ same number of configurations for every method, ``--seeds`` seeds each:
   random  (a) random search, no early stopping: Optuna's RandomSampler in one process
   tune    (b) the peer: a plain Ray Tune script as a user writes it: Tuner + OptunaSearch(TPESampler)
               + ASHAScheduler(max_t=epochs, Tune's defaults otherwise), run directly on the same Ray head
+  tune+   (b+) the same script as a skilled user tunes it: ASHA with Caviar's settings (time_attr
+              epoch, grace 2, reduction factor 3), reuse_actors=True, only the JSON logger: the
+              strongest plain baseline (equal settings to Caviar but for the sampler's options)
   caviar  (c) Caviar's defaults (TPE + ASHA), submitted through the REST API of `caviar serve`
   optuna  (d) Optuna alone in one process: TPESampler + SuccessiveHalvingPruner, n_jobs = cores
 
@@ -43,10 +46,11 @@ from bench._common import DOCS_BENCH, Checks, cluster, parser, submit_and_wait, 
 from service.client import Client
 from service.local import LocalHead
 
-METHODS = ("random", "tune", "caviar", "optuna")
+METHODS = ("random", "tune", "tune+", "caviar", "optuna")
 LABELS = {
     "random": "(a) random, no early stopping",
-    "tune": "(b) plain Ray Tune: Tuner + OptunaSearch(TPE) + ASHA",
+    "tune": "(b) plain Ray Tune: Tuner + OptunaSearch(TPE) + ASHA, Tune's defaults",
+    "tune+": "(b+) plain Ray Tune tuned: ASHA grace 2 / rf 3, reuse_actors, JSON logger only",
     "caviar": "(c) Caviar REST (TPE + ASHA defaults)",
     "optuna": "(d) Optuna alone: TPE + SuccessiveHalving, n_jobs=cores",
 }
@@ -143,10 +147,12 @@ def _best_trial(events: list[Event]) -> str | None:
 # -- (b): a plain Ray Tune script ---------------------------------------------------------------
 
 
-def run_tune(head: LocalHead, trainable: str, configs: int, epochs: int, seed: int, storage: Path) -> dict[str, Any]:
+def run_tune(head: LocalHead, trainable: str, configs: int, epochs: int, seed: int, storage: Path, *, tuned: bool = False) -> dict[str, Any]:
+    """(b), or with ``tuned`` (b+): Caviar's ASHA settings, reused trial processes, the JSON logger only."""
     import optuna
     import ray
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
@@ -167,15 +173,25 @@ def run_tune(head: LocalHead, trainable: str, configs: int, epochs: int, seed: i
 
     search = OptunaSearch(space=define_by_run(resolve_space(spaces_for(trainable)), fixed), metric="val_accuracy", mode="max",
                           sampler=optuna.samplers.TPESampler(seed=seed))
+    asha = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=2, reduction_factor=3) if tuned else ASHAScheduler(max_t=epochs)
     tuner = tune.Tuner(
         tune.with_resources(spec.load_train(), {"cpu": 1}),
-        tune_config=tune.TuneConfig(metric="val_accuracy", mode="max", search_alg=search,
-                                    scheduler=ASHAScheduler(max_t=epochs), num_samples=configs, max_concurrent_trials=2),
-        run_config=tune.RunConfig(storage_path=str(storage), callbacks=[Record()], verbose=0),
+        tune_config=tune.TuneConfig(metric="val_accuracy", mode="max", search_alg=search, scheduler=asha, num_samples=configs,
+                                    max_concurrent_trials=2, reuse_actors=tuned),
+        run_config=tune.RunConfig(storage_path=str(storage), callbacks=[Record(), *([JsonLoggerCallback()] if tuned else [])], verbose=0),
     )
-    t0 = time.time()
-    grid = tuner.fit()
-    wall = time.time() - t0
+    loggers = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
+    if tuned:  # Tune reads it when the run starts: its CSV and TensorBoard loggers off
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    try:
+        t0 = time.time()
+        grid = tuner.fit()
+        wall = time.time() - t0
+    finally:
+        if loggers is None:
+            os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
+        else:
+            os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = loggers
     best = _best_trial(events)
     test = None
     for r in (grid[i] for i in range(len(grid))):
@@ -234,6 +250,16 @@ def anytime(events: list[Event]) -> list[tuple[int, float]]:
     return out
 
 
+def anytime_wall(events: list[Event], t0: float) -> list[tuple[float, float]]:
+    """(seconds since the method started, best val_accuracy so far): the anytime curve against wall-clock."""
+    out, best = [], 0.0
+    for at, _, _, value in sorted(events):
+        if math.isfinite(value):
+            best = max(best, value)
+        out.append((round(at - t0, 3), best))
+    return out
+
+
 def epochs_to(curve: list[tuple[int, float]], target: float) -> int | None:
     return next((n for n, best in curve if best >= target), None)
 
@@ -249,11 +275,19 @@ def best_at(curve: list[tuple[int, float]], n: int) -> float:
 
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     target = statistics.median(r["final_best"] for r in runs["random"]) if runs.get("random") else None
-    table: dict[str, Any] = {"target": target, "methods": {}}
+    # per seed, the budget every method spent at least: best-so-far there is search efficiency at
+    # equal trial-epochs; the same with the shortest wall-clock of the seed for equal time
+    seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
+    common_epochs = {s: min(r["curve"][-1][0] for rs in runs.values() for r in rs if r["seed"] == s and r["curve"]) for s in seeds}
+    common_wall = {s: min(r["wall_s"] for rs in runs.values() for r in rs if r["seed"] == s) for s in seeds}
+    table: dict[str, Any] = {"target": target, "common_trial_epochs": common_epochs, "common_wall_s": common_wall, "methods": {}}
     for method, rs in runs.items():
         reach = [epochs_to(r["curve"], target) if target is not None else None for r in rs]
         got = [x for x in reach if x is not None]
         tests = [r["test_accuracy"] for r in rs if r["test_accuracy"] is not None]
+        at_epochs = [best_at(r["curve"], common_epochs[r["seed"]]) for r in rs]
+        auc = [statistics.mean(best_at(r["curve"], n) for n in range(1, common_epochs[r["seed"]] + 1)) for r in rs]
+        at_wall = [best_at_time(r["curve_wall"], common_wall[r["seed"]]) for r in rs if r.get("curve_wall")]
         table["methods"][method] = {
             "seeds": len(rs),
             # over all seeds, a seed that never reached the target counting as infinitely many
@@ -261,13 +295,53 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "epochs_to_target_median_all": _censored_median(reach),
             "trial_epochs_total": _stats([r["curve"][-1][0] if r["curve"] else 0 for r in rs]),
             "final_best": _stats([r["final_best"] for r in rs]),
+            "best_at_common_trial_epochs": _stats(at_epochs),
+            "auc_to_common_trial_epochs": _stats(auc),
+            "best_at_common_wall": _stats(at_wall) if at_wall else None,
             "epochs_to_target": _stats(got) if got else None,
             "reached_target": f"{len(got)}/{len(rs)}",
             "epochs_to_target_all": reach,
             "wall_s": _stats([r["wall_s"] for r in rs]),
             "test_accuracy": _stats(tests) if tests else None,
         }
+    if target is not None:
+        table["paired"] = {f"{a} vs {b}": paired(runs[a], runs[b], target) for a, b in PAIRS if runs.get(a) and runs.get(b)}
     return table
+
+
+PAIRS = (("caviar", "tune+"), ("caviar", "tune"), ("caviar", "random"))
+
+
+def best_at_time(curve: list[tuple[float, float]], t: float) -> float:
+    value = 0.0
+    for at, best in curve:
+        if at > t:
+            break
+        value = best
+    return value
+
+
+def paired(a: list[dict[str, Any]], b: list[dict[str, Any]], target: float, resamples: int = 10_000) -> dict[str, Any]:
+    """Trial-epochs to the target, ``a`` against ``b`` seed by seed: the difference b - a (positive:
+    ``a`` needs fewer; a seed that never reaches it counts as infinitely many), its median over
+    seeds with a bootstrap 95% interval, and how often ``a`` needs fewer."""
+    import random
+
+    by_seed = {r["seed"]: r for r in b}
+    diffs = []
+    for r in a:
+        if r["seed"] not in by_seed:
+            continue
+        ea, eb = epochs_to(r["curve"], target), epochs_to(by_seed[r["seed"]]["curve"], target)
+        diffs.append(0.0 if ea is None and eb is None else math.inf if ea is not None and eb is None
+                     else -math.inf if ea is None else float(eb - ea))  # type: ignore[operator]
+    if not diffs:
+        return {}
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choice(diffs) for _ in diffs) for _ in range(resamples))
+    return {"seeds": len(diffs), "differences": diffs, "median": statistics.median(diffs),
+            "ci95": [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]],
+            "a_fewer": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs), "b_fewer": sum(d < 0 for d in diffs)}
 
 
 def _censored_median(xs: list[int | None]) -> float | None:
@@ -347,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     uses_caviar = any(m.startswith("caviar") for m in methods)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     with contextlib.ExitStack() as stack:
-        head, server = stack.enter_context(cluster(work, serve=uses_caviar)) if uses_caviar or "tune" in methods else (None, None)
+        head, server = stack.enter_context(cluster(work, serve=uses_caviar)) if uses_caviar or {"tune", "tune+"} & set(methods) else (None, None)
         client = stack.enter_context(server.client()) if server else None
         for seed in range(args.seeds):
             for method in methods:  # interleaved: every seed runs every method back to back
@@ -355,13 +429,14 @@ def main(argv: list[str] | None = None) -> int:
                     r = run_optuna(args.trainable, args.configs, args.epochs, seed, tpe=False, jobs=cores)
                 elif method == "optuna":
                     r = run_optuna(args.trainable, args.configs, args.epochs, seed, tpe=True, jobs=cores)
-                elif method == "tune":
+                elif method in ("tune", "tune+"):
                     assert head is not None
-                    r = run_tune(head, args.trainable, args.configs, args.epochs, seed, work / "tune")
+                    r = run_tune(head, args.trainable, args.configs, args.epochs, seed, work / method, tuned=method == "tune+")
                 else:
                     assert client is not None
                     r = run_caviar(client, args.trainable, args.configs, args.epochs, seed, caviar_variant(method))
                 r["curve"] = anytime(r["events"])
+                r["curve_wall"] = anytime_wall(r["events"], r["t0"])
                 r["final_best"] = r["curve"][-1][1] if r["curve"] else 0.0
                 r["seed"] = seed
                 runs[method].append(r)
@@ -383,6 +458,14 @@ def main(argv: list[str] | None = None) -> int:
                 [[m, _fmt(t["final_best"], 4), _fmt(t["epochs_to_target"], 0) if t["epochs_to_target"] else "-", t["reached_target"],
                   _fmt(t["trial_epochs_total"], 0), _fmt(t["wall_s"], 1),
                   f"{t['test_accuracy']['median']:.4f}" if t["test_accuracy"] else "-"] for m, t in summary["methods"].items()]))
+    print()
+    print(table(["method", "best at equal trial-epochs", "area under the anytime curve", "best at equal wall-clock"],
+                [[m, _fmt(t["best_at_common_trial_epochs"], 4), _fmt(t["auc_to_common_trial_epochs"], 4),
+                  _fmt(t["best_at_common_wall"], 4) if t["best_at_common_wall"] else "-"] for m, t in summary["methods"].items()]))
+    for name, p in summary.get("paired", {}).items():
+        if p:
+            print(f"{name}: trial-epochs to target, b - a per seed: median {p['median']}, bootstrap 95% interval {p['ci95']}; "
+                  f"a fewer on {p['a_fewer']}, ties {p['ties']}, b fewer on {p['b_fewer']} of {p['seeds']} seeds")
     print(f"written: {path}, {path.with_suffix('.png')}")
     return checks.exit_code()
 
@@ -407,7 +490,8 @@ def resummarize(path: Path) -> int:
     data = json.loads(path.read_text())
     saved = data["args"]
     args = argparse.Namespace(**{**saved, "configs": int(saved["configs"]), "epochs": int(saved["epochs"])})
-    runs = {m: [{**r, "curve": [tuple(p) for p in r["curve"]]} for r in rs] for m, rs in data["runs"].items()}
+    runs = {m: [{**r, "curve": [tuple(p) for p in r["curve"]], "curve_wall": [tuple(p) for p in r.get("curve_wall", [])]} for r in rs]
+            for m, rs in data["runs"].items()}
     summary = save(args, int(data["cores"]), runs, path, data.get("checks"))
     print(json.dumps(summary["methods"], indent=1))
     print(f"written: {path}, {path.with_suffix('.png')}")
