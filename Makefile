@@ -42,6 +42,7 @@ bench-smoke: setup
 	$(BIN)/python -m bench.gpu_packing --smoke
 	$(BIN)/python -m bench.search_efficiency --smoke
 	$(BIN)/python -m bench.service_overhead --smoke
+	$(BIN)/python -m bench.startup --smoke
 	$(BIN)/python -m bench.sampler_store_cost --smoke
 	$(BIN)/python -m bench.api_load --smoke
 	$(BIN)/python -m bench.store_load --smoke

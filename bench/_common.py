@@ -131,6 +131,17 @@ def cluster(work: Path, *, num_cpus: int | None = None, serve: bool = True,
         head.stop()
 
 
+def warm_driver_up(head: LocalHead, not_this: str | None = None) -> str | None:
+    """The id of a warm driver (service.jobs) that is up on ``head`` (its job running, its log saying
+    ready), other than ``not_this``; None when there is none."""
+    client = head.jobs()._client()
+    for j in client.list_jobs():
+        if (j.metadata or {}).get("caviar_standby") == "1" and j.submission_id != not_this \
+                and str(getattr(j.status, "value", j.status)) == "RUNNING" and "ready" in client.get_job_logs(j.submission_id):
+            return str(j.submission_id)
+    return None
+
+
 def submit(client: Client, definition: dict[str, Any]) -> str:
     """POST a study; its id (LocalHead.start has waited for the head's CPUs)."""
     return str(client.submit(definition)["id"])

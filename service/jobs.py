@@ -3,17 +3,33 @@
 ``Jobs`` is the small protocol the rest of the API depends on (tests use a fake); ``RayJobs``
 implements it against a cluster's dashboard address. This module is also the only place that
 builds a study driver's environment (``driver_env``): the driver builds its ``Settings`` from it.
+
+A warm driver (``settings.warm_driver``): starting a Ray job costs seconds (the job supervisor, a
+Python process, the imports of Ray, Tune, Optuna and PyTorch, connecting to the cluster).
+``RayJobs`` keeps one job started ahead, ``python -m service.runner
+--standby JOB_ID``, that does all of that and then waits for a study whose ``ray_job_id`` is its
+own. ``submit`` hands the next study to it when it is up (the dispatcher stores the job id, the
+standby sees it in the store and runs the study), so each study is still one Ray job, visible in
+the Ray dashboard under that id. The dispatcher asks for the next one (``warm``) while no study
+runs, so a warm driver's own start-up never takes CPU from a running study's trials: it serves a
+study submitted to an idle service (a CI pipeline, a person at the CLI), and studies submitted
+while others run start as before.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
+import time
 from enum import StrEnum
 from typing import Any, Protocol
 
 from service.settings import Settings
+
+log = logging.getLogger("caviar.jobs")
+STANDBY_AFTER_CLAIM_S = 5.0  # the next warm driver starts this long after one was claimed: not while its study starts
 
 
 class JobState(StrEnum):
@@ -35,6 +51,8 @@ class Jobs(Protocol):
     (a restarted head forgets its jobs)."""
 
     def submit(self, study_id: str) -> str: ...
+    def warm(self) -> None: ...
+    def close(self) -> None: ...
     def stop(self, job_id: str) -> bool: ...
     def status(self, job_id: str) -> JobState | None: ...
     def largest_node(self) -> dict[str, float]: ...
@@ -63,6 +81,11 @@ def driver_entrypoint(study_id: str) -> str:
     return f"{shlex.quote(sys.executable)} -m service.runner {shlex.quote(study_id)}"
 
 
+def standby_entrypoint(job_id: str) -> str:
+    """A warm driver: ready before its study exists; it runs the study the store hands job ``job_id``."""
+    return f"{shlex.quote(sys.executable)} -m service.runner --standby {shlex.quote(job_id)}"
+
+
 class RayJobs:
     """A study = one Ray job, through the Jobs API at the dashboard address ``settings.ray_address``.
     With token auth (Ray 2.60 turns it on at the head), the cluster's token goes in each request."""
@@ -73,6 +96,9 @@ class RayJobs:
         token = settings.ray_auth_token.get_secret_value() if settings.ray_auth_token else None
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client_obj: Any = None
+        self.warm_driver = settings.warm_driver
+        self._standby: str | None = None  # the warm driver's job id, not yet handed a study
+        self._claimed_at = 0.0
 
     def _client(self) -> Any:
         if self._client_obj is None:
@@ -82,12 +108,44 @@ class RayJobs:
         return self._client_obj
 
     def submit(self, study_id: str) -> str:
+        """The Ray job that runs ``study_id``: the warm driver when it is up (the caller stores the
+        id; the standby finds its study by it), else a new job of its own."""
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            if self.status(standby) == JobState.RUNNING:
+                self._claimed_at = time.monotonic()
+                log.info("study %s goes to the warm driver %s", study_id, standby)
+                return standby
+            if self.status(standby) == JobState.PENDING:
+                self._standby = standby  # still starting: the next study may have it
         return str(self._client().submit_job(
             entrypoint=driver_entrypoint(study_id),
             submission_id=f"caviar-{study_id}-{os.urandom(3).hex()}",
             runtime_env={"env_vars": self.env},
             metadata={"caviar_study_id": study_id},
         ))
+
+    def warm(self) -> None:
+        """Keep a warm driver started (the dispatcher calls this every tick): a new one when there is
+        none or it ended, not within STANDBY_AFTER_CLAIM_S of the last claim."""
+        if not self.warm_driver or time.monotonic() - self._claimed_at < STANDBY_AFTER_CLAIM_S:
+            return
+        if self._standby is not None and self.status(self._standby) in (JobState.PENDING, JobState.RUNNING):
+            return
+        job_id = f"caviar-standby-{os.urandom(4).hex()}"
+        self._standby = str(self._client().submit_job(
+            entrypoint=standby_entrypoint(job_id), submission_id=job_id, runtime_env={"env_vars": self.env},
+            metadata={"caviar_standby": "1"},
+        ))
+
+    def close(self) -> None:
+        """Stop the warm driver not handed a study (the API is shutting down)."""
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            try:
+                self.stop(standby)
+            except Exception as exc:  # the cluster may be gone already
+                log.warning("could not stop the warm driver %s: %s", standby, exc)
 
     def stop(self, job_id: str) -> bool:
         return bool(self._client().stop_job(job_id))

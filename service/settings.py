@@ -52,6 +52,9 @@ class Settings(BaseSettings):
                              "Ray's GCS and Jobs API on the head node (and, on one machine, to Caviar's API and database); "
                              "docs/scaling.md measures the trade (API latency for ingest rate).")
     dispatch_interval_s: float = Field(1.0, gt=0, le=60, description="The dispatcher's tick (it is also woken by each submission).")
+    warm_driver: bool = Field(True, description="Keep one study driver started ahead (a Ray job with Ray, Tune, Optuna and PyTorch "
+                              "imported, connected to the cluster): the next study runs in it, one Ray job per study as before, and its "
+                              "first trial starts about 3 s sooner (service.jobs).")
 
     @field_validator("storage")
     @classmethod

@@ -84,6 +84,7 @@ def create_app(settings: Settings, *, jobs: Jobs | None = None, run_migrations: 
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await asyncio.to_thread(ctx.jobs.close)  # the warm driver no study was handed to
 
     app = FastAPIOffline(  # FastAPI, with /docs and /redoc assets served from the package
         title="Caviar",

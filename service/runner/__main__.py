@@ -3,6 +3,11 @@
 Reads the study from the store, runs it with Ray Tune, and marks it completed or failed. A study
 cancelled meanwhile stays cancelled. Its settings come from the job's environment, which
 ``service.jobs.driver_env`` built.
+
+``python -m service.runner --standby JOB_ID`` is a warm driver (``service.jobs``): it imports what
+a driver needs (Ray, Tune, Optuna, PyTorch) and connects to Ray, then waits for the study the store
+hands its job, runs it as above, and ends. Unclaimed for STANDBY_IDLE_S, it ends. (Trial processes
+are not warmed: Ray gives Tune's trainable actors fresh workers, not idle ones that ran tasks.)
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 import traceback
 from collections import Counter
 
@@ -19,6 +25,31 @@ from service.settings import load_settings
 from service.store import Store, now
 
 EXIT_LOST_CLUSTER = 3
+STANDBY_IDLE_S = 3600.0
+STANDBY_POLL_S = 0.05
+
+
+def standby(job_id: str) -> int:
+    """Get ready, then run the study handed to ``job_id``; 0 when none came within STANDBY_IDLE_S."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = load_settings()
+    import ray
+
+    import service.runner.tuner  # noqa: F401  - Tune, Optuna, the searcher: what a study's start would import
+    import trainables.engine  # noqa: F401  - PyTorch: the built-ins' training functions resolve to it
+
+    ray.init(address="auto", log_to_driver=True)
+    store = Store(settings.database_url)
+    deadline = time.monotonic() + STANDBY_IDLE_S
+    print(f"caviar: warm driver {job_id} ready", file=sys.stderr, flush=True)
+    while time.monotonic() < deadline:
+        study_id = store.studies.for_job(job_id)
+        if study_id is not None:
+            print(f"caviar: warm driver {job_id} runs study {study_id}", file=sys.stderr, flush=True)
+            return main(study_id)
+        time.sleep(STANDBY_POLL_S)
+    print(f"caviar: warm driver {job_id} unclaimed for {STANDBY_IDLE_S:.0f} s; ending", file=sys.stderr)
+    return 0
 
 
 def main(study_id: str) -> int:
@@ -79,4 +110,4 @@ def lost_cluster(exc: BaseException) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(standby(sys.argv[2]) if sys.argv[1] == "--standby" else main(sys.argv[1]))

@@ -69,6 +69,12 @@ class StudyRepo:
             return list(s.scalars(q))
 
     @retry_transient
+    def for_job(self, job_id: str) -> str | None:
+        """The queued or running study handed to Ray job ``job_id`` (a warm driver waits for one)."""
+        with self.db.session() as s:
+            return s.scalar(select(StudyRow.id).where(StudyRow.ray_job_id == job_id, StudyRow.status.in_(("queued", "running"))))
+
+    @retry_transient
     def update(self, study_id: str, *, only_if: tuple[str, ...] | None = None, **values: Any) -> bool:
         """Update a study; with ``only_if`` the update happens only from those statuses (returns whether it did)."""
         stmt = update(StudyRow).where(StudyRow.id == study_id)

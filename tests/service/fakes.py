@@ -38,6 +38,7 @@ class FakeJobs:
         self.statuses: dict[str, JobState] = {}
         self.resources = resources if resources is not None else {"CPU": 2.0, "GPU": 0.0}
         self.on_submit: Callable[[str], None] = lambda study_id: None
+        self.warmed = 0
 
     def submit(self, study_id: str) -> str:
         self.submitted.append(study_id)
@@ -45,6 +46,12 @@ class FakeJobs:
         job = f"job-{study_id}"
         self.statuses[job] = JobState.PENDING
         return job
+
+    def warm(self) -> None:
+        self.warmed += 1
+
+    def close(self) -> None:
+        pass
 
     def stop(self, job_id: str) -> bool:
         self.stopped.append(job_id)

@@ -165,3 +165,17 @@ def test_a_submitted_study_is_handed_to_ray_at_once_not_at_the_next_tick(tmp_pat
         second = client.submit(definition)
         wait_until(lambda: len(jobs.submitted) == 2, 10, "the second study to be submitted to Ray")
         assert jobs.submitted == [first["id"], second["id"]]
+
+
+def test_a_warm_driver_is_asked_for_only_while_no_study_runs(ctx: Context) -> None:
+    dispatch_once(ctx)
+    assert fake(ctx).warmed == 1  # idle: one is kept ready
+    sid = ctx.store.studies.create("s", {}).id
+    dispatch_once(ctx)
+    assert fake(ctx).warmed == 2  # queued, not yet running: the submission took it, the next may start
+    ctx.store.studies.update(sid, status=StudyStatus.RUNNING.value)
+    dispatch_once(ctx)
+    assert fake(ctx).warmed == 2  # a study runs: its trials keep the CPU
+    ctx.store.studies.finish(sid, StudyStatus.COMPLETED)
+    dispatch_once(ctx)
+    assert fake(ctx).warmed == 3

@@ -1,0 +1,123 @@
+"""Start-up: from POST /v1/studies to the study's first trial running, with and without the warm driver.
+
+On one Ray head of 2 CPUs, `caviar serve` on SQLite is started twice, with CAVIAR_WARM_DRIVER=false
+(each study starts its own Ray job) and =true (a driver started ahead takes the study). Each phase
+submits ``--submissions`` small studies (busy_work, 1 trial of 3 epochs x 0.05 s), one at a time:
+each is submitted once the previous one has completed and, with the warm driver, once the next warm
+driver is up (its job running and its log saying ready), as a study submitted a few seconds after
+another finds it. Per submission, from the client's clock before the POST:
+
+  to_trial_started   the first trial started (Tune placed it: the store's started_at)
+  to_first_result    the first trial's first epoch reached the store (its reported_at)
+  to_completed       the study read back as completed
+
+and, with the warm driver, how long after the previous study completed the next warm driver was up.
+The goal (issue 14): to_trial_started <= 2 s; today ~7 s without.
+
+--smoke: 3 submissions each way; asserts each study completed, and with the warm driver each ran in
+a warm driver's job (its id caviar-standby-...) and started its first trial sooner (median) than
+without.
+
+    python -m bench.startup                  # 20 submissions each way; JSON: docs/bench/startup.json
+    python -m bench.startup --smoke
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bench._common import Checks, json_path, parser, pct, table, warm_driver_up, write_json
+from service.local import LocalHead, LocalServer, wait_until
+
+STUDY = {"name": "startup", "trainable": "busy_work", "dataset": {"name": "digits"},
+         "search_space": {"x": {"type": "float", "low": 0, "high": 1}, "y": {"type": "float", "low": 0, "high": 1}},
+         "fixed": {"epochs": 3, "seconds_per_epoch": 0.05}, "scheduler": {"type": "none"},
+         "sampler": {"type": "random", "seed": 0}, "budget": {"num_trials": 1, "max_concurrent_trials": 1}}
+
+
+def _ts(value: str | None) -> float:
+    return datetime.fromisoformat(value).timestamp() if value else float("nan")
+
+
+def phase(head: LocalHead, data: Path, warm: bool, n: int) -> list[dict[str, Any]]:
+    server = LocalServer(data, head, database_url=f"sqlite:///{data / ('warm' if warm else 'cold')}.db",
+                         env={"CAVIAR_WARM_DRIVER": "true" if warm else "false"})
+    rows: list[dict[str, Any]] = []
+    server.start()
+    try:
+        with server.client() as client:
+            last_job, finished_at = None, time.time()
+            for i in range(n):
+                waited = None
+                if warm:
+                    last_job = wait_until(lambda previous=last_job: warm_driver_up(head, previous), 120, "a warm driver", interval=0.1)
+                    waited = time.time() - finished_at
+                t0 = time.time()
+                sid = client.submit({**STUDY, "name": f"startup-{i}"})["id"]
+                study = client.wait(sid, poll_s=0.05, timeout_s=120)
+                done = time.time()
+                (trial,) = client.trials(sid)
+                first = client.trial(sid, trial["trial_id"])["history"][0]["reported_at"]
+                rows.append({"study": sid, "job": study["ray_job_id"], "status": study["status"],
+                             "to_trial_started_s": _ts(trial["started_at"]) - t0, "to_first_result_s": first - t0,
+                             "to_completed_s": done - t0, "warm_driver_up_after_previous_s": waited})
+                print(f"{'warm' if warm else 'cold'} {i}: trial started {rows[-1]['to_trial_started_s']:.2f} s, first result "
+                      f"{rows[-1]['to_first_result_s']:.2f} s, completed {rows[-1]['to_completed_s']:.2f} s ({study['ray_job_id']})", flush=True)
+                finished_at = done
+    finally:
+        server.stop()
+    return rows
+
+
+def summary(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
+    xs = [r[key] for r in rows if r[key] is not None]
+    return {"median": statistics.median(xs), "p90": pct(xs, 0.9), "max": max(xs), "min": min(xs)} if xs else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__doc__, "3 submissions each way", "startup")
+    ap.add_argument("--submissions", type=int, default=20)
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.submissions = 3
+    results: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="caviar-bench-startup-") as tmp:
+        work = Path(tmp)
+        data = work / "data"
+        (data / "datasets").mkdir(parents=True)
+        head = LocalHead(work, num_cpus=2)
+        head.start()
+        try:
+            for warm in (False, True):
+                results["warm" if warm else "cold"] = phase(head, data, warm, args.submissions)
+        finally:
+            head.stop()
+    keys = ("to_trial_started_s", "to_first_result_s", "to_completed_s")
+    out = {name: {k: summary(rows, k) for k in (*keys, "warm_driver_up_after_previous_s")} for name, rows in results.items()}
+    print()
+    print(table(["", *[f"{k} median / p90 / max" for k in keys]],
+                [[name, *[f"{s[k]['median']:.2f} / {s[k]['p90']:.2f} / {s[k]['max']:.2f}" for k in keys]] for name, s in out.items()]))
+    if out["warm"].get("warm_driver_up_after_previous_s"):
+        w = out["warm"]["warm_driver_up_after_previous_s"]
+        print(f"the next warm driver was up {w['median']:.1f} s (median; max {w['max']:.1f} s) after the previous study completed")
+    checks = Checks("startup")
+    for name, rows in results.items():
+        checks.check(all(r["status"] == "completed" for r in rows), f"{name}: every study completed")
+    checks.check(all(str(r["job"]).startswith("caviar-standby-") for r in results["warm"]),
+                 "warm: every study ran in a warm driver's job")
+    checks.check(out["warm"]["to_trial_started_s"]["median"] < out["cold"]["to_trial_started_s"]["median"],
+                 f"warm: the first trial started sooner (median {out['warm']['to_trial_started_s']['median']:.2f} s "
+                 f"against {out['cold']['to_trial_started_s']['median']:.2f} s)")
+    write_json(json_path(args, "startup"), {"args": {k: str(v) for k, v in vars(args).items()}, "summary": out, "runs": results,
+                                            "checks": checks.as_dict()})
+    return checks.exit_code()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The warm driver on the session's Ray head through `caviar serve`: a study submitted when a warm
+driver is up runs in it (one Ray job per study still, its id in the study), the job's log says so,
+the trial processes it warmed run the trials, and the next warm driver follows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service.local import LocalHead, LocalServer, wait_until
+
+QUICK = {"name": "warm", "trainable": "busy_work", "dataset": {"name": "digits"},
+         "search_space": {"x": {"type": "float", "low": 0, "high": 1}, "y": {"type": "float", "low": 0, "high": 1}},
+         "fixed": {"epochs": 2, "seconds_per_epoch": 0.01}, "scheduler": {"type": "none"},
+         "sampler": {"type": "random", "seed": 1}, "budget": {"num_trials": 3, "max_concurrent_trials": 2}}
+
+
+def standbys(head: LocalHead) -> list[Any]:
+    return [j for j in head.jobs()._client().list_jobs() if (j.metadata or {}).get("caviar_standby") == "1"]
+
+
+def ready(head: LocalHead) -> str | None:
+    """The warm driver that is up and has said so in its log."""
+    client = head.jobs()._client()
+    for j in standbys(head):
+        if str(getattr(j.status, "value", j.status)) == "RUNNING" and "ready" in client.get_job_logs(j.submission_id):
+            return str(j.submission_id)
+    return None
+
+
+@pytest.mark.ray
+def test_a_study_runs_in_the_warm_driver_and_the_next_one_is_started(api: LocalServer, ray_head: LocalHead) -> None:
+    standby = wait_until(lambda: ready(ray_head), 120, "a warm driver to be up", interval=0.5)
+    with api.client() as client:
+        sid = client.submit(QUICK)["id"]
+        s = wait_until(lambda: (s := client.study(sid))["status"] in ("completed", "failed", "cancelled") and s, 120,
+                       f"study {sid} to finish", interval=0.25)
+        assert s["status"] == "completed", s["error"]
+        assert s["ray_job_id"] == standby and s["dashboard_url"].endswith(f"/#/jobs/{standby}")
+        logs = ray_head.jobs()._client().get_job_logs(standby)
+        assert f"warm driver {standby} runs study {sid}" in logs
+        # one study, one job: it ends with its study
+        ended = wait_until(lambda: (state := ray_head.jobs().status(standby)) is not None and state.terminal and state, 60,
+                           "the warm driver's job to end", interval=0.25)
+        assert ended.value == "SUCCEEDED"
+        # the next one comes up for the next study (not within 5 s of the claim: the study's start-up had the CPU)
+        after = wait_until(lambda: (r := ready(ray_head)) != standby and r, 120, "the next warm driver", interval=0.5)
+        cancel = client.submit({**QUICK, "name": "warm-cancel", "fixed": {"epochs": 200, "seconds_per_epoch": 0.05}})["id"]
+        wait_until(lambda: client.study(cancel)["trial_counts"]["running"] > 0, 120, "its trials to run", interval=0.25)
+        assert client.study(cancel)["ray_job_id"] == after
+        assert client.cancel(cancel)["status"] == "cancelled"
+        wait_until(lambda: ray_head.jobs().status(after) is not None and ray_head.jobs().status(after).terminal, 60,  # type: ignore[union-attr]
+                   "the cancelled study's warm driver to stop", interval=0.5)
