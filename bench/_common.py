@@ -132,13 +132,15 @@ def cluster(work: Path, *, num_cpus: int | None = None, serve: bool = True,
 
 
 def warm_driver_up(head: LocalHead, not_this: str | None = None) -> str | None:
-    """The id of a warm driver (service.jobs) that is up on ``head`` (its job running, its log saying
-    ready), other than ``not_this``; None when there is none."""
+    """The id of a warm driver (service.jobs) that is up on ``head`` and free (its job running, its
+    log saying ready and not yet running a study), other than ``not_this``; None when there is none."""
     client = head.jobs()._client()
     for j in client.list_jobs():
         if (j.metadata or {}).get("caviar_standby") == "1" and j.submission_id != not_this \
-                and str(getattr(j.status, "value", j.status)) == "RUNNING" and "ready" in client.get_job_logs(j.submission_id):
-            return str(j.submission_id)
+                and str(getattr(j.status, "value", j.status)) == "RUNNING":
+            logs = client.get_job_logs(j.submission_id)
+            if "ready" in logs and "runs study" not in logs:
+                return str(j.submission_id)
     return None
 
 

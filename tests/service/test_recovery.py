@@ -77,12 +77,15 @@ def study_row(data: Path, sid: str) -> tuple[str, int]:
         return db.execute("SELECT status, resumes FROM caviar_studies WHERE id = ?", (sid,)).fetchone()  # type: ignore[no-any-return]
 
 
-def drivers(sid: str) -> list[psutil.Process]:
-    """The study's driver processes (the Python one, not the shell Ray's job runs it under)."""
+def drivers(sid: str, data: Path) -> list[psutil.Process]:
+    """The study's driver processes (the Python one, not the shell Ray's job runs it under): a job of
+    its own (``service.runner ID``) or the warm driver it was handed to (``--standby JOB``)."""
+    with sqlite3.connect(data / "caviar.db") as db:
+        (job,) = db.execute("SELECT ray_job_id FROM caviar_studies WHERE id = ?", (sid,)).fetchone()
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if cmd[1:4] == ["-m", "service.runner", sid]:
+        if cmd[1:4] == ["-m", "service.runner", sid] or (job and cmd[1:5] == ["-m", "service.runner", "--standby", job]):
             found.append(p)
     return found
 
@@ -120,12 +123,12 @@ def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: Lo
 
         # 3. kill -9 the study's driver: the service notices and resumes from Tune's saved state
         wait_for(lambda: len(study(api, sid)["trial_counts"]) and max_epoch(api, sid) >= 3, timeout=120)
-        (driver,) = drivers(sid)
+        (driver,) = drivers(sid, data)
         driver.send_signal(signal.SIGKILL)
         s = wait_for(lambda: (x := study(api, sid))["resumes"] == 1 and x["ray_job_id"] not in (None, job) and x, timeout=60)
         assert s["status"] == "running"
         job = s["ray_job_id"]
-        wait_for(lambda: drivers(sid), timeout=60)
+        wait_for(lambda: drivers(sid, data), timeout=60)
         resumed_at = time.time()
 
         # 4. the whole Ray head goes down (kill -9 of its processes and of the driver, as a crash of
@@ -135,7 +138,7 @@ def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: Lo
         wait_for(lambda: any(f.stat().st_mtime > resumed_at for f in (data / "ray_results" / sid).glob("experiment_state*.json")), timeout=60)
         api.kill()
         own_head.crash()
-        for p in drivers(sid):
+        for p in drivers(sid, data):
             p.kill()
         assert study_row(data, sid) == ("running", 1)  # not finished: there is work left to resume
         own_head.start()

@@ -21,11 +21,13 @@ def standbys(head: LocalHead) -> list[Any]:
 
 
 def ready(head: LocalHead) -> str | None:
-    """The warm driver that is up and has said so in its log."""
+    """The warm driver that is up, has said so in its log and runs no study yet."""
     client = head.jobs()._client()
     for j in standbys(head):
-        if str(getattr(j.status, "value", j.status)) == "RUNNING" and "ready" in client.get_job_logs(j.submission_id):
-            return str(j.submission_id)
+        if str(getattr(j.status, "value", j.status)) == "RUNNING":
+            logs = client.get_job_logs(j.submission_id)
+            if "ready" in logs and "runs study" not in logs:
+                return str(j.submission_id)
     return None
 
 
