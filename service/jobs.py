@@ -127,7 +127,7 @@ class RayJobs:
 
     def warm(self) -> None:
         """Keep a warm driver started (the dispatcher calls this every tick): a new one when there is
-        none or it ended, not within STANDBY_AFTER_CLAIM_S of the last claim."""
+        none or it ended (unclaimed for 15 minutes it ends), not within STANDBY_AFTER_CLAIM_S of the last claim."""
         if not self.warm_driver or time.monotonic() - self._claimed_at < STANDBY_AFTER_CLAIM_S:
             return
         if self._standby is not None and self.status(self._standby) in (JobState.PENDING, JobState.RUNNING):

@@ -25,7 +25,7 @@ from service.settings import load_settings
 from service.store import Store, now
 
 EXIT_LOST_CLUSTER = 3
-STANDBY_IDLE_S = 3600.0
+STANDBY_IDLE_S = 900.0  # an API killed without stopping its warm driver leaves it this long
 STANDBY_POLL_S = 0.05
 
 

@@ -21,13 +21,15 @@ def standbys(head: LocalHead) -> list[Any]:
 
 
 def ready(head: LocalHead) -> str | None:
-    """The warm driver that is up, has said so in its log and runs no study yet."""
+    """The newest warm driver, when it is up, has said so in its log and runs no study yet. (An API
+    killed earlier in the session leaves its own behind until its idle timeout: the newest is the
+    one the API now up started.)"""
     client = head.jobs()._client()
-    for j in standbys(head):
-        if str(getattr(j.status, "value", j.status)) == "RUNNING":
-            logs = client.get_job_logs(j.submission_id)
-            if "ready" in logs and "runs study" not in logs:
-                return str(j.submission_id)
+    newest = max(standbys(head), key=lambda j: j.start_time or 0, default=None)
+    if newest is not None and str(getattr(newest.status, "value", newest.status)) == "RUNNING":
+        logs = client.get_job_logs(newest.submission_id)
+        if "ready" in logs and "runs study" not in logs:
+            return str(newest.submission_id)
     return None
 
 
