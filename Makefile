@@ -34,15 +34,15 @@ e2e: setup
 
 test: lint unit e2e bench-smoke
 
-# each benchmark in its smoke form (what each asserts: docs/benchmarks.md) but bench.refine's, whose
-# warm start tests/service/test_workflows_e2e.py checks (CI's 25 minutes);
+# each benchmark in its smoke form (what each asserts: docs/benchmarks.md) but bench.refine's, bench.mo_asha's
+# and bench.startup's, whose invariants e2e tests check (test_workflows_e2e, test_multi_objective_e2e,
+# test_warm_driver_e2e; bench.service_overhead's smoke checks start-up < 4 s) (CI's 25 minutes);
 # the store-under-load smoke runs on PostgreSQL too when CAVIAR_TEST_POSTGRES_URL is set (CI sets it)
 bench-smoke: setup
 	$(BIN)/python -m bench.trainable_throughput --smoke
 	$(BIN)/python -m bench.gpu_packing --smoke
 	$(BIN)/python -m bench.search_efficiency --smoke
 	$(BIN)/python -m bench.service_overhead --smoke
-	$(BIN)/python -m bench.startup --smoke
 	$(BIN)/python -m bench.sampler_store_cost --smoke
 	$(BIN)/python -m bench.api_load --smoke
 	$(BIN)/python -m bench.store_load --smoke
