@@ -69,9 +69,7 @@ def ray_cluster(ray_head: LocalHead, caviar_data_dir: Path) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def api(ray_head: LocalHead, caviar_data_dir: Path) -> Iterator[LocalServer]:
-    # without the warm driver: its start-up between tests costs CI minutes on 2 cores; the warm
-    # driver has its own server in tests/service/test_warm_driver_e2e.py (and is on in test_recovery)
-    server = LocalServer(caviar_data_dir, ray_head, env={"CAVIAR_WARM_DRIVER": "false"})
+    server = LocalServer(caviar_data_dir, ray_head)
     server.start()
     try:
         yield server

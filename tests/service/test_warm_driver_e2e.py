@@ -4,8 +4,6 @@ the trial processes it warmed run the trials, and the next warm driver follows."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,19 +31,6 @@ def ready(head: LocalHead) -> str | None:
         if "ready" in logs and "runs study" not in logs:
             return str(newest.submission_id)
     return None
-
-
-@pytest.fixture
-def api(ray_head: LocalHead, tmp_path: Path) -> Iterator[LocalServer]:
-    """`caviar serve` with the warm driver on (the default; the session's server turns it off), on a
-    store of its own: the session's server may be up on the same head, and must not dispatch these."""
-    (tmp_path / "data" / "datasets").mkdir(parents=True)
-    server = LocalServer(tmp_path / "data", ray_head, env={"CAVIAR_WARM_DRIVER": "true"})
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.ray
