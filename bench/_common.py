@@ -144,6 +144,23 @@ def warm_driver_up(head: LocalHead, not_this: str | None = None) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def tune_json_logger_only(on: bool = True) -> Iterator[None]:
+    """While inside (``on``), Ray Tune adds none of its default CSV/JSON/TensorBoard loggers to a run
+    (it reads TUNE_DISABLE_AUTO_CALLBACK_LOGGERS when the run starts): a tuned baseline passes its
+    own JsonLoggerCallback, as Caviar's runner does. The variable is as it was afterwards."""
+    before = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
+    if on:
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
+        else:
+            os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = before
+
+
 def submit(client: Client, definition: dict[str, Any]) -> str:
     """POST a study; its id (LocalHead.start has waited for the head's CPUs)."""
     return str(client.submit(definition)["id"])

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import DOCS_BENCH, Checks, cluster, parser, submit_and_wait, table
+from bench._common import DOCS_BENCH, Checks, cluster, parser, submit_and_wait, table, tune_json_logger_only
 from service.client import Client
 from service.local import LocalHead
 
@@ -180,18 +180,10 @@ def run_tune(head: LocalHead, trainable: str, configs: int, epochs: int, seed: i
                                     max_concurrent_trials=2, reuse_actors=tuned),
         run_config=tune.RunConfig(storage_path=str(storage), callbacks=[Record(), *([JsonLoggerCallback()] if tuned else [])], verbose=0),
     )
-    loggers = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
-    if tuned:  # Tune reads it when the run starts: its CSV and TensorBoard loggers off
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    try:
+    with tune_json_logger_only(tuned):
         t0 = time.time()
         grid = tuner.fit()
         wall = time.time() - t0
-    finally:
-        if loggers is None:
-            os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
-        else:
-            os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = loggers
     best = _best_trial(events)
     test = None
     for r in (grid[i] for i in range(len(grid))):
@@ -264,7 +256,8 @@ def epochs_to(curve: list[tuple[int, float]], target: float) -> int | None:
     return next((n for n, best in curve if best >= target), None)
 
 
-def best_at(curve: list[tuple[int, float]], n: int) -> float:
+def best_at(curve: list[tuple[int, float]] | list[tuple[float, float]], n: float) -> float:
+    """Best-so-far at ``n`` on an anytime curve (by trial-epochs, or by seconds for curve_wall)."""
     value = 0.0
     for k, best in curve:
         if k > n:
@@ -287,7 +280,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         tests = [r["test_accuracy"] for r in rs if r["test_accuracy"] is not None]
         at_epochs = [best_at(r["curve"], common_epochs[r["seed"]]) for r in rs]
         auc = [statistics.mean(best_at(r["curve"], n) for n in range(1, common_epochs[r["seed"]] + 1)) for r in rs]
-        at_wall = [best_at_time(r["curve_wall"], common_wall[r["seed"]]) for r in rs if r.get("curve_wall")]
+        at_wall = [best_at(r["curve_wall"], common_wall[r["seed"]]) for r in rs if r.get("curve_wall")]
         table["methods"][method] = {
             "seeds": len(rs),
             # over all seeds, a seed that never reached the target counting as infinitely many
@@ -310,15 +303,6 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 PAIRS = (("caviar", "tune+"), ("caviar", "tune"), ("caviar", "random"))
-
-
-def best_at_time(curve: list[tuple[float, float]], t: float) -> float:
-    value = 0.0
-    for at, best in curve:
-        if at > t:
-            break
-        value = best
-    return value
 
 
 def paired(a: list[dict[str, Any]], b: list[dict[str, Any]], target: float, resamples: int = 10_000) -> dict[str, Any]:

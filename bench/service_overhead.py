@@ -28,7 +28,6 @@ trial running under 4 s (the warm driver; a cold start takes 5-7 s here).
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -37,7 +36,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench._common import Checks, cluster, json_path, parser, submit_and_wait, table, warm_driver_up, write_json
+from bench._common import (
+    Checks,
+    cluster,
+    json_path,
+    parser,
+    submit_and_wait,
+    table,
+    tune_json_logger_only,
+    warm_driver_up,
+    write_json,
+)
 from service.client import Client
 from service.local import LocalHead, wait_until
 
@@ -65,10 +74,7 @@ def run_bare(head: LocalHead, trials: int, reports: int, seconds: float, storage
     if not ray.is_initialized():
         ray.init(address=head.gcs_address, logging_level="ERROR", log_to_driver=False)
     spec = get_trainable("busy_work")
-    loggers = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
-    if tuned:  # read by Tune when the run starts: CSV and TensorBoard off, JSON kept (below)
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    try:
+    with tune_json_logger_only(tuned):  # bare+: CSV and TensorBoard off, JSON kept (below)
         t0 = time.time()
         grid = tune.Tuner(
             tune.with_resources(spec.load_train(), {"cpu": 1}),
@@ -79,11 +85,6 @@ def run_bare(head: LocalHead, trials: int, reports: int, seconds: float, storage
                                       callbacks=[JsonLoggerCallback()] if tuned else None),
         ).fit()
         wall = time.time() - t0
-    finally:
-        if loggers is None:
-            os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
-        else:
-            os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = loggers
     return {"wall_s": wall, "trials": len(grid), "failed_trials": len(grid.errors),
             "trial_processes": len(trial_pids(storage / "bare"))}
 

@@ -111,13 +111,13 @@ class RayJobs:
         """The Ray job that runs ``study_id``: the warm driver when it is up (the caller stores the
         id; the standby finds its study by it), else a new job of its own."""
         standby, self._standby = self._standby, None
-        if standby is not None:
-            if self.status(standby) == JobState.RUNNING:
-                self._claimed_at = time.monotonic()
-                log.info("study %s goes to the warm driver %s", study_id, standby)
-                return standby
-            if self.status(standby) == JobState.PENDING:
-                self._standby = standby  # still starting: the next study may have it
+        state = self.status(standby) if standby is not None else None
+        if standby is not None and state == JobState.RUNNING:
+            self._claimed_at = time.monotonic()
+            log.info("study %s goes to the warm driver %s", study_id, standby)
+            return standby
+        if state == JobState.PENDING:
+            self._standby = standby  # still starting: the next study may have it
         return str(self._client().submit_job(
             entrypoint=driver_entrypoint(study_id),
             submission_id=f"caviar-{study_id}-{os.urandom(3).hex()}",
