@@ -22,6 +22,7 @@ import logging
 import os
 import shlex
 import sys
+import threading
 import time
 from enum import StrEnum
 from typing import Any, Protocol
@@ -29,6 +30,10 @@ from typing import Any, Protocol
 from service.settings import Settings
 
 log = logging.getLogger("caviar.jobs")
+# Ray's modules import each other in circles: two threads importing them at once (the dispatcher's
+# and a request's, at an API's start) can each see the other's half-made module, and the failed
+# import leaves ``ray`` broken in that process for good. Every import of Ray here takes this lock.
+_RAY_IMPORT = threading.Lock()
 STANDBY_AFTER_CLAIM_S = 5.0  # the next warm driver starts this long after one was claimed: not while its study starts
 
 
@@ -102,7 +107,8 @@ class RayJobs:
 
     def _client(self) -> Any:
         if self._client_obj is None:
-            from ray.job_submission import JobSubmissionClient
+            with _RAY_IMPORT:
+                from ray.job_submission import JobSubmissionClient
 
             self._client_obj = JobSubmissionClient(self.address, headers=dict(self.headers))
         return self._client_obj
@@ -159,8 +165,9 @@ class RayJobs:
 
     def largest_node(self) -> dict[str, float]:
         """Total resources of the largest alive node: a trial must fit on one node."""
-        from ray.util.state import StateApiClient
-        from ray.util.state.common import ListApiOptions, StateResource
+        with _RAY_IMPORT:
+            from ray.util.state import StateApiClient
+            from ray.util.state.common import ListApiOptions, StateResource
 
         nodes: list[Any] = StateApiClient(self.address, headers=dict(self.headers)).list(
             StateResource.NODES, options=ListApiOptions(limit=1000, detail=True), raise_on_missing_output=False)

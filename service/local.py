@@ -92,11 +92,13 @@ class LocalHead:
         self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "RAY_USAGE_STATS_ENABLED": "0"}
         self.log_dir, self.num_cpus = log_dir, num_cpus
         self.temp_dir = ray_temp_dir()
-        self.args = head_start_args(self.gcs, self.dash, self.temp_dir, num_cpus=num_cpus, own_ports=True)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120) -> LocalHead:
         wait_until(lambda: bindable(self.gcs) and bindable(self.dash), 60, "the head's ports to be free", interval=0.2)
+        # the agent's, metrics' and client server's ports are picked again at each start: only the GCS and
+        # dashboard ports are what clients know, and a port free at the first start may be taken by now
+        self.args = head_start_args(self.gcs, self.dash, self.temp_dir, num_cpus=self.num_cpus, own_ports=True)
         log_path = self.log_dir / f"ray-head-{time.time_ns()}.log"
         with open(log_path, "w") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen([*self.args, "--block"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

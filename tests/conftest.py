@@ -163,3 +163,36 @@ def postgres_url() -> Iterator[str]:
     """One fresh PostgreSQL database for the session's store tests."""
     with fresh_postgres_database() as url:
         yield url
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return f"({exc})"
+    text = [line for line in text if '"GET /' not in line]  # the pollers' requests drown the rest
+    return "\n".join(text[-lines:])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """When an end-to-end test fails, its report carries what the processes it started said: the tail
+    of each ``caviar serve`` log under its tmp_path (and the session's), and of the newest study
+    drivers' job logs of the Ray heads it used. A CI failure is read from CI's output alone."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    args = getattr(item, "funcargs", {})
+    roots = [p for p in (args.get("tmp_path"), os.environ.get("CAVIAR_DATA_DIR")) if p]
+    serve_logs = {log for root in roots for log in Path(root).rglob("caviar-serve.log")}
+    heads = [v for v in args.values() if isinstance(v, LocalHead)] + [v.head for v in args.values() if isinstance(v, LocalServer) and v.head]
+    drivers: list[Path] = []
+    for head in heads:
+        drivers += Path(head.temp_dir).glob("session_*/logs/job-driver-*.log")
+    drivers += Path(args["tmp_path"]).rglob("job-driver-*.log") if "tmp_path" in args else []
+    newest = sorted({p.resolve() for p in drivers}, key=lambda p: p.stat().st_mtime)[-3:]
+    for log in sorted(serve_logs):
+        report.sections.append((f"caviar serve log {log}", _tail(log, 60)))
+    for log in newest:
+        report.sections.append((f"Ray job log {log.name}", _tail(log, 40)))
