@@ -191,8 +191,8 @@ def _out(ctx: Context, row: StudyRow, counts: dict[str, int], b: TrialRow | None
 
 def list_page(ctx: Context, status: StudyStatus | None, offset: int, limit: int, owner: str | None = None,
               parent_id: str | None = None) -> tuple[list[StudyOut], int]:
-    rows, total = ctx.store.studies.page(status.value if status else None, offset, limit, owner=owner, parent_id=parent_id)
-    return [study_out(ctx, r) for r in rows], total
+    views, total = ctx.store.studies.page(status.value if status else None, offset, limit, owner=owner, parent_id=parent_id)
+    return [_out(ctx, *view) for view in views], total
 
 
 def trial_out(row: TrialRow) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from service.store.models import (
     TrialState,
     now,
 )
-from service.store.trials import best_query, counts_query
+from service.store.trials import best_many, best_query, counts_many, counts_query
 
 
 class StudyRepo:
@@ -46,8 +46,10 @@ class StudyRepo:
             return s.get(StudyRow, study_id)
 
     @retry_transient
-    def page(self, status: str | None, offset: int, limit: int, owner: str | None = None, parent_id: str | None = None) -> tuple[list[StudyRow], int]:
-        """Newest first, with the total that matches."""
+    def page(self, status: str | None, offset: int, limit: int, owner: str | None = None, parent_id: str | None = None,
+             ) -> tuple[list[tuple[StudyRow, dict[str, int], TrialRow | None]], int]:
+        """Newest first, each study with its trial counts and best trial (as ``view``), and the total
+        that matches: five queries in one read transaction, whatever ``limit`` is."""
         q = select(StudyRow)
         count = select(func.count()).select_from(StudyRow)
         if owner is not None:
@@ -58,7 +60,13 @@ class StudyRepo:
             q, count = q.where(StudyRow.status == status), count.where(StudyRow.status == status)
         with self.db.session() as s:
             rows = list(s.scalars(q.order_by(StudyRow.created_at.desc(), StudyRow.id).offset(offset).limit(limit)))
-            return rows, int(s.scalar(count) or 0)
+            total = int(s.scalar(count) or 0)
+            counts = counts_many(s, [r.id for r in rows])
+            best: dict[str, TrialRow] = {}
+            for mode in ("max", "min"):  # one query per direction, each study's best by a window
+                ids = [r.id for r in rows if r.definition.get("objective", {}).get("mode", "max") == mode]
+                best.update(best_many(s, ids, mode))
+            return [(r, counts[r.id], best.get(r.id)) for r in rows], total
 
     @retry_transient
     def with_status(self, *statuses: str, finished_after: datetime | None = None) -> list[StudyRow]:

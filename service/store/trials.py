@@ -26,6 +26,31 @@ def counts_query(s: Session, study_id: str) -> dict[str, int]:
     return counts
 
 
+def counts_many(s: Session, study_ids: list[str]) -> dict[str, dict[str, int]]:
+    """``counts_query`` for several studies, in one query."""
+    out = {sid: {state.value: 0 for state in TrialState} for sid in study_ids}
+    if study_ids:
+        q = (select(TrialRow.study_id, TrialRow.state, func.count()).where(TrialRow.study_id.in_(study_ids))
+             .group_by(TrialRow.study_id, TrialRow.state))
+        for sid, state, n in s.execute(q):
+            out[sid][state] = n
+    return out
+
+
+def best_many(s: Session, study_ids: list[str], mode: str) -> dict[str, TrialRow]:
+    """Each study's best trial (as ``best_query`` with k = 1) for studies of one direction, in one query:
+    the trials ranked within their study by a window function (SQLite >= 3.25 and PostgreSQL)."""
+    if not study_ids:
+        return {}
+    order = TrialRow.best_value.desc() if mode == "max" else TrialRow.best_value.asc()
+    rank = func.row_number().over(partition_by=TrialRow.study_id, order_by=(order, TrialRow.pk)).label("rank")
+    ranked = (select(TrialRow.pk, rank)
+              .where(TrialRow.study_id.in_(study_ids), TrialRow.best_value.is_not(None), TrialRow.state != TrialState.FAILED.value)
+              .subquery())
+    rows = s.scalars(select(TrialRow).join(ranked, TrialRow.pk == ranked.c.pk).where(ranked.c.rank == 1))
+    return {row.study_id: row for row in rows}
+
+
 def best_query(study_id: str, mode: str, k: int) -> Select[TrialRow]:
     order = TrialRow.best_value.desc() if mode == "max" else TrialRow.best_value.asc()
     return (select(TrialRow)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import event, inspect
 from sqlalchemy.exc import OperationalError
 
 from service.definition import StudyStatus
@@ -33,8 +34,46 @@ def test_studies_page_and_filter(store: Store) -> None:
     rows, total = store.studies.page(None, 0, 2)
     assert total == total_before + 5 and len(rows) == 2
     running, _n = store.studies.page("running", 0, 50)
-    assert ids[0] in [r.id for r in running] and all(r.status == "running" for r in running)
+    assert ids[0] in [r.id for r, _c, _b in running] and all(r.status == "running" for r, _c, _b in running)
     assert store.studies.get(ids[3]).definition == {"i": 3}  # type: ignore[union-attr]
+
+
+def test_a_page_of_studies_is_each_ones_view_in_a_constant_number_of_queries(store: Store) -> None:
+    """The listing's N+1: a page of 50 studies costs the queries a page of 2 does, and each study on it
+    has the counts and best trial ``view`` gives it (max and min objectives, failed trials never best)."""
+    owner = f"o{time.monotonic_ns()}"
+    rng = random.Random(3)
+    for i in range(60):
+        mode = "max" if i % 3 else "min"
+        sid = store.studies.create(f"s{i}", {"objective": {"metric": "m", "mode": mode}}, owner=owner).id
+        for t in range(rng.randrange(0, 5)):
+            state = rng.choice(["running", "completed", "failed", "stopped"])
+            store.trials.upsert(sid, f"t{t}", config={"t": t}, state=state)
+            if rng.random() < 0.8:
+                store.trials.add_epoch(sid, f"t{t}", {"epoch": 1, "m": round(rng.random(), 1)}, "m", mode)
+
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        if str(args[2]).lstrip().upper().startswith("SELECT"):  # not SQLite's BEGIN
+            statements.append(str(args[2]))
+
+    event.listen(store.db.engine, "before_cursor_execute", count)
+    try:
+        small, _ = store.studies.page(None, 0, 2, owner=owner)
+        n_small = len(statements)
+        statements.clear()
+        page, total = store.studies.page(None, 5, 50, owner=owner)
+        n_page = len(statements)
+    finally:
+        event.remove(store.db.engine, "before_cursor_execute", count)
+    assert total == 60 and len(page) == 50 and len(small) == 2
+    assert n_small <= 5 and n_page <= 5, statements  # rows, total, counts, best of the max and of the min studies
+    for row, counts, best in page:
+        view = store.studies.view(row.id)
+        assert view is not None
+        assert counts == view[1], row.name
+        assert (best.trial_id if best else None) == (view[2].trial_id if view[2] else None), row.name
 
 
 def test_epochs_fold_into_last_and_best_and_are_idempotent(store: Store) -> None:
