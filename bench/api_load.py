@@ -1,5 +1,7 @@
-"""API under load: GET /v1/studies/{id} and GET /v1/studies/{id}/trials while a study runs, against a
-minimal FastAPI JSON endpoint served the same way in the same run.
+"""API under load: GET /v1/studies/{id} and GET /v1/studies/{id}/trials (polled, served through the
+read cache) and three uncached reads (the listing, a big study's best, a trial with its history) while a
+study runs, in a store of 1,000 studies one of which has 10,000 trials, against a minimal FastAPI JSON
+endpoint served the same way in the same run.
 
 What runs (all started here on loopback and free ports, and stopped at the end; only these):
   ray head  - service.local.LocalHead (token auth, a temp dir of its own) with --num-cpus 1 (see
@@ -13,6 +15,13 @@ What runs (all started here on loopback and free ports, and stopped at the end; 
               [0, 1], TPE, no early stopping, one trial at a time, 20 epochs x 0.1 s, enough trials to
               outlast the load (at least 40); the load starts once 3 trials have metrics, and the study
               is cancelled at the end (it still runs: the run says so, or warns)
+  store     - before the study: --studies studies (default 1,000) written straight into the server's
+              store (service.store.synthetic), one of --big-trials trials (default 10,000) x 20 epochs,
+              ASHA-shaped (about 60,000 epoch rows), the rest of 3 trials each
+  endpoints - the minimal GET /ping; GET /v1/studies/{id} and .../trials of the running study (cached);
+              GET /v1/studies?limit=50 (the newest page, with each study's counts and best), GET
+              .../best?k=10 of the big study, GET .../trials/{tid} of the big study (one trial with its
+              20-epoch history): these read the store on every request
   load      - per endpoint, interleaved in rounds (ping, study, trials, ping, ...) so drift on a shared
               machine hits all three alike; each endpoint gets --duration seconds in all. Two generators:
               wrk   -t2 -c32 --latency (full runs, when wrk is on PATH). A Lua done() hook dumps wrk's
@@ -37,8 +46,8 @@ process), the load generator and Ray's own processes (GCS, raylet, dashboard, th
 driver writing each epoch to the store) share the rest. The minimal endpoint is measured under the
 same conditions, in the same rounds.
 
-Goals: p99 at most 20 ms for both Caviar endpoints, at least 0.5x the minimal endpoint's req/s, zero
-errors. Exit 1 on any error (socket errors or timeouts, non-2xx responses, a server or the study
+Goals: p99 at most 20 ms for every Caviar endpoint, at least 0.5x the minimal endpoint's req/s for the
+two cached ones, zero errors. Exit 1 on any error (socket errors or timeouts, non-2xx responses, a server or the study
 that does not come up); a missed goal is reported (and exits 1 only with --check-goals). --smoke
 also asserts that the read cache served a changed study from memory.
 
@@ -69,6 +78,7 @@ from typing import Any
 from bench._common import Checks, cluster, json_path, parser, submit, table, write_json
 from service.client import CaviarError
 from service.local import free_port, wait_until
+from service.store.models import LOCAL_OWNER
 
 HZ = os.sysconf("SC_CLK_TCK")
 GOAL_P99_MS = 20.0
@@ -314,6 +324,29 @@ def summarize(runs: list[dict[str, Any]], cpu_s: float, wall_s: float) -> dict[s
 # -- the benchmark -----------------------------------------------------------------------------------
 
 
+UNCACHED = ("GET /v1/studies?limit=50", "GET .../best?k=10 (big study)", "GET .../trials/{tid} (history)")
+BIG_EPOCHS = 20
+
+
+def fill_store(store: Any, studies: int, big_trials: int, owner: str) -> tuple[str, str]:
+    """The store the uncached reads run against: ``studies`` studies in all, one of them with
+    ``big_trials`` trials of up to BIG_EPOCHS epochs each (ASHA-shaped), the rest of 3 trials; written
+    straight into the store as drivers would have left them (service.store.synthetic). The big
+    study's id and one of its trials that ran every epoch."""
+    from service.store.synthetic import synthetic_study
+
+    def definition(name: str, trials: int) -> dict[str, Any]:
+        return {"name": name, "trainable": "mlp_bn_softmax", "dataset": {"name": "digits"}, "search_space": "seven_key",
+                "fixed": {"epochs": BIG_EPOCHS}, "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 3},
+                "budget": {"num_trials": trials, "max_concurrent_trials": 8}}
+
+    for i in range(studies - 1):
+        synthetic_study(store, definition(f"filler-{i}", 3), 3, seed=i, owner=owner)
+    big = synthetic_study(store, definition("big", big_trials), big_trials, seed=1, owner=owner)
+    full = next(t for t in store.trials.for_study(big) if t.epochs == BIG_EPOCHS)
+    return big, full.trial_id
+
+
 def study_definition(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "name": "api-load",
@@ -343,6 +376,10 @@ def run(args: argparse.Namespace, wrk: str | None, work: Path) -> dict[str, Any]
             store = Store(str(server.database_url))
             token = store.tokens.create("bench")[1] if args.token else None
             headers = {"Authorization": f"Bearer {token}"} if token else {}
+            t_fill = time.monotonic()
+            big_id, big_trial = fill_store(store, args.studies, args.big_trials, owner="bench" if token else LOCAL_OWNER)
+            print(f"  store filled in {time.monotonic() - t_fill:.1f} s: {args.studies} studies, one of {args.big_trials} trials "
+                  f"x {BIG_EPOCHS} epochs", flush=True)
             minimal.wait_up(60)
             print(f"  servers up in {time.monotonic() - t_setup:.1f} s (caviar {server.url}, minimal {minimal.url}, "
                   f"Ray dashboard {head.dashboard})", flush=True)
@@ -365,6 +402,10 @@ def run(args: argparse.Namespace, wrk: str | None, work: Path) -> dict[str, Any]
                     "minimal GET /ping": (minimal.proc.pid, minimal.url),
                     "GET /v1/studies/{id}": (server.proc.pid, f"{server.url}/v1/studies/{study_id}"),
                     "GET /v1/studies/{id}/trials": (server.proc.pid, f"{server.url}/v1/studies/{study_id}/trials"),
+                    # uncached: each request reads the store
+                    UNCACHED[0]: (server.proc.pid, f"{server.url}/v1/studies?limit=50"),
+                    UNCACHED[1]: (server.proc.pid, f"{server.url}/v1/studies/{big_id}/best?k=10"),
+                    UNCACHED[2]: (server.proc.pid, f"{server.url}/v1/studies/{big_id}/trials/{big_trial}"),
                 }
                 for name, (_, url) in endpoints.items():  # each answers 200 with JSON before it is loaded
                     resp = client.http.get(url)
@@ -432,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-trials", type=int, default=3, help="trials with metrics before the load starts")
     ap.add_argument("--ray-cpus", type=int, default=1, help="--num-cpus of the Ray head (one trial spins one core)")
     ap.add_argument("--study-timeout", type=float, default=240.0, help="seconds for the study to get --warm-trials measured")
+    ap.add_argument("--studies", type=int, default=1000, help="studies in the store before the load (the listing's)")
+    ap.add_argument("--big-trials", type=int, default=10_000, help="trials of the big study (best, trial detail)")
     ap.add_argument("--token", action="store_true", help="send a bearer token (created in the server's store)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, SQLite file)")
     ap.add_argument("--check-goals", action="store_true", help="exit 1 when a goal is missed, too")
@@ -443,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.duration, args.rounds, args.connections = 5.0, 1, 8
         args.epochs, args.warm_trials = 5, 1
+        args.studies, args.big_trials = min(args.studies, 60), min(args.big_trials, 2000)
     if not args.trials:  # one trial at a time, each at least epochs x seconds_per_epoch: twice the load's length
         load_s = 3 * args.duration + 3 * args.rounds * 2.0
         args.trials = max(40, math.ceil(2 * load_s / max(args.epochs * args.seconds_per_epoch, 0.05)))
@@ -489,11 +533,13 @@ def main(argv: list[str] | None = None) -> int:
     goals = {}
     for name in names[1:]:
         r = res[name]
+        cached = name not in UNCACHED  # the req/s goal is the polled (cached) reads'; p99 is every read's
         goals[name] = {"p99_ms": r["latency_ms"]["p99"], "p99_ok": r["latency_ms"]["p99"] <= GOAL_P99_MS,
-                       "ratio": r["ratio_to_minimal"], "ratio_ok": (r["ratio_to_minimal"] or 0) >= GOAL_RATIO}
+                       "ratio": r["ratio_to_minimal"], "ratio_ok": (r["ratio_to_minimal"] or 0) >= GOAL_RATIO or not cached}
+        ratio = (f"{r['ratio_to_minimal']:.2f}x the minimal req/s (>= {GOAL_RATIO:g}x: {'met' if goals[name]['ratio_ok'] else 'MISSED'})"
+                 if cached else f"{r['ratio_to_minimal']:.2f}x the minimal req/s (uncached: no req/s goal)")
         print(f"goal {name}: p99 {r['latency_ms']['p99']:.1f} ms (<= {GOAL_P99_MS:g}: {'met' if goals[name]['p99_ok'] else 'MISSED'}), "
-              f"{r['ratio_to_minimal']:.2f}x the minimal req/s (>= {GOAL_RATIO:g}x: {'met' if goals[name]['ratio_ok'] else 'MISSED'}); "
-              f"server CPU per request {r['cpu_per_request_vs_minimal']}x the minimal's")
+              f"{ratio}; server CPU per request {r['cpu_per_request_vs_minimal']}x the minimal's")
     if not study["running_throughout"]:
         print("warning: the study was not running during every round; raise --trials or --epochs", file=sys.stderr)
     errors = sum(res[n]["errors_total"] for n in names)

@@ -20,6 +20,8 @@ for samplers
   random
   tpe-optuna-ndtr  - optuna.samplers.TPESampler with the same arguments: Optuna's own pure-Python
                      log_ndtr (Caviar before the §5 fix)
+  tpe-whole-history - FastTPESampler without the bounded history (``tpe`` reads the best 100 and the
+                     most recent 900 of a study's finished trials past 1,000; Caviar before issue 14)
 on
   inmemory      - Optuna's InMemoryStorage and no Caviar store (the floor: the sampler alone)
   sqlite        - as run_study builds them by default: Optuna's JournalStorage (a file in the data
@@ -107,7 +109,7 @@ GOAL_MS = 100.0  # 2% of a 5 s trial
 GOAL_N = 1000
 OBJECTIVE, MODE = "val_accuracy", "max"
 PARTS = ("suggest", "report", "tell", "store", "total", "cpu")
-SAMPLERS = ("tpe", "random", "tpe-optuna-ndtr")
+SAMPLERS = ("tpe", "random", "tpe-optuna-ndtr", "tpe-whole-history")
 STORAGES = ("inmemory", "sqlite", "postgres", "sqlite-rdb", "postgres-rdb", "sqlite-normal")
 DEFAULT_STORAGES = STORAGES
 SMOKE_STORAGES = ("inmemory", "sqlite", "postgres")  # the fixes on request: --smoke --storages ...
@@ -168,6 +170,10 @@ def make_bench_sampler(kind: str, space: SearchSpace, seed: int) -> optuna.sampl
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    if kind == "tpe-whole-history":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return FastTPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
     return make_sampler(kind, space, seed, max_grid_points=10**9)
 
 

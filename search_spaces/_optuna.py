@@ -10,6 +10,7 @@ entry builds its sampler.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -104,18 +105,70 @@ def scipy_log_ndtr() -> Iterator[bool]:
                 _truncnorm._log_ndtr = _scipy_log_ndtr.optuna_own  # type: ignore[attr-defined]
 
 
+_FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+class RecentAndBest:
+    """A study as TPE reads it, with a bounded history: past ``limit`` finished trials, the ``best``
+    best completed ones and the most recent others up to ``limit``, plus every running one (constant
+    liar), in trial order. TPE's "below" group is its best 10%, at most 25 trials: with ``best`` >= 25
+    it is the same trials as with the whole history; what the bound thins is the "above" group's
+    oldest trials, which Optuna's own weights already discount. Everything else is the study's own.
+    Single objective only (with several, "best" is a front: the whole history is used)."""
+
+    def __init__(self, study: optuna.Study, limit: int, best: int) -> None:
+        self._study, self._limit, self._best = study, limit, best
+        self._seen: dict[Any, list[optuna.trial.FrozenTrial]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[optuna.trial.FrozenTrial]:
+        trials: list[optuna.trial.FrozenTrial] = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        key = (tuple(states) if states is not None else None, len(trials), trials[-1].number if trials else -1)
+        if key not in self._seen:  # TPE reads the trials once or twice per parameter group: select once
+            self._seen[key] = self._select(trials)
+        return self._seen[key]
+
+    def _select(self, trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+        finished = [t for t in trials if t.state in _FINISHED]
+        if len(finished) <= self._limit:
+            return trials
+        complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+        sign = -1.0 if self._study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        keep = {t.number for t in heapq.nsmallest(self._best, complete, key=lambda t: sign * t.value)}  # type: ignore[operator]
+        for t in reversed(finished):
+            if len(keep) >= self._limit:
+                break
+            keep.add(t.number)
+        return [t for t in trials if t.number in keep or t.state not in _FINISHED]
+
+
 class FastTPESampler(optuna.samplers.TPESampler):
     """Optuna's TPESampler, with SciPy's ``log_ndtr`` in its maths during its own sampling calls
-    only (about half the time per suggestion at 1,000 trials; docs/benchmarks.md §5). Same
-    suggestions as TPESampler for the same seed."""
+    only (about half the time per suggestion at 1,000 trials; docs/benchmarks.md §5), and with
+    ``max_history`` a bounded history past that many finished trials (``RecentAndBest``: a
+    suggestion's cost stops growing with the study). Same suggestions as TPESampler for the same
+    seed while the study has at most ``max_history`` finished trials."""
+
+    def __init__(self, *args: Any, max_history: int | None = None, keep_best: int = 100, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if max_history is not None and not 25 <= keep_best < max_history:
+            raise ValueError(f"keep_best must be at least 25 (TPE's largest 'below' group) and below max_history: {keep_best}")
+        self._max_history, self._keep_best = max_history, keep_best
+
+    def _view(self, study: optuna.Study) -> Any:
+        if self._max_history is None or study._is_multi_objective():
+            return study
+        return RecentAndBest(study, self._max_history, self._keep_best)
 
     def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         with scipy_log_ndtr():
-            return super().sample_relative(study, trial, search_space)
+            return super().sample_relative(self._view(study), trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
         with scipy_log_ndtr():
-            return super().sample_independent(study, trial, param_name, param_distribution)
+            return super().sample_independent(self._view(study), trial, param_name, param_distribution)
 
 
 class _PicklableLock:
@@ -142,12 +195,16 @@ class NSGAIIISampler(_PicklableLock, optuna.samplers.NSGAIIISampler):
 SamplerBuilder = Callable[[SearchSpace, "int | None", int], optuna.samplers.BaseSampler]
 
 
+# TPE's history past 1,000 finished trials: the best 100 and the most recent 900 (docs/benchmarks.md §5)
+TPE_HISTORY, TPE_KEEP_BEST = 1000, 100
+
+
 def _tpe(space: SearchSpace, seed: int | None, max_grid_points: int) -> optuna.samplers.BaseSampler:
     # multivariate + group model the conditional structure instead of treating parameters as
     # independent; constant_liar keeps parallel workers from sampling the same point
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return FastTPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+        return FastTPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, max_history=TPE_HISTORY, keep_best=TPE_KEEP_BEST)
 
 
 def _experimental(cls: Any, seed: int | None) -> optuna.samplers.BaseSampler:

@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 import optuna
+import pytest
 from optuna.samplers._tpe import _truncnorm
 
 from search_spaces import FastTPESampler, make_sampler, resolve_space, scipy_log_ndtr, suggest
-from search_spaces._optuna import _scipy_log_ndtr
+from search_spaces._optuna import RecentAndBest, _scipy_log_ndtr
 
 
 def test_scipy_log_ndtr_matches_optunas_own_including_the_tails() -> None:
@@ -83,3 +84,89 @@ def test_the_swap_is_in_place_during_sampling_and_survives_concurrent_samplers()
         t.join()
     assert during and all(during)
     assert _truncnorm._log_ndtr is not _scipy_log_ndtr
+
+
+# -- the bounded history (RecentAndBest) ---------------------------------------------------------
+
+
+def _mixed_study(n: int, seed: int = 0) -> optuna.Study:
+    """A maximizing study of ``n`` trials: completed with values, pruned with an intermediate value,
+    a few failed, and the last three still running."""
+    rng = np.random.default_rng(seed)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed))
+    for i in range(n):
+        trial = study.ask()
+        x = trial.suggest_float("x", 0.0, 1.0)
+        if i >= n - 3:
+            continue  # running
+        kind = rng.choice(["complete", "complete", "pruned", "fail"])
+        if kind == "complete":
+            study.tell(trial, float(x + rng.normal(0, 0.1)))
+        elif kind == "pruned":
+            trial.report(float(x), 1)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    return study
+
+
+def test_the_bounded_history_keeps_the_best_the_most_recent_and_the_running() -> None:
+    from optuna.samplers._tpe.sampler import _split_trials
+
+    study = _mixed_study(400)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+    everything = study._get_trials(deepcopy=False, states=states)
+    view = RecentAndBest(study, limit=100, best=30)
+    seen = view._get_trials(deepcopy=False, states=states)
+
+    finished = [t for t in everything if t.state != optuna.trial.TrialState.RUNNING]
+    complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
+    best = {t.number for t in sorted(complete, key=lambda t: -t.value)[:30]}  # type: ignore[operator]
+    running = {t.number for t in everything if t.state == optuna.trial.TrialState.RUNNING}
+    numbers = [t.number for t in seen]
+    assert numbers == sorted(numbers)  # in trial order: Optuna's weights depend on it
+    assert len(running) == 3 and running <= set(numbers)
+    assert best <= set(numbers)
+    assert len([t for t in seen if t.state != optuna.trial.TrialState.RUNNING]) == 100
+    recent = [t.number for t in finished if t.number not in best][-(100 - 30):]
+    assert set(numbers) == best | running | set(recent)
+    # TPE's "below" group (its best, at most 25) is the same trials with the whole history and the view
+    below_all, _ = _split_trials(study, everything, 25)
+    below_view, _ = _split_trials(view, seen, 25)  # type: ignore[arg-type]
+    assert [t.number for t in below_all] == [t.number for t in below_view]
+    # within the limit nothing is left out; with several objectives the sampler does not bound at all
+    assert RecentAndBest(study, limit=1000, best=30)._get_trials(deepcopy=False, states=states) == everything
+    assert FastTPESampler(max_history=100, keep_best=30)._view(optuna.create_study(directions=["maximize", "minimize"])).__class__ is not RecentAndBest
+
+
+def test_bounded_tpe_suggests_as_before_up_to_its_limit_then_models_at_most_that_many_trials() -> None:
+    modelled: list[int] = []
+
+    class Probe(FastTPESampler):
+        def _build_parzen_estimator(self, study: Any, search_space: Any, trials: list[Any], handle_below: bool) -> Any:
+            if handle_below:
+                modelled.append(len(trials))
+            else:
+                modelled[-1] += len(trials)
+            return super()._build_parzen_estimator(study, search_space, trials, handle_below)
+
+    def run(sampler: optuna.samplers.BaseSampler, n: int) -> list[float]:
+        study = optuna.create_study(direction="minimize", sampler=sampler)
+        out = []
+        for _ in range(n):
+            trial = study.ask()
+            x, y = trial.suggest_float("x", -5, 5), trial.suggest_float("y", -5, 5)
+            study.tell(trial, (x - 1) ** 2 + (y + 2) ** 2)
+            out += [x, y]
+        return out
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        bounded = run(Probe(seed=5, multivariate=True, n_startup_trials=10, max_history=60, keep_best=25), 120)
+        whole = run(FastTPESampler(seed=5, multivariate=True, n_startup_trials=10), 120)
+    assert bounded[:2 * 61] == whole[:2 * 61]  # up to 60 finished trials: the same suggestions
+    assert max(modelled) == 60 and modelled[-1] == 60  # past it, the model sees 60 trials, not 119
+    with pytest.raises(ValueError, match="keep_best"):
+        FastTPESampler(max_history=100, keep_best=10)
+    tpe = make_sampler("tpe", resolve_space(["seven_key"]), 0, max_grid_points=10)
+    assert isinstance(tpe, FastTPESampler) and (tpe._max_history, tpe._keep_best) == (1000, 100)
