@@ -44,6 +44,7 @@ bench-smoke: setup
 	$(BIN)/python -m bench.search_efficiency --smoke
 	$(BIN)/python -m bench.service_overhead --smoke
 	$(BIN)/python -m bench.sampler_store_cost --smoke
+	$(BIN)/python -m bench.tpe_history --smoke
 	$(BIN)/python -m bench.api_load --smoke
 	$(BIN)/python -m bench.store_load --smoke
 	if [ -n "$$CAVIAR_TEST_POSTGRES_URL" ]; then $(BIN)/python -m bench.store_load --smoke --database-url "$$CAVIAR_TEST_POSTGRES_URL"; fi
