@@ -20,8 +20,10 @@ for samplers
   random
   tpe-optuna-ndtr  - optuna.samplers.TPESampler with the same arguments: Optuna's own pure-Python
                      log_ndtr (Caviar before the §5 fix)
-  tpe-whole-history - FastTPESampler without the bounded history (``tpe`` reads the best 100 and the
-                     most recent 900 of a study's finished trials past 1,000; Caviar before issue 14)
+  tpe-whole-history - Caviar's TPE before issue 14: FastTPESampler without the bounded history (``tpe``
+                     models the best 100 and the most recent 900 of a study's finished trials past
+                     1,000) and with Optuna's own group decomposition, which adds every trial again on
+                     each suggestion (``tpe``'s adds each trial once: the same groups)
 on
   inmemory      - Optuna's InMemoryStorage and no Caviar store (the floor: the sampler alone)
   sqlite        - as run_study builds them by default: Optuna's JournalStorage (a file in the data
@@ -84,6 +86,7 @@ from typing import Any
 
 import optuna
 from optuna.distributions import distribution_to_json
+from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event, func, select
 
@@ -173,7 +176,9 @@ def make_bench_sampler(kind: str, space: SearchSpace, seed: int) -> optuna.sampl
     if kind == "tpe-whole-history":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return FastTPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+            sampler = FastTPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+        sampler._group_decomposed_search_space = _GroupDecomposedSearchSpace(True)
+        return sampler
     return make_sampler(kind, space, seed, max_grid_points=10**9)
 
 

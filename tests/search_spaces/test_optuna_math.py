@@ -14,7 +14,7 @@ import pytest
 from optuna.samplers._tpe import _truncnorm
 
 from search_spaces import FastTPESampler, make_sampler, resolve_space, scipy_log_ndtr, suggest
-from search_spaces._optuna import RecentAndBest, _scipy_log_ndtr
+from search_spaces._optuna import IncrementalGroups, RecentAndBest, _scipy_log_ndtr
 
 
 def test_scipy_log_ndtr_matches_optunas_own_including_the_tails() -> None:
@@ -170,3 +170,27 @@ def test_bounded_tpe_suggests_as_before_up_to_its_limit_then_models_at_most_that
         FastTPESampler(max_history=100, keep_best=10)
     tpe = make_sampler("tpe", resolve_space(["seven_key"]), 0, max_grid_points=10)
     assert isinstance(tpe, FastTPESampler) and (tpe._max_history, tpe._keep_best) == (1000, 100)
+
+
+def test_incremental_groups_equal_optunas_as_trials_finish_out_of_order() -> None:
+    from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace
+
+    space = resolve_space(["seven_key", "batchnorm"])  # conditional parameters: several groups
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    ours, theirs = IncrementalGroups(True), _GroupDecomposedSearchSpace(True)
+    rng = np.random.default_rng(1)
+    running: list[optuna.trial.Trial] = []
+    for _ in range(150):
+        trial = study.ask()
+        suggest(trial, space)
+        running.append(trial)
+        while running and rng.random() < 0.6:  # finish a random running one: completion out of order
+            done = running.pop(int(rng.integers(len(running))))
+            if rng.random() < 0.3:
+                study.tell(done, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(done, float(rng.random()))
+        a, b = ours.calculate(study).search_spaces, theirs.calculate(study).search_spaces
+        assert [sorted(g) for g in a] == [sorted(g) for g in b]  # the same groups, in the same order
+    assert len(b) > 1
+    assert isinstance(make_sampler("tpe", space, 0, max_grid_points=10)._group_decomposed_search_space, IncrementalGroups)  # type: ignore[attr-defined]
