@@ -18,10 +18,13 @@ What runs (all started here on loopback and free ports, and stopped at the end; 
   store     - before the study: --studies studies (default 1,000) written straight into the server's
               store (service.store.synthetic), one of --big-trials trials (default 10,000) x 20 epochs,
               ASHA-shaped (about 60,000 epoch rows), the rest of 3 trials each
-  endpoints - the minimal GET /ping; GET /v1/studies/{id} and .../trials of the running study (cached);
+  endpoints - the minimal GET /ping; GET /v1/studies/{id} and .../trials of the running study (cached:
+              what UIs and `caviar wait` poll), driven with --connections (32);
               GET /v1/studies?limit=50 (the newest page, with each study's counts and best), GET
               .../best?k=10 of the big study, GET .../trials/{tid} of the big study (one trial with its
-              20-epoch history): these read the store on every request
+              20-epoch history): these read the store on every request; driven with
+              --uncached-connections (4: people and scripts reading, not pollers; at 32 connections
+              on one server core a request's latency is mostly the 31 ahead of it)
   load      - per endpoint, interleaved in rounds (ping, study, trials, ping, ...) so drift on a shared
               machine hits all three alike; each endpoint gets --duration seconds in all. Two generators:
               wrk   -t2 -c32 --latency (full runs, when wrk is on PATH). A Lua done() hook dumps wrk's
@@ -416,6 +419,9 @@ def run(args: argparse.Namespace, wrk: str | None, work: Path) -> dict[str, Any]
                 print(f"  read cache: {result['_read_cache']['served_from_memory']} of {result['_read_cache']['store_changed']} "
                       f"GET .../trials pairs around a store change got the same bytes (served from memory)", flush=True)
 
+                def conns(name: str) -> int:  # the uncached reads at a user's concurrency, the polled ones at the full load
+                    return args.uncached_connections if name in UNCACHED else args.connections
+
                 runs: dict[str, list[dict[str, Any]]] = {name: [] for name in endpoints}
                 cpu: dict[str, float] = dict.fromkeys(endpoints, 0.0)
                 wall: dict[str, float] = dict.fromkeys(endpoints, 0.0)
@@ -425,9 +431,9 @@ def run(args: argparse.Namespace, wrk: str | None, work: Path) -> dict[str, Any]
                     for name, (pid, url) in endpoints.items():
                         c0, m0, w0 = cpu_seconds(pid), machine_cpu(), time.monotonic()
                         if wrk:
-                            out = run_wrk(wrk, lua, url, args.connections, args.threads, seconds, headers, work / "wrk.json")
+                            out = run_wrk(wrk, lua, url, conns(name), args.threads, seconds, headers, work / "wrk.json")
                         else:
-                            out = run_python(url, args.connections, seconds, headers)
+                            out = run_python(url, conns(name), seconds, headers)
                         c1, m1, w1 = cpu_seconds(pid), machine_cpu(), time.monotonic()
                         cpu[name] += c1 - c0
                         wall[name] += w1 - w0
@@ -473,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-trials", type=int, default=3, help="trials with metrics before the load starts")
     ap.add_argument("--ray-cpus", type=int, default=1, help="--num-cpus of the Ray head (one trial spins one core)")
     ap.add_argument("--study-timeout", type=float, default=240.0, help="seconds for the study to get --warm-trials measured")
+    ap.add_argument("--uncached-connections", type=int, default=4,
+                    help="connections for the uncached reads (the listing, best, a trial's history): people and scripts, not pollers")
     ap.add_argument("--studies", type=int, default=1000, help="studies in the store before the load (the listing's)")
     ap.add_argument("--big-trials", type=int, default=10_000, help="trials of the big study (best, trial detail)")
     ap.add_argument("--token", action="store_true", help="send a bearer token (created in the server's store)")
@@ -484,11 +492,11 @@ def main(argv: list[str] | None = None) -> int:
         serve_minimal(args.serve_minimal)
         return 0
     if args.smoke:
-        args.duration, args.rounds, args.connections = 5.0, 1, 8
+        args.duration, args.rounds, args.connections, args.uncached_connections = 5.0, 1, 8, 2
         args.epochs, args.warm_trials = 5, 1
         args.studies, args.big_trials = min(args.studies, 60), min(args.big_trials, 2000)
     if not args.trials:  # one trial at a time, each at least epochs x seconds_per_epoch: twice the load's length
-        load_s = 3 * args.duration + 3 * args.rounds * 2.0
+        load_s = 6 * args.duration + 6 * args.rounds * 2.0  # six endpoints
         args.trials = max(40, math.ceil(2 * load_s / max(args.epochs * args.seconds_per_epoch, 0.05)))
     wrk = shutil.which("wrk") if args.generator == "wrk" or (args.generator == "auto" and not args.smoke) else None
     if args.generator == "wrk" and wrk is None:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -78,7 +78,9 @@ class StudyRow(Base):
 
 class TrialRow(Base):
     __tablename__ = "caviar_trials"
-    __table_args__ = (UniqueConstraint("study_id", "trial_id"),)
+    __table_args__ = (UniqueConstraint("study_id", "trial_id"),
+                      Index("ix_caviar_trials_study_best", "study_id", "best_value"),  # migration 0009
+                      Index("ix_caviar_trials_study_state", "study_id", "state"))
     pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     study_id: Mapped[str] = mapped_column(ForeignKey("caviar_studies.id", ondelete="CASCADE"), index=True)
     trial_id: Mapped[str] = mapped_column(String(128))

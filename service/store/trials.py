@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from service.pareto import minimized, order
 from service.store.engine import Database, retry_transient
-from service.store.models import EventRow, MetricRow, TrialRow, TrialState, now
+from service.store.models import EventRow, MetricRow, StudyRow, TrialRow, TrialState, now
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -39,16 +39,15 @@ def counts_many(s: Session, study_ids: list[str]) -> dict[str, dict[str, int]]:
 
 def best_many(s: Session, study_ids: list[str], mode: str) -> dict[str, TrialRow]:
     """Each study's best trial (as ``best_query`` with k = 1) for studies of one direction, in one query:
-    the trials ranked within their study by a window function (SQLite >= 3.25 and PostgreSQL)."""
+    per study a correlated subquery that walks the (study_id, best_value) index to its first row."""
     if not study_ids:
         return {}
     order = TrialRow.best_value.desc() if mode == "max" else TrialRow.best_value.asc()
-    rank = func.row_number().over(partition_by=TrialRow.study_id, order_by=(order, TrialRow.pk)).label("rank")
-    ranked = (select(TrialRow.pk, rank)
-              .where(TrialRow.study_id.in_(study_ids), TrialRow.best_value.is_not(None), TrialRow.state != TrialState.FAILED.value)
-              .subquery())
-    rows = s.scalars(select(TrialRow).join(ranked, TrialRow.pk == ranked.c.pk).where(ranked.c.rank == 1))
-    return {row.study_id: row for row in rows}
+    first = (select(TrialRow.pk)
+             .where(TrialRow.study_id == StudyRow.id, TrialRow.best_value.is_not(None), TrialRow.state != TrialState.FAILED.value)
+             .order_by(order, TrialRow.pk).limit(1).correlate(StudyRow).scalar_subquery())
+    pks = select(first).select_from(StudyRow).where(StudyRow.id.in_(study_ids))
+    return {row.study_id: row for row in s.scalars(select(TrialRow).where(TrialRow.pk.in_(pks)))}
 
 
 def best_query(study_id: str, mode: str, k: int) -> Select[TrialRow]:
