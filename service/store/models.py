@@ -59,6 +59,7 @@ class Base(DeclarativeBase):
 
 class StudyRow(Base):
     __tablename__ = "caviar_studies"
+    __table_args__ = (Index("ix_caviar_studies_owner_created", "owner", "created_at", "id"),)  # an owner's newest first (migration 0009)
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(16), index=True)

@@ -59,7 +59,7 @@ class StudyRepo:
         if status:
             q, count = q.where(StudyRow.status == status), count.where(StudyRow.status == status)
         with self.db.session() as s:
-            rows = list(s.scalars(q.order_by(StudyRow.created_at.desc(), StudyRow.id).offset(offset).limit(limit)))
+            rows = list(s.scalars(q.order_by(StudyRow.created_at.desc(), StudyRow.id.desc()).offset(offset).limit(limit)))
             total = int(s.scalar(count) or 0)
             counts = counts_many(s, [r.id for r in rows])
             best: dict[str, TrialRow] = {}
