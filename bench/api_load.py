@@ -16,8 +16,8 @@ What runs (all started here on loopback and free ports, and stopped at the end; 
               outlast the load (at least 40); the load starts once 3 trials have metrics, and the study
               is cancelled at the end (it still runs: the run says so, or warns)
   store     - before the study: --studies studies (default 1,000) written straight into the server's
-              store (service.store.synthetic), one of --big-trials trials (default 10,000) x 20 epochs,
-              ASHA-shaped (about 60,000 epoch rows), the rest of 3 trials each
+              store (service.store.synthetic), one of --big-trials trials (default 10,000) of up to 20
+              epochs, ASHA-shaped (about 47,000 epoch rows), the rest of 3 trials each
   endpoints - the minimal GET /ping; GET /v1/studies/{id} and .../trials of the running study (cached:
               what UIs and `caviar wait` poll), driven with --connections (32);
               GET /v1/studies?limit=50 (the newest page, with each study's counts and best), GET
@@ -346,8 +346,10 @@ def fill_store(store: Any, studies: int, big_trials: int, owner: str) -> tuple[s
     for i in range(studies - 1):
         synthetic_study(store, definition(f"filler-{i}", 3), 3, seed=i, owner=owner)
     big = synthetic_study(store, definition("big", big_trials), big_trials, seed=1, owner=owner)
-    full = next(t for t in store.trials.for_study(big) if t.epochs == BIG_EPOCHS)
-    return big, full.trial_id
+    full = [t for t in store.trials.for_study(big) if t.epochs == BIG_EPOCHS]
+    if not full:
+        raise RuntimeError(f"the big study's {big_trials} trials have none that ran all {BIG_EPOCHS} epochs: raise --big-trials")
+    return big, full[0].trial_id
 
 
 def study_definition(args: argparse.Namespace) -> dict[str, Any]:

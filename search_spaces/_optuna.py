@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import heapq
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.samplers._tpe.sampler import _split_trials
 from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace
 
 from search_spaces._model import SearchSpace
@@ -112,8 +112,9 @@ _FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 class RecentAndBest:
     """A study as TPE reads it, with a bounded history: past ``limit`` finished trials, the ``best``
-    best completed ones and the most recent others up to ``limit``, plus every running one (constant
-    liar), in trial order. TPE's "below" group is its best 10%, at most 25 trials: with ``best`` >= 25
+    best ones (as TPE ranks them: completed by value, then stopped ones by depth and value) and the
+    most recent others up to ``limit``, plus every running one (constant liar), in trial order.
+    TPE's "below" group is its best 10%, at most 25 trials: with ``best`` >= 25 and ``limit`` >= 250
     it is the same trials as with the whole history; what the bound thins is the "above" group's
     oldest trials, which Optuna's own weights already discount. Everything else is the study's own.
     Single objective only (with several, "best" is a front: the whole history is used)."""
@@ -136,9 +137,10 @@ class RecentAndBest:
         finished = [t for t in trials if t.state in _FINISHED]
         if len(finished) <= self._limit:
             return trials
-        complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
-        sign = -1.0 if self._study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-        keep = {t.number for t in heapq.nsmallest(self._best, complete, key=lambda t: sign * t.value)}  # type: ignore[operator]
+        # the best as TPE itself ranks them: completed by value, then stopped ones by the deepest
+        # step reached and the value there (with ASHA most trials are stopped, PRUNED in Optuna)
+        best, _ = _split_trials(self._study, finished, self._best)
+        keep = {t.number for t in best}
         for t in reversed(finished):
             if len(keep) >= self._limit:
                 break
@@ -177,10 +179,16 @@ class FastTPESampler(optuna.samplers.TPESampler):
     suggestion's cost stops growing with the study). Same suggestions as TPESampler for the same
     seed while the study has at most ``max_history`` finished trials."""
 
+    # class defaults: a sampler pickled (by Tune, with a study's state) before the bound existed resumes unbounded
+    _max_history: int | None = None
+    _keep_best: int = 100
+
     def __init__(self, *args: Any, max_history: int | None = None, keep_best: int = 100, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if max_history is not None and not 25 <= keep_best < max_history:
-            raise ValueError(f"keep_best must be at least 25 (TPE's largest 'below' group) and below max_history: {keep_best}")
+        if max_history is not None and not (25 <= keep_best < max_history and max_history >= 250):
+            # TPE's "below" group is min(ceil(n / 10), 25) trials: 25 once it models 250 or more
+            raise ValueError(f"keep_best must be at least 25 (TPE's largest 'below' group) and below max_history, "
+                             f"and max_history at least 250: {keep_best}, {max_history}")
         self._max_history, self._keep_best = max_history, keep_best
         if self._group_decomposed_search_space is not None:
             self._group_decomposed_search_space = IncrementalGroups(self._group_decomposed_search_space._include_pruned)

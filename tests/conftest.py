@@ -14,7 +14,7 @@ import os
 import secrets
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -175,14 +175,21 @@ def _tail(path: Path, lines: int) -> str:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     """When an end-to-end test fails, its report carries what the processes it started said: the tail
     of each ``caviar serve`` log under its tmp_path (and the session's), and of the newest study
     drivers' job logs of the Ray heads it used. A CI failure is read from CI's output alone."""
     outcome = yield
     report = outcome.get_result()
-    if report.when != "call" or not report.failed:
+    if report.when not in ("setup", "call") or not report.failed:
         return
+    try:
+        _attach_logs(item, report)
+    except OSError as exc:  # a log removed meanwhile: the failure itself still reports
+        report.sections.append(("caviar logs", f"could not read them: {exc}"))
+
+
+def _attach_logs(item: pytest.Item, report: pytest.TestReport) -> None:
     args = getattr(item, "funcargs", {})
     roots = [p for p in (args.get("tmp_path"), os.environ.get("CAVIAR_DATA_DIR")) if p]
     serve_logs = {log for root in roots for log in Path(root).rglob("caviar-serve.log")}

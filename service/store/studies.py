@@ -63,7 +63,7 @@ class StudyRepo:
             total = int(s.scalar(count) or 0)
             counts = counts_many(s, [r.id for r in rows])
             best: dict[str, TrialRow] = {}
-            for mode in ("max", "min"):  # one query per direction, each study's best by a window
+            for mode in ("max", "min"):  # one query per direction (trials.best_many)
                 ids = [r.id for r in rows if r.definition.get("objective", {}).get("mode", "max") == mode]
                 best.update(best_many(s, ids, mode))
             return [(r, counts[r.id], best.get(r.id)) for r in rows], total

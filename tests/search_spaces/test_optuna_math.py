@@ -136,7 +136,34 @@ def test_the_bounded_history_keeps_the_best_the_most_recent_and_the_running() ->
     assert [t.number for t in below_all] == [t.number for t in below_view]
     # within the limit nothing is left out; with several objectives the sampler does not bound at all
     assert RecentAndBest(study, limit=1000, best=30)._get_trials(deepcopy=False, states=states) == everything
-    assert FastTPESampler(max_history=100, keep_best=30)._view(optuna.create_study(directions=["maximize", "minimize"])).__class__ is not RecentAndBest
+    assert FastTPESampler(max_history=250, keep_best=30)._view(optuna.create_study(directions=["maximize", "minimize"])).__class__ is not RecentAndBest
+
+
+def test_in_a_mostly_stopped_study_the_bound_keeps_the_trials_stopped_deepest() -> None:
+    """With ASHA most trials reach Optuna as PRUNED: when fewer than 25 completed, TPE's best are
+    the trials stopped at the deepest rung with the best values there, however old."""
+    from optuna.samplers._tpe.sampler import _split_trials
+
+    rng = np.random.default_rng(4)
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(seed=4))
+    for i in range(600):
+        trial = study.ask()
+        x = trial.suggest_float("x", 0.0, 1.0)
+        depth = 3 if i < 40 else int(rng.choice([1, 1, 1, 2]))  # the deepest-stopped are the oldest
+        if i % 60 == 0:
+            study.tell(trial, float(x))  # 10 completed trials
+            continue
+        for step in range(1, depth + 1):
+            trial.report(float(x + rng.normal(0, 0.05)), step)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    everything = study._get_trials(deepcopy=False, states=states)
+    seen = RecentAndBest(study, limit=250, best=25)._get_trials(deepcopy=False, states=states)
+    assert len(seen) == 250
+    below_all, _ = _split_trials(study, everything, 25)
+    below_view, _ = _split_trials(study, seen, 25)
+    assert [t.number for t in below_view] == [t.number for t in below_all]
+    assert sum(t.state == optuna.trial.TrialState.PRUNED for t in below_all) == 15  # 10 completed, then the deepest stopped
 
 
 def test_bounded_tpe_suggests_as_before_up_to_its_limit_then_models_at_most_that_many_trials() -> None:
@@ -162,12 +189,14 @@ def test_bounded_tpe_suggests_as_before_up_to_its_limit_then_models_at_most_that
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        bounded = run(Probe(seed=5, multivariate=True, n_startup_trials=10, max_history=60, keep_best=25), 120)
-        whole = run(FastTPESampler(seed=5, multivariate=True, n_startup_trials=10), 120)
-    assert bounded[:2 * 61] == whole[:2 * 61]  # up to 60 finished trials: the same suggestions
-    assert max(modelled) == 60 and modelled[-1] == 60  # past it, the model sees 60 trials, not 119
+        bounded = run(Probe(seed=5, multivariate=True, n_startup_trials=10, max_history=250, keep_best=25), 290)
+        whole = run(FastTPESampler(seed=5, multivariate=True, n_startup_trials=10), 290)
+    assert bounded[:2 * 251] == whole[:2 * 251]  # up to 250 finished trials: the same suggestions
+    assert max(modelled) == 250 and modelled[-1] == 250  # past it, the model sees 250 trials, not 289
     with pytest.raises(ValueError, match="keep_best"):
-        FastTPESampler(max_history=100, keep_best=10)
+        FastTPESampler(max_history=1000, keep_best=10)
+    with pytest.raises(ValueError, match="at least 250"):  # below 250, TPE's below group would shrink
+        FastTPESampler(max_history=200, keep_best=25)
     tpe = make_sampler("tpe", resolve_space(["seven_key"]), 0, max_grid_points=10)
     assert isinstance(tpe, FastTPESampler) and (tpe._max_history, tpe._keep_best) == (1000, 100)
 
