@@ -1,5 +1,5 @@
-"""Prometheus metrics: the HTTP side by prometheus-fastapi-instrumentator (requests and latencies by
-route template and status class), the service's own from the store at scrape time.
+"""Prometheus metrics: the HTTP side by ``HttpMetrics`` (requests and latencies by route template and
+status class), the service's own from the store at scrape time.
 
 Series (no per-trial or per-study labels; every label set is bounded):
 - ``caviar_studies{status}``: studies by status now (gauge);
@@ -7,22 +7,25 @@ Series (no per-trial or per-study labels; every label set is bounded):
 - ``caviar_results_ingested_total``: per-epoch results stored (counter);
 - ``caviar_trial_duration_seconds``: finished trials, start to end (histogram);
 - ``caviar_study_queue_wait_seconds``: submission to the study's start (histogram);
-- ``http_requests_total{handler,method,status}``, ``http_request_duration_seconds{handler,method}``
-  and ``http_request_duration_highr_seconds`` from the instrumentator.
+- ``http_requests_total{handler,method,status}`` and ``http_request_duration_seconds{handler,method}``
+  (the names and labels prometheus-fastapi-instrumentator gives them, which Caviar used before:
+  that middleware matched every request against every route a second time to label it, a quarter
+  of a cached read's CPU, docs/benchmarks.md §4).
 Each app has its own registry (no process-global state).
 """
 
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.store import Store
 from service.store.models import StudyStatus, TrialState
@@ -57,11 +60,48 @@ class StoreCollector(Collector):
                          QUEUE_BUCKETS)
 
 
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class HttpMetrics:
+    """Requests and latencies, as a plain ASGI middleware. The ``handler`` label is the route template
+    the router matched (``scope["route"]``, read once the request is done: no second routing pass);
+    requests no route matched are grouped as ``none``; ``status`` is the class (``2xx``). GET /metrics
+    itself is not counted."""
+
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.requests = Counter("http_requests_total", "Total number of requests by method, status and handler.",
+                                ["handler", "method", "status"], registry=registry)
+        self.latency = Histogram("http_request_duration_seconds", "Duration of HTTP requests in seconds.",
+                                 ["handler", "method"], buckets=LATENCY_BUCKETS_S, registry=registry)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            handler = getattr(scope.get("route"), "path", None) or "none"
+            if handler != "/metrics":
+                self.requests.labels(handler, scope["method"], f"{status // 100}xx").inc()
+                self.latency.labels(handler, scope["method"]).observe(time.perf_counter() - start)
+
+
 def instrument(app: FastAPI, store: Store) -> CollectorRegistry:
     """Instrument ``app``'s HTTP side and register the store's metrics; the registry GET /metrics serves."""
     registry = CollectorRegistry()
     registry.register(StoreCollector(store))
-    Instrumentator(registry=registry, excluded_handlers=["/metrics"], should_group_untemplated=True).instrument(app)
+    app.add_middleware(HttpMetrics, registry=registry)
     return registry
 
 

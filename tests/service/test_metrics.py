@@ -40,6 +40,8 @@ def test_metrics_count_studies_trials_results_and_requests(tmp_path: Path) -> No
             store.trials.add_epoch(ids[0], "t0", {"epoch": epoch, "val_accuracy": 0.5}, "val_accuracy", "max")
         client.get(f"/v1/studies/{ids[1]}")
         client.get("/v1/studies/does-not-exist")
+        client.get("/no/such/route")
+        client.get("/metrics")  # not counted
 
         r = client.get("/metrics")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
@@ -55,6 +57,11 @@ def test_metrics_count_studies_trials_results_and_requests(tmp_path: Path) -> No
         # the HTTP side, by route template: one series for every study id
         assert value(found, "http_requests_total", handler="/v1/studies/{study_id}", method="GET") == 2
         assert value(found, "http_requests_total", handler="/v1/studies", method="POST", status="2xx") == 3
+        assert value(found, "http_requests_total", handler="/v1/studies/{study_id}", method="GET", status="4xx") == 1
+        assert value(found, "http_requests_total", handler="none", method="GET", status="4xx") == 1  # no route: grouped
+        assert not [got for got, _ in found["http_requests_total"] if got["handler"] == "/metrics"]
+        assert value(found, "http_request_duration_seconds_count", handler="/v1/studies", method="POST") == 3
+        assert value(found, "http_request_duration_seconds_bucket", handler="/v1/studies", method="POST", le="+Inf") == 3
         labels = {v for samples in found.values() for got, _ in samples for v in got.values()}
         assert not labels & set(ids) and "does-not-exist" not in r.text  # bounded: no per-study or per-trial labels
 
