@@ -6,8 +6,8 @@ import math
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import Select, delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, delete, func, select, update
+from sqlalchemy.orm import QueryableAttribute, Session
 
 from service.pareto import minimized, order
 from service.store.engine import Database, retry_transient
@@ -38,19 +38,17 @@ def counts_many(s: Session, study_ids: list[str]) -> dict[str, dict[str, int]]:
 
 
 def best_many(s: Session, study_ids: list[str], mode: str) -> dict[str, TrialRow]:
-    """Each study's best trial (as ``best_query`` with k = 1) for studies of one direction, in one query:
-    per study a correlated subquery that walks the (study_id, best_value) index to its first row."""
+    """Each study's best trial (``best_query`` with k = 1) for studies of one direction, in one query:
+    ``best_query`` correlated with each study, walking the (study_id, best_value) index to its first row."""
     if not study_ids:
         return {}
-    order = TrialRow.best_value.desc() if mode == "max" else TrialRow.best_value.asc()
-    first = (select(TrialRow.pk)
-             .where(TrialRow.study_id == StudyRow.id, TrialRow.best_value.is_not(None), TrialRow.state != TrialState.FAILED.value)
-             .order_by(order, TrialRow.pk).limit(1).correlate(StudyRow).scalar_subquery())
+    first = best_query(StudyRow.id, mode, 1).with_only_columns(TrialRow.pk).correlate(StudyRow).scalar_subquery()
     pks = select(first).select_from(StudyRow).where(StudyRow.id.in_(study_ids))
     return {row.study_id: row for row in s.scalars(select(TrialRow).where(TrialRow.pk.in_(pks)))}
 
 
-def best_query(study_id: str, mode: str, k: int) -> Select[TrialRow]:
+def best_query(study_id: str | ColumnElement[str] | QueryableAttribute[str], mode: str, k: int) -> Select[TrialRow]:
+    """A study's k best trials, best first (failed ones never rank); ``study_id`` may be a column to correlate with."""
     order = TrialRow.best_value.desc() if mode == "max" else TrialRow.best_value.asc()
     return (select(TrialRow)
             .where(TrialRow.study_id == study_id, TrialRow.best_value.is_not(None), TrialRow.state != TrialState.FAILED.value)
