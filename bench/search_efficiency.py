@@ -42,9 +42,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import DOCS_BENCH, Checks, cluster, parser, submit_and_wait, table, tune_json_logger_only
+from bench._common import (
+    DOCS_BENCH,
+    Checks,
+    cluster,
+    parser,
+    submit_and_wait,
+    table,
+    tune_json_logger_only,
+    warm_driver_up,
+)
 from service.client import Client
-from service.local import LocalHead
+from service.local import LocalHead, wait_until
 
 METHODS = ("random", "tune", "tune+", "caviar", "optuna")
 LABELS = {
@@ -266,14 +275,16 @@ def best_at(curve: list[tuple[int, float]] | list[tuple[float, float]], n: float
     return value
 
 
-def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    target = statistics.median(r["final_best"] for r in runs["random"]) if runs.get("random") else None
+def summarize(runs: dict[str, list[dict[str, Any]]], fixed_target: float | None = None) -> dict[str, Any]:
+    target = fixed_target if fixed_target is not None else (
+        statistics.median(r["final_best"] for r in runs["random"]) if runs.get("random") else None)
     # per seed, the budget every method spent at least: best-so-far there is search efficiency at
     # equal trial-epochs; the same with the shortest wall-clock of the seed for equal time
     seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
     common_epochs = {s: min(r["curve"][-1][0] for rs in runs.values() for r in rs if r["seed"] == s and r["curve"]) for s in seeds}
     common_wall = {s: min(r["wall_s"] for rs in runs.values() for r in rs if r["seed"] == s) for s in seeds}
-    table: dict[str, Any] = {"target": target, "common_trial_epochs": common_epochs, "common_wall_s": common_wall, "methods": {}}
+    table: dict[str, Any] = {"target": target, "target_from": "--target" if fixed_target is not None else "median final best of (a)",
+                             "common_trial_epochs": common_epochs, "common_wall_s": common_wall, "methods": {}}
     for method, rs in runs.items():
         reach = [epochs_to(r["curve"], target) if target is not None else None for r in rs]
         got = [x for x in reach if x is not None]
@@ -299,7 +310,33 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         }
     if target is not None:
         table["paired"] = {f"{a} vs {b}": paired(runs[a], runs[b], target) for a, b in PAIRS if runs.get(a) and runs.get(b)}
+    table["paired_best"] = {f"{a} vs {b}": paired_best(runs[a], runs[b], common_epochs, common_wall)
+                            for a, b in PAIRS if runs.get(a) and runs.get(b)}
     return table
+
+
+def _bootstrap_median(diffs: list[float], resamples: int = 10_000) -> list[float]:
+    import random
+
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choice(diffs) for _ in diffs) for _ in range(resamples))
+    return [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]
+
+
+def paired_best(a: list[dict[str, Any]], b: list[dict[str, Any]], common_epochs: dict[int, int],
+                common_wall: dict[int, float]) -> dict[str, Any]:
+    """Best-so-far of ``a`` minus ``b``'s, seed by seed, at the seed's common trial-epochs and at its
+    common wall-clock (positive: ``a`` is ahead), each with its median and a bootstrap 95% interval."""
+    by_seed = {r["seed"]: r for r in b}
+    out: dict[str, Any] = {}
+    for name, curve, at in (("at_equal_trial_epochs", "curve", common_epochs), ("at_equal_wall", "curve_wall", common_wall)):
+        diffs = [best_at(r[curve], at[r["seed"]]) - best_at(by_seed[r["seed"]][curve], at[r["seed"]])
+                 for r in a if r["seed"] in by_seed and r.get(curve) and by_seed[r["seed"]].get(curve)]
+        if diffs:
+            out[name] = {"differences": [round(d, 4) for d in diffs], "median": statistics.median(diffs),
+                         "mean": statistics.mean(diffs), "ci95_median": _bootstrap_median(diffs),
+                         "a_ahead": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs), "b_ahead": sum(d < 0 for d in diffs)}
+    return out
 
 
 PAIRS = (("caviar", "tune+"), ("caviar", "tune"), ("caviar", "random"))
@@ -309,8 +346,6 @@ def paired(a: list[dict[str, Any]], b: list[dict[str, Any]], target: float, resa
     """Trial-epochs to the target, ``a`` against ``b`` seed by seed: the difference b - a (positive:
     ``a`` needs fewer; a seed that never reaches it counts as infinitely many), its median over
     seeds with a bootstrap 95% interval, and how often ``a`` needs fewer."""
-    import random
-
     by_seed = {r["seed"]: r for r in b}
     diffs = []
     for r in a:
@@ -321,10 +356,8 @@ def paired(a: list[dict[str, Any]], b: list[dict[str, Any]], target: float, resa
                      else -math.inf if ea is None else float(eb - ea))  # type: ignore[operator]
     if not diffs:
         return {}
-    rng = random.Random(0)
-    medians = sorted(statistics.median(rng.choice(diffs) for _ in diffs) for _ in range(resamples))
     return {"seeds": len(diffs), "differences": diffs, "median": statistics.median(diffs),
-            "ci95": [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]],
+            "ci95": _bootstrap_median(diffs, resamples),
             "a_fewer": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs), "b_fewer": sum(d < 0 for d in diffs)}
 
 
@@ -355,7 +388,7 @@ def plot(runs: dict[str, list[dict[str, Any]]], target: float | None, path: Path
         (line,) = ax.plot(grid, med, label=label(method))
         ax.fill_between(grid, lo, hi, alpha=0.15, color=line.get_color())
     if target is not None:
-        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.3f} (median final best of (a))")
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.3f}")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative trial-epochs")
     ax.set_ylabel("best validation accuracy so far")
@@ -379,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated; caviar@g1r4 is Caviar with ASHA grace period 1, reduction factor 4")
     ap.add_argument("--out", type=Path, default=DOCS_BENCH, help="where the JSON and the PNG go (unless --json says)")
     ap.add_argument("--tag", default="", help="suffix of the output files' names, e.g. _32configs")
+    ap.add_argument("--target", type=float, default=None,
+                    help="the validation accuracy to reach (default: the median over seeds of (a)'s final best; "
+                         "needs --methods to include random)")
     ap.add_argument("--summarize", type=Path, default=None, metavar="JSON",
                     help="no runs: recompute the summary and the plot of a results file this benchmark wrote")
     args = ap.parse_args(argv)
@@ -408,7 +444,12 @@ def main(argv: list[str] | None = None) -> int:
         head, server = stack.enter_context(cluster(work, serve=uses_caviar)) if uses_caviar or {"tune", "tune+"} & set(methods) else (None, None)
         client = stack.enter_context(server.client()) if server else None
         for seed in range(args.seeds):
-            for method in methods:  # interleaved: every seed runs every method back to back
+            # interleaved: every seed runs every method back to back, each method first in turn
+            for method in methods[seed % len(methods):] + methods[:seed % len(methods)]:
+                if head is not None and server is not None:
+                    # Caviar's warm driver starts while no study runs, as in a service between studies:
+                    # it is up before any method is timed, so its start-up takes CPU from none of them
+                    wait_until(lambda: warm_driver_up(head), 120, "Caviar's warm driver", interval=0.2)
                 if method == "random":
                     r = run_optuna(args.trainable, args.configs, args.epochs, seed, tpe=False, jobs=cores)
                 elif method == "optuna":
@@ -437,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             checks.check(counts.get("failed", 0) == 0, f"{m} seed {r['seed']}: no failed trial")
     summary = save(args, cores, runs, path, checks.as_dict())
     target = summary["target"]
-    print(f"\ntarget: {target}" + (" (median over seeds of (a)'s final best)" if target is not None else ""))
+    print(f"\ntarget: {target} ({summary['target_from']})")
     print(table(["method", "final best", "trial-epochs to target", "reached", "total trial-epochs", "wall s", "test acc"],
                 [[m, _fmt(t["final_best"], 4), _fmt(t["epochs_to_target"], 0) if t["epochs_to_target"] else "-", t["reached_target"],
                   _fmt(t["trial_epochs_total"], 0), _fmt(t["wall_s"], 1),
@@ -450,6 +491,10 @@ def main(argv: list[str] | None = None) -> int:
         if p:
             print(f"{name}: trial-epochs to target, b - a per seed: median {p['median']}, bootstrap 95% interval {p['ci95']}; "
                   f"a fewer on {p['a_fewer']}, ties {p['ties']}, b fewer on {p['b_fewer']} of {p['seeds']} seeds")
+    for name, p in summary.get("paired_best", {}).items():
+        for at, q in p.items():
+            print(f"{name}: best {at}, a - b per seed: median {q['median']:+.4f} (95% {q['ci95_median'][0]:+.4f} to "
+                  f"{q['ci95_median'][1]:+.4f}), mean {q['mean']:+.4f}; a ahead on {q['a_ahead']}, ties {q['ties']}, b ahead on {q['b_ahead']}")
     print(f"written: {path}, {path.with_suffix('.png')}")
     return checks.exit_code()
 
@@ -458,7 +503,8 @@ def save(args: argparse.Namespace, cores: int, runs: dict[str, list[dict[str, An
          checks: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON (summary and per-run curves) at ``path`` and the anytime plot beside it, for the seeds run so far."""
     runs = {m: rs for m, rs in runs.items() if rs}
-    summary = summarize(runs)
+    target = getattr(args, "target", None)
+    summary = summarize(runs, float(target) if target not in (None, "None") else None)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(
         {"args": {k: str(v) for k, v in vars(args).items()}, "cores": cores, "summary": summary,
