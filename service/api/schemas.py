@@ -10,6 +10,13 @@ from pydantic import BaseModel, Field
 from service.definition import Objective, StudyStatus, TrialState
 
 
+def json_bytes(model: BaseModel) -> bytes:
+    """A response model as the JSON body, serialized once by pydantic: a route that returns these bytes
+    in a Response skips FastAPI's second validation and serialization of what it already built
+    (its ``response_model`` still documents it). NaN and infinities become null."""
+    return model.__pydantic_serializer__.to_json(model)
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details: every error the API returns."""
 

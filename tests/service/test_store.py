@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from service.definition import StudyStatus
 from service.runner.optuna_storage import optuna_journal, optuna_storage
 from service.store import Store, migrate, sqlalchemy_url
-from service.store.engine import RETRY_FOR_S
+from service.store.engine import RETRY_FOR_S, json_loads
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -74,6 +74,25 @@ def test_a_page_of_studies_is_each_ones_view_in_a_constant_number_of_queries(sto
         assert view is not None
         assert counts == view[1], row.name
         assert (best.trial_id if best else None) == (view[2].trial_id if view[2] else None), row.name
+
+
+def test_json_columns_read_back_exactly_what_was_written(store: Store) -> None:
+    """The store decodes JSON with orjson (service.store.engine.json_loads) and falls back to json where
+    orjson would differ: every value reads back equal and of the same type."""
+    awkward = {"big": 2**70, "neg": -(2**64) - 1, "u64": 2**64 - 1, "f": 0.1 + 0.2, "tiny": 5e-324, "e": 1.2345678901234567e-05,
+               "s": "héllo \u2603 \"q\" 12345678901234567890", "nested": [{"a": [1, 2.0, None, True]}], "empty": {}}
+    sid = store.studies.create("json", awkward).id
+    store.trials.upsert(sid, "t0", config=awkward, state="running")
+    back = store.studies.get(sid)
+    assert back is not None and back.definition == awkward
+    assert [type(v) for v in back.definition.values()] == [type(v) for v in awkward.values()]
+    assert store.trials.for_study(sid)[0].config == awkward
+
+
+def test_json_loads_falls_back_where_orjson_refuses_or_differs() -> None:
+    assert json_loads('{"x": NaN, "y": Infinity}')["y"] == float("inf")  # json accepts them, orjson does not
+    assert json_loads(b'{"n": 36893488147419103232}') == {"n": 2**65}  # orjson would make it a float
+    assert json_loads('{"n": 18446744073709551615, "m": [1.5]}') == {"n": 2**64 - 1, "m": [1.5]}
 
 
 def test_epochs_fold_into_last_and_best_and_are_idempotent(store: Store) -> None:

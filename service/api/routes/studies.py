@@ -28,6 +28,7 @@ from service.api.schemas import (
     StudyPage,
     TrialDetail,
     TrialOut,
+    json_bytes,
 )
 from service.definition import StudyStatus, TrialState
 from service.store import TrialSort
@@ -89,9 +90,11 @@ async def list_studies(
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     parent_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{16}$", description="Only the studies warm-started or refined from this one.")] = None,
-) -> StudyPage:
-    items, total = await run_in_threadpool(studies.list_page, ctx, status_filter, offset, limit, owner, parent_id)
-    return StudyPage(items=items, total=total, offset=offset, limit=limit)
+) -> Response:
+    def page() -> bytes:
+        items, total = studies.list_page(ctx, status_filter, offset, limit, owner, parent_id)
+        return json_bytes(StudyPage(items=items, total=total, offset=offset, limit=limit))
+    return Response(await run_in_threadpool(page), media_type="application/json")
 
 
 CACHED = ("Served from memory for up to CAVIAR_READ_CACHE_S (default 0.5 s): the study's driver's writes show within "
@@ -130,8 +133,8 @@ async def study_plots(study_id: str, ctx: ContextDep, owner: OwnerDep) -> Respon
 
 
 @router.get("/{study_id}/trials/{trial_id}", response_model=TrialDetail, responses={404: ERRORS[404]}, summary="One trial with its per-epoch history")
-async def get_trial(study_id: str, trial_id: str, ctx: ContextDep, owner: OwnerDep) -> TrialDetail:
-    return await run_in_threadpool(studies.trial, ctx, study_id, trial_id, owner)
+async def get_trial(study_id: str, trial_id: str, ctx: ContextDep, owner: OwnerDep) -> Response:
+    return Response(await run_in_threadpool(lambda: json_bytes(studies.trial(ctx, study_id, trial_id, owner))), media_type="application/json")
 
 
 @router.post(
@@ -217,8 +220,8 @@ async def pareto(study_id: str, ctx: ContextDep, owner: OwnerDep) -> ParetoOut:
 
 
 @router.get("/{study_id}/best", response_model=BestOut, responses={404: ERRORS[404]}, summary="Top-k configurations, best first")
-async def best(study_id: str, ctx: ContextDep, owner: OwnerDep, k: Annotated[int, Query(ge=1, le=100)] = 5) -> BestOut:
-    return await run_in_threadpool(studies.best, ctx, study_id, k, owner)
+async def best(study_id: str, ctx: ContextDep, owner: OwnerDep, k: Annotated[int, Query(ge=1, le=100)] = 5) -> Response:
+    return Response(await run_in_threadpool(lambda: json_bytes(studies.best(ctx, study_id, k, owner))), media_type="application/json")
 
 
 @router.post(
