@@ -74,7 +74,7 @@ def driver_env(settings: Settings) -> dict[str, str]:
         "CAVIAR_DATA_DIR": str(settings.data_dir),
         "CAVIAR_OPTUNA_STORAGE": settings.optuna_storage,
         "CAVIAR_DRIVER_NICE": str(settings.driver_nice),
-        "CAVIAR_TRIAL_NICE": str(settings.trial_nice),
+        "CAVIAR_REPORT_AHEAD": "true" if settings.report_ahead else "false",
         # where checkpoints go; the object store's credentials are the nodes' own (service.storage)
         **{f"CAVIAR_{k.upper()}": v for k in ("storage", "storage_endpoint_url", "storage_region") if (v := getattr(settings, k))},
         "TUNE_GLOBAL_CHECKPOINT_S": "2",

@@ -51,9 +51,9 @@ class Settings(BaseSettings):
     driver_nice: int = Field(0, ge=0, le=19, description="CPU niceness of each study's driver process: > 0, drivers yield the CPU to "
                              "Ray's GCS and Jobs API on the head node (and, on one machine, to Caviar's API and database); "
                              "docs/scaling.md measures the trade (API latency for ingest rate).")
-    trial_nice: int = Field(10, ge=0, le=19, description="CPU niceness of trial processes: on a node the trials saturate, the API, "
-                            "the database, Ray's own processes and the study drivers get the CPU first when they need it (the "
-                            "trials keep all of it otherwise); 0: the trials run at normal priority.")
+    report_ahead: bool = Field(True, description="Trials of the built-in trainables train their next epoch while the driver handles "
+                               "their last report, instead of waiting for it; a trial its scheduler stops ends within a batch "
+                               "(trainables.report.TuneReporter). false: every report waits for the driver, as in plain Ray Tune.")
     dispatch_interval_s: float = Field(1.0, gt=0, le=60, description="The dispatcher's tick (it is also woken by each submission).")
     warm_driver: bool = Field(True, description="Keep one study driver started ahead (a Ray job with Ray, Tune, Optuna and PyTorch "
                               "imported, connected to the cluster): the next study runs in it, one Ray job per study as before, and its "

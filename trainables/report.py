@@ -4,7 +4,8 @@ Inside a Tune trial, ``report`` calls ``ray.tune.report`` (with a checkpoint whe
 ``restore`` reads ``ray.tune.get_checkpoint()``. Outside Tune it prints one JSON line per report and
 keeps checkpoints in a directory of the caller's choosing, so every trainable runs the same way in
 both places. This module is the only place in ``trainables/`` that touches Ray, and only through
-its public API (``ray.tune.report``, ``ray.tune.get_checkpoint``, ``ray.tune.get_context``).
+its public API (``ray.tune.report``, ``ray.tune.get_checkpoint``, ``ray.tune.get_context``), but
+for reporting ahead (``TuneReporter``), which reads Tune's trial session.
 PyTorch is imported when a checkpoint is written or read, so a torch-free trainable stays torch-free.
 """
 
@@ -38,6 +39,11 @@ class Reporter(Protocol):
         """Changes a person asked for since the last call (panda mode), oldest first: each
         ``{"id": int, "changes": {knob: value}}``. A trainable that declares adjustable knobs applies
         them before its next epoch and lists the ids it applied in that epoch's report (``ADJUSTED``)."""
+
+    def stopping(self) -> bool:
+        """Whether this run was told to stop (a scheduler stopped it early). A trainable that asked
+        for a reporter that reports ahead (``get_reporter(ahead=True)``) checks it between batches and
+        returns at once; the others stop at their next report, as Tune's function trainables do."""
 
 
 def load_state(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -80,13 +86,33 @@ class StdoutReporter:
     def adjustments(self) -> list[dict[str, Any]]:
         return []  # standalone: nobody steers
 
+    def stopping(self) -> bool:
+        return False  # standalone: nobody stops it
+
 
 class TuneReporter:
     """Inside a Ray Tune trial. Adjustments come from the study's channel (a named Ray actor that
-    a panda study's driver runs); a trial of a study without one asks once and never again."""
+    a panda study's driver runs); a trial of a study without one asks once and never again.
 
-    def __init__(self) -> None:
+    ``ahead``: report without waiting for the driver. Tune's function trainable holds the training
+    thread at each report until the driver has handled the result and asked for the next one, a
+    round trip per epoch (about 5 ms here, bench/service_overhead.py). Reporting ahead, the next
+    epoch starts as soon as the driver has taken the result, and the driver handles it meanwhile
+    (Ray's own session mode for Ray Train workers, ``synchronous_result_reporting=False``). What
+    Tune's synchronous mode gave, a trial stopped at once when its scheduler says so, the trainable
+    keeps by checking ``stopping()`` between batches: a stopped trial ends within a batch, its
+    unfinished epoch unreported. Only a trainable that checks ``stopping()`` asks for it; where
+    Tune's session is not what this expects, the reporter reports as Tune does by default."""
+
+    def __init__(self, ahead: bool = False) -> None:
         self._channel: Any = None  # None: not looked up yet; False: the study has none
+        self._session = _tune_session() if ahead else None
+        if self._session is not None:
+            self._session.synchronous_result_reporting = False  # the session's, for this trial process's life
+
+    def stopping(self) -> bool:
+        # reset for each trial of a reused process: the session's event, read each time
+        return self._session is not None and self._session.stop_event.is_set()
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
         from ray import tune
@@ -160,5 +186,29 @@ def in_tune() -> bool:
         return tune.get_context().get_trial_id() is not None
 
 
-def get_reporter() -> Reporter:
-    return TuneReporter() if in_tune() else StdoutReporter()
+def _tune_session() -> Any:
+    """Tune's session of this trial process, if it has the two members reporting ahead uses."""
+    try:
+        from ray.train._internal.session import get_session
+    except ImportError:  # pragma: no cover - another Ray
+        return None
+    session = get_session()
+    ok = session is not None and isinstance(getattr(session, "synchronous_result_reporting", None), bool) \
+        and hasattr(getattr(session, "stop_event", None), "is_set")
+    return session if ok else None
+
+
+_AHEAD = {"allowed": False}
+
+
+def allow_reporting_ahead(on: bool) -> None:
+    """Whether trainables in this process may report ahead (``get_reporter(ahead=True)``). Caviar's
+    runner turns it on in its trial processes (``CAVIAR_REPORT_AHEAD``); the same trainable run by a
+    plain Tune script reports as Tune does by default."""
+    _AHEAD["allowed"] = on
+
+
+def get_reporter(ahead: bool = False) -> Reporter:
+    """The reporter for where this runs; ``ahead`` (in Tune, where allowed): report without waiting
+    for the driver, for a trainable that checks ``stopping()`` between batches (see TuneReporter)."""
+    return TuneReporter(ahead and _AHEAD["allowed"]) if in_tune() else StdoutReporter()

@@ -16,31 +16,17 @@ def lower_priority(nice: int) -> None:
         os.nice(nice)
 
 
-def nicer_process(nice: int) -> None:
-    """Set every thread of this process to niceness ``nice`` at least (Linux keeps a niceness per
-    thread; elsewhere the process's). Never raises a priority back: only root may."""
-    if nice <= 0 or not hasattr(os, "setpriority"):
-        return
-    tasks = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
-    for tid in tasks:
-        try:
-            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
-                os.setpriority(os.PRIO_PROCESS, tid, nice)
-        except OSError:  # a thread that ended meanwhile
-            pass
-
-
-def at_niceness(train: Callable[[dict[str, Any]], Any], nice: int) -> Callable[[dict[str, Any]], Any]:
-    """The trainable, run by trial processes at CPU niceness ``nice`` (``CAVIAR_TRIAL_NICE``): on a
-    node the trials saturate, the API, the database, Ray's GCS and raylet and the study's driver
-    (reporting, sampling, scheduling) get the CPU first when they need it, and the trials get all of
-    it otherwise. Nothing changes where the CPU is free (bench/api_load: docs/benchmarks.md §4)."""
-    if nice <= 0:
-        return train
+def as_trial(train: Callable[[dict[str, Any]], Any], *, ahead: bool) -> Callable[[dict[str, Any]], Any]:
+    """The trainable as Caviar's trial processes run it. ``ahead`` (``CAVIAR_REPORT_AHEAD``): a
+    trainable that checks ``stopping()`` between batches (the built-in ones) trains its next epoch
+    while the driver handles its last report, instead of waiting for it
+    (trainables.report.TuneReporter). (Ray already runs trial processes at niceness 15, below its
+    own processes, the drivers and the API.)"""
+    from trainables.report import allow_reporting_ahead
 
     @functools.wraps(train)
     def trial(config: dict[str, Any]) -> Any:
-        nicer_process(nice)  # each trial: a reused trial process runs each in a new thread
+        allow_reporting_ahead(ahead)  # each trial: the setting of this study's driver
         return train(config)
 
     return trial

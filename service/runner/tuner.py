@@ -12,7 +12,7 @@ from ray.tune.logger import JsonLoggerCallback
 
 from search_spaces import define_by_run, make_sampler
 from service.definition import StudyDefinition
-from service.runner import at_niceness
+from service.runner import as_trial
 from service.runner.callbacks import StoreCallback, store_for
 from service.runner.optuna_storage import optuna_storage
 from service.runner.panda import PandaCallback, start_channel
@@ -52,7 +52,7 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
     search_mode: str | list[str] = [m for _, m in objectives] if d.objectives else mode
     constants = d.constants()
     r = d.resources_per_trial
-    trainable = tune.with_resources(at_niceness(spec.load_train(), settings.trial_nice), {"cpu": r.cpu, "gpu": r.gpu})
+    trainable = tune.with_resources(as_trial(spec.load_train(), ahead=settings.report_ahead), {"cpu": r.cpu, "gpu": r.gpu})
     storage = open_storage(settings)
     panda: list[Any] = []
     if d.mode == "panda":  # a person steers: every epoch checkpointed (a fork may start from any), none stopped

@@ -140,36 +140,22 @@ def test_the_driver_niceness_reaches_the_driver_and_lowers_its_priority(tmp_path
     assert out.stdout.strip() == "5"
 
 
-def test_the_trial_niceness_reaches_the_driver_and_lowers_every_thread_of_a_trial_process(tmp_path: Path) -> None:
+def test_reporting_ahead_reaches_the_driver_and_the_trial_process(tmp_path: Path) -> None:
     import os
     import subprocess
     import sys
 
     from service.jobs import driver_env
-    from service.runner import at_niceness
 
-    assert driver_env(Settings(data_dir=tmp_path))["CAVIAR_TRIAL_NICE"] == "10"
-    assert driver_env(Settings(data_dir=tmp_path, trial_nice=0))["CAVIAR_TRIAL_NICE"] == "0"
-
-    def train(config: dict[str, object]) -> object:
-        return config
-
-    assert at_niceness(train, 0) is train
-    # in a fresh process: a thread started before the trial (as Ray's are) is lowered too, the value passes through
+    assert driver_env(Settings(data_dir=tmp_path))["CAVIAR_REPORT_AHEAD"] == "true"
+    assert driver_env(Settings(data_dir=tmp_path, report_ahead=False))["CAVIAR_REPORT_AHEAD"] == "false"
+    # in a fresh process: a trial run as Caviar's runner runs it may report ahead, the value passes through
     code = """
-import os, threading
-from service.runner import at_niceness
-started, done, seen = threading.Event(), threading.Event(), {}
-def other():
-    seen["tid"] = threading.get_native_id(); started.set(); done.wait()
-t = threading.Thread(target=other); t.start(); started.wait()
+from service.runner import as_trial
+from trainables.report import _AHEAD
 def train(config):
-    return dict(config, nice=os.getpriority(os.PRIO_PROCESS, 0))
-target = min(os.nice(0) + 3, 19)  # above whatever this test runs at
-out = at_niceness(train, target)({"x": 1})
-print(out["x"], out["nice"] - target, os.getpriority(os.PRIO_PROCESS, seen["tid"]) - target,
-      os.getpriority(os.PRIO_PROCESS, os.getpid()) - target, train.__name__)
-done.set(); t.join()
+    return dict(config, allowed=_AHEAD["allowed"])
+print(_AHEAD["allowed"], as_trial(train, ahead=True)({"x": 1}), as_trial(train, ahead=False)({"x": 2}), train.__name__)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ})
-    assert out.stdout.split() == ["1", "0", "0", "0", "train"]
+    assert out.stdout.split() == ["False", "{'x':", "1,", "'allowed':", "True}", "{'x':", "2,", "'allowed':", "False}", "train"]

@@ -117,7 +117,8 @@ def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: 
 
     With ``test=True`` (standalone runs) the returned dict also holds the held-out test metrics.
     """
-    reporter = reporter or get_reporter()
+    reporter = reporter or get_reporter(ahead=True)  # it checks stopping() between batches
+    stopping = getattr(reporter, "stopping", lambda: False)  # older reporters have none
     torch.set_num_threads(cfg.num_threads or reporter.num_cpus())
     device = _device(cfg)
     where = describe(device)
@@ -166,6 +167,8 @@ def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: 
         loss_sum = torch.zeros((), device=device)
         seen = 0
         for i in range(0, n, bs):
+            if stopping():  # a scheduler stopped the trial while it trained ahead: this epoch goes unreported
+                return metrics
             idx = perm[i : i + bs]
             if len(idx) < 2:  # BN cannot normalize a batch of one
                 continue
