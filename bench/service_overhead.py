@@ -10,6 +10,11 @@ Ray head of 2 CPUs, run each way on the same head, in rotation, ``--repeats`` ti
           (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1, JsonLoggerCallback): what Caviar's runner sets
   caviar  POST /v1/studies (random sampler, no early stopping, 2 concurrent) until it reads completed
 
+``--workload mnist1d``: the same comparison on a real MNIST-1D study: ``mlp_bn_softmax``, ``--reports``
+epochs a trial (about 0.1 s each here), a grid of learning rates x weight decays (the same
+``--trials`` configurations both ways: Caviar's grid sampler, Tune's ``grid_search``), no early stopping.
+Utilization is not reported for it (its busy time is not fixed).
+
 Reports wall-clock (median and spread), the ratios caviar/bare+ (the honest one; goal <= 1.05) and
 caviar/bare, utilization = busy trial-seconds / (slots x wall) (goal >= 0.95), where Caviar's time
 goes, from the store's timestamps: submit -> driver running (dispatcher tick + Ray job start +
@@ -23,6 +28,7 @@ trial running under 4 s (the warm driver; a cold start takes 5-7 s here).
 
     python -m bench.service_overhead            # 64 trials x 2 s, 3 repeats (each method first once)
     python -m bench.service_overhead --smoke     # CI: 4 short trials, once
+    python -m bench.service_overhead --workload mnist1d --methods bare+,caviar
 """
 
 from __future__ import annotations
@@ -63,7 +69,17 @@ def trial_pids(experiment: Path) -> set[int]:
     return pids
 
 
-def run_bare(head: LocalHead, trials: int, reports: int, seconds: float, storage: Path, *, tuned: bool = False) -> dict[str, Any]:
+def grid_axes(trials: int) -> tuple[list[float], list[float]]:
+    """The MNIST-1D workload's configurations: ``a`` learning rates x ``b`` weight decays, a * b = trials."""
+    a = max(d for d in range(1, int(trials**0.5) + 1) if trials % d == 0)
+    b = trials // a
+    lrs = [round(1e-3 * 100 ** (i / max(1, b - 1)), 6) for i in range(b)]  # 1e-3 .. 1e-1, log-spaced
+    decays = [0.0] + [round(1e-5 * 1000 ** (i / max(1, a - 2)), 7) for i in range(a - 1)]  # 0, then 1e-5 .. 1e-2
+    return lrs, decays[:a]
+
+
+def run_bare(head: LocalHead, trials: int, reports: int, seconds: float, storage: Path, *, tuned: bool = False,
+             workload: str = "busy") -> dict[str, Any]:
     """``tuned``: reuse_actors=True and only the JSON logger (bare+); otherwise Tune's defaults."""
     import ray
     from ray import tune
@@ -73,13 +89,22 @@ def run_bare(head: LocalHead, trials: int, reports: int, seconds: float, storage
 
     if not ray.is_initialized():
         ray.init(address=head.gcs_address, logging_level="ERROR", log_to_driver=False)
-    spec = get_trainable("busy_work")
+    if workload == "mnist1d":
+        lrs, decays = grid_axes(trials)
+        spec = get_trainable("mlp_bn_softmax")
+        space: dict[str, Any] = {"epochs": reports, "dataset": {"name": "mnist1d"},
+                                 "lr": tune.grid_search(lrs), "weight_decay": tune.grid_search(decays)}
+        samples = 1
+    else:
+        spec = get_trainable("busy_work")
+        space = {"epochs": reports, "seconds_per_epoch": seconds, "x": tune.uniform(0, 1), "y": tune.uniform(0, 1)}
+        samples = trials
     with tune_json_logger_only(tuned):  # bare+: CSV and TensorBoard off, JSON kept (below)
         t0 = time.time()
         grid = tune.Tuner(
             tune.with_resources(spec.load_train(), {"cpu": 1}),
-            param_space={"epochs": reports, "seconds_per_epoch": seconds, "x": tune.uniform(0, 1), "y": tune.uniform(0, 1)},
-            tune_config=tune.TuneConfig(metric="val_accuracy", mode="max", num_samples=trials, max_concurrent_trials=SLOTS,
+            param_space=space,
+            tune_config=tune.TuneConfig(metric="val_accuracy", mode="max", num_samples=samples, max_concurrent_trials=SLOTS,
                                         reuse_actors=tuned),
             run_config=tune.RunConfig(name="bare", storage_path=str(storage), verbose=0,
                                       callbacks=[JsonLoggerCallback()] if tuned else None),
@@ -93,14 +118,21 @@ def _ts(value: str | None) -> float:
     return datetime.fromisoformat(value).timestamp() if value else float("nan")
 
 
-def run_caviar(client: Client, data_dir: Path, trials: int, reports: int, seconds: float) -> dict[str, Any]:
-    definition = {
+def run_caviar(client: Client, data_dir: Path, trials: int, reports: int, seconds: float, workload: str = "busy") -> dict[str, Any]:
+    definition: dict[str, Any] = {
         "name": "overhead", "trainable": "busy_work", "dataset": {"name": "digits"},
         "search_space": {"x": {"type": "float", "low": 0, "high": 1}, "y": {"type": "float", "low": 0, "high": 1}},
         "fixed": {"epochs": reports, "seconds_per_epoch": seconds},
         "sampler": {"type": "random", "seed": 0}, "scheduler": {"type": "none"},
         "budget": {"num_trials": trials, "max_concurrent_trials": SLOTS},
     }
+    if workload == "mnist1d":
+        lrs, decays = grid_axes(trials)
+        definition.update({
+            "name": "overhead-mnist1d", "trainable": "mlp_bn_softmax", "dataset": {"name": "mnist1d"}, "fixed": {"epochs": reports},
+            "search_space": {"lr": {"type": "categorical", "choices": lrs}, "weight_decay": {"type": "categorical", "choices": decays}},
+            "sampler": {"type": "grid"},
+        })
     sid, s, t0, wall = submit_and_wait(client, definition, poll_s=0.1)
     rows = client.trials(sid)
     starts = sorted(_ts(t["started_at"]) for t in rows)
@@ -133,16 +165,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=0.1, help="busy seconds per report")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--methods", default="bare,bare+,caviar", help="which of bare, bare+, caviar to run (comma-separated)")
+    ap.add_argument("--workload", default="busy", choices=["busy", "mnist1d"],
+                    help="busy: busy_work, fixed CPU work; mnist1d: mlp_bn_softmax on MNIST-1D, a grid of lr x weight_decay")
     args = ap.parse_args(argv)
     if args.smoke:
         args.trials, args.reports, args.seconds, args.repeats = 4, 3, 0.05, 1
     out = json_path(args, "service_overhead")
     work = Path(tempfile.mkdtemp(prefix="caviar-overhead-"))
-    busy = args.trials * args.reports * args.seconds
+    busy = args.trials * args.reports * args.seconds if args.workload == "busy" else float("nan")
     methods = tuple(m for m in ("bare", "bare+", "caviar") if m in args.methods.split(","))
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     with cluster(work, num_cpus=SLOTS) as (head, server):
         assert server is not None
+        if args.workload == "mnist1d":  # generated once into the data directory, before anything is timed
+            from trainables.datasets import Mnist1dSpec, load_dataset
+
+            load_dataset(Mnist1dSpec(name="mnist1d"))
         with server.client() as client:
             for i in range(args.repeats):
                 for method in methods[i % len(methods):] + methods[:i % len(methods)]:  # each method first in turn
@@ -150,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                     # so its start-up takes CPU from none of them
                     wait_until(lambda: warm_driver_up(head), 120, "Caviar's warm driver", interval=0.2)
                     if method == "caviar":
-                        r = run_caviar(client, server.data_dir, args.trials, args.reports, args.seconds)
+                        r = run_caviar(client, server.data_dir, args.trials, args.reports, args.seconds, args.workload)
                     else:
-                        r = run_bare(head, args.trials, args.reports, args.seconds, work / f"{method}{i}", tuned=method == "bare+")
+                        r = run_bare(head, args.trials, args.reports, args.seconds, work / f"{method}{i}", tuned=method == "bare+",
+                                     workload=args.workload)
                     r["utilization"] = busy / (SLOTS * r["wall_s"])
                     results[method].append(r)
                     print(f"repeat {i} {method:>6}: wall {r['wall_s']:.1f} s, utilization {r['utilization']:.3f}, "
@@ -160,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     med = {m: statistics.median(r["wall_s"] for r in rs) for m, rs in results.items()}
     ratio = med["caviar"] / med["bare+"] if "bare+" in med and "caviar" in med else float("nan")
     ratio_defaults = med["caviar"] / med["bare"] if "bare" in med and "caviar" in med else float("nan")
-    print(f"\n{args.trials} trials x {args.reports} reports x {args.seconds} s on {SLOTS} slots: {busy:.0f} busy trial-seconds, "
-          f"ideal wall {busy / SLOTS:.0f} s")
+    if args.workload == "busy":
+        print(f"\n{args.trials} trials x {args.reports} reports x {args.seconds} s on {SLOTS} slots: {busy:.0f} busy trial-seconds, "
+              f"ideal wall {busy / SLOTS:.0f} s")
+    else:
+        print(f"\n{args.trials} MNIST-1D MLP trials x {args.reports} epochs on {SLOTS} slots (a grid of {' x '.join(map(str, map(len, grid_axes(args.trials))))})")
     rows = []
     for m, rs in results.items():
         walls, utils = [r["wall_s"] for r in rs], [r["utilization"] for r in rs]

