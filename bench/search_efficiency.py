@@ -229,13 +229,16 @@ def run_caviar(client: Client, trainable: str, configs: int, epochs: int, seed: 
         definition["scheduler"] = scheduler
     sid, study, t0, wall = submit_and_wait(client, definition)
     events: list[Event] = []
-    for t in client.trials(sid):
+    trials = client.trials(sid)
+    # a configuration whose loss diverged (a learning rate far too high) fails by design; any other failure is a bug
+    errors = [t["error"] for t in trials if t["state"] == "failed" and not str(t["error"] or "").startswith("diverged")]
+    for t in trials:
         history = client.trial(sid, t["trial_id"])["history"]
         events += [(h["reported_at"], t["trial_id"], int(h["epoch"]), float(h["val_accuracy"] if h["val_accuracy"] is not None else "nan"))
                    for h in history]
     best = client.best(sid, k=1)
     return {"events": events, "wall_s": wall, "t0": t0, "test_accuracy": (best.get("test_metrics") or {}).get("test_accuracy"),
-            "study_id": sid, "trial_counts": study["trial_counts"]}
+            "study_id": sid, "trial_counts": study["trial_counts"], "errors": errors}
 
 
 # -- analysis ---------------------------------------------------------------------------------------
@@ -475,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in runs[m] if m.startswith("caviar") else []:
             counts = r["trial_counts"]
             checks.check(counts.get("stopped_early", 0) >= 1, f"{m} seed {r['seed']}: ASHA stopped a trial early (trial counts {counts})")
-            checks.check(counts.get("failed", 0) == 0, f"{m} seed {r['seed']}: no failed trial")
+            checks.check(not r.get("errors", []), f"{m} seed {r['seed']}: no trial failed but by diverging ({r.get('errors')})")
     summary = save(args, cores, runs, path, checks.as_dict())
     target = summary["target"]
     print(f"\ntarget: {target} ({summary['target_from']})")
