@@ -28,6 +28,7 @@ from service.api.schemas import (
     RefineOut,
     RefineRequest,
     StudyOut,
+    StudyPage,
     TrialDetail,
     TrialOut,
 )
@@ -190,9 +191,9 @@ def _out(ctx: Context, row: StudyRow, counts: dict[str, int], b: TrialRow | None
 
 
 def list_page(ctx: Context, status: StudyStatus | None, offset: int, limit: int, owner: str | None = None,
-              parent_id: str | None = None) -> tuple[list[StudyOut], int]:
+              parent_id: str | None = None) -> StudyPage:
     views, total = ctx.store.studies.page(status.value if status else None, offset, limit, owner=owner, parent_id=parent_id)
-    return [_out(ctx, *view) for view in views], total
+    return StudyPage(items=[_out(ctx, *view) for view in views], total=total, offset=offset, limit=limit)
 
 
 def trial_out(row: TrialRow) -> dict[str, Any]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.responses import StreamingResponse
 from fastapi.sse import EventSourceResponse
+from pydantic import BaseModel
 
 from service.api import events, studies
 from service.api.bodies import BodyError, parse_body
@@ -82,6 +83,13 @@ async def submit_study(  # type: ignore[no-untyped-def]
     return study
 
 
+async def json_response(build: Callable[[], BaseModel]) -> Response:
+    """The model ``build`` returns, built in the thread pool (it reads the store) and serialized once
+    (service.api.schemas.json_bytes): the route's ``response_model`` documents it, FastAPI does not
+    validate and serialize it a second time."""
+    return Response(await run_in_threadpool(lambda: json_bytes(build())), media_type="application/json")
+
+
 @router.get("", response_model=StudyPage, summary="List studies, newest first")
 async def list_studies(
     ctx: ContextDep,
@@ -91,10 +99,7 @@ async def list_studies(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     parent_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{16}$", description="Only the studies warm-started or refined from this one.")] = None,
 ) -> Response:
-    def page() -> bytes:
-        items, total = studies.list_page(ctx, status_filter, offset, limit, owner, parent_id)
-        return json_bytes(StudyPage(items=items, total=total, offset=offset, limit=limit))
-    return Response(await run_in_threadpool(page), media_type="application/json")
+    return await json_response(lambda: studies.list_page(ctx, status_filter, offset, limit, owner, parent_id))
 
 
 CACHED = ("Served from memory for up to CAVIAR_READ_CACHE_S (default 0.5 s): the study's driver's writes show within "
@@ -134,7 +139,7 @@ async def study_plots(study_id: str, ctx: ContextDep, owner: OwnerDep) -> Respon
 
 @router.get("/{study_id}/trials/{trial_id}", response_model=TrialDetail, responses={404: ERRORS[404]}, summary="One trial with its per-epoch history")
 async def get_trial(study_id: str, trial_id: str, ctx: ContextDep, owner: OwnerDep) -> Response:
-    return Response(await run_in_threadpool(lambda: json_bytes(studies.trial(ctx, study_id, trial_id, owner))), media_type="application/json")
+    return await json_response(lambda: studies.trial(ctx, study_id, trial_id, owner))
 
 
 @router.post(
@@ -221,7 +226,7 @@ async def pareto(study_id: str, ctx: ContextDep, owner: OwnerDep) -> ParetoOut:
 
 @router.get("/{study_id}/best", response_model=BestOut, responses={404: ERRORS[404]}, summary="Top-k configurations, best first")
 async def best(study_id: str, ctx: ContextDep, owner: OwnerDep, k: Annotated[int, Query(ge=1, le=100)] = 5) -> Response:
-    return Response(await run_in_threadpool(lambda: json_bytes(studies.best(ctx, study_id, k, owner))), media_type="application/json")
+    return await json_response(lambda: studies.best(ctx, study_id, k, owner))
 
 
 @router.post(
