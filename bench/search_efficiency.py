@@ -67,7 +67,10 @@ LABELS = {
 
 def label(method: str) -> str:
     if method.startswith("caviar@"):
-        return f"(c') Caviar REST, TPE + ASHA {method.split('@')[1]}"
+        variant = method.split("@")[1]
+        if re.fullmatch(r"g\d+r[\d.]+", variant):
+            return f"(c') Caviar REST, TPE + ASHA {variant}"
+        return f"(c') Caviar REST, {variant} + ASHA"
     return LABELS[method]
 
 
@@ -207,26 +210,33 @@ def run_tune(head: LocalHead, trainable: str, configs: int, epochs: int, seed: i
 # -- (c): Caviar over REST ----------------------------------------------------------------------
 
 
-def caviar_variant(method: str) -> dict[str, Any] | None:
-    """``caviar`` is Caviar's defaults; ``caviar@g1r4`` overrides ASHA's grace period and reduction factor."""
+def caviar_variant(method: str) -> dict[str, Any]:
+    """``caviar`` is Caviar's defaults; ``caviar@g1r4`` overrides ASHA's grace period and reduction
+    factor; ``caviar@mf_tpe`` the sampler (any name Caviar's samplers take)."""
     if "@" not in method:
-        return None
-    m = re.fullmatch(r"caviar@g(\d+)r(\d+(?:\.\d+)?)", method)
+        return {}
+    from search_spaces import SAMPLERS
+
+    variant = method.split("@", 1)[1]
+    if variant in SAMPLERS:
+        return {"sampler": {"type": variant}}
+    m = re.fullmatch(r"g(\d+)r(\d+(?:\.\d+)?)", variant)
     if not m:
-        raise SystemExit(f"--methods: '{method}' is not caviar@g<grace>r<reduction factor>, e.g. caviar@g1r4")
-    return {"type": "asha", "grace_period": int(m[1]), "reduction_factor": float(m[2])}
+        raise SystemExit(f"--methods: '{method}' is not caviar@g<grace>r<reduction factor> (e.g. caviar@g1r4) "
+                         f"nor caviar@<sampler> ({', '.join(SAMPLERS)})")
+    return {"scheduler": {"type": "asha", "grace_period": int(m[1]), "reduction_factor": float(m[2])}}
 
 
 def run_caviar(client: Client, trainable: str, configs: int, epochs: int, seed: int,
-               scheduler: dict[str, Any] | None = None) -> dict[str, Any]:
+               variant: dict[str, Any] | None = None) -> dict[str, Any]:
     definition: dict[str, Any] = {
         "name": f"bench-{trainable}-{seed}", "trainable": trainable, "dataset": {"name": "mnist1d"},
         "search_space": spaces_for(trainable), "fixed": {"epochs": epochs},
         "sampler": {"type": "tpe", "seed": seed},
         "budget": {"num_trials": configs, "max_concurrent_trials": 2},
     }
-    if scheduler:
-        definition["scheduler"] = scheduler
+    for key, value in (variant or {}).items():
+        definition[key] = {**definition.get(key, {}), **value}
     sid, study, t0, wall = submit_and_wait(client, definition)
     events: list[Event] = []
     trials = client.trials(sid)
@@ -412,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--methods", default=",".join(METHODS),
-                    help="comma-separated; caviar@g1r4 is Caviar with ASHA grace period 1, reduction factor 4")
+                    help="comma-separated; caviar@g1r4 is Caviar with ASHA grace period 1, reduction factor 4; "
+                         "caviar@mf_tpe Caviar with the multi-fidelity TPE sampler")
     ap.add_argument("--out", type=Path, default=DOCS_BENCH, help="where the JSON and the PNG go (unless --json says)")
     ap.add_argument("--tag", default="", help="suffix of the output files' names, e.g. _32configs")
     ap.add_argument("--target", type=float, default=None,
@@ -433,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         if m.startswith("caviar@"):
             caviar_variant(m)
         elif m not in METHODS:
-            raise SystemExit(f"--methods: unknown method '{m}' (expected {', '.join(METHODS)} or caviar@g<n>r<n>)")
+            raise SystemExit(f"--methods: unknown method '{m}' (expected {', '.join(METHODS)}, caviar@g<n>r<n> or caviar@<sampler>)")
     work = Path(tempfile.mkdtemp(prefix="caviar-search-"))
     os.environ["CAVIAR_DATA_DIR"] = str(work / "data")
     (work / "data" / "datasets").mkdir(parents=True)

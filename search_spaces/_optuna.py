@@ -148,6 +148,62 @@ class RecentAndBest:
         return [t for t in trials if t.number in keep or t.state not in _FINISHED]
 
 
+_OBSERVED = (*_FINISHED, optuna.trial.TrialState.RUNNING)
+
+
+class HighestRung:
+    """A study as multi-fidelity TPE reads it: BOHB's rule (Falkner et al., 2018) on Optuna's trials.
+
+    The fidelity is the highest step (epoch; the runner reports each trial's value at every ASHA
+    rung) at which at least ``enough`` trials, finished or running, have a value. Every trial with
+    a value there is an observation at that fidelity: COMPLETE with that value, whether ASHA later
+    stopped it, it is still running, or it finished. The others stay as they are: stopped below it
+    (PRUNED, which TPE ranks after, deepest and best first) or running below it (RUNNING, the
+    constant liar). Plain TPE ranks every finished trial above every stopped one, so one that ASHA
+    let through early, while its rungs were nearly empty, counts as good however poor its values,
+    and a running trial that is best at the highest rung counts as bad (a liar) until it finishes.
+    With no step that ``enough`` trials reached (or several objectives), the study is unchanged.
+    """
+
+    def __init__(self, study: optuna.Study, enough: int) -> None:
+        self._study, self._enough = study, enough
+        self._seen: dict[Any, list[optuna.trial.FrozenTrial]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def fidelity(self, trials: Sequence[optuna.trial.FrozenTrial]) -> int | None:
+        """The highest step at which at least ``enough`` of ``trials`` have a value (None: none)."""
+        counts: dict[int, int] = {}
+        for t in trials:
+            for step, value in t.intermediate_values.items():
+                if value == value:  # not NaN
+                    counts[step] = counts.get(step, 0) + 1
+        return max((step for step, n in counts.items() if n >= self._enough), default=None)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[optuna.trial.FrozenTrial]:
+        key = tuple(states) if states is not None else None
+        if key not in self._seen:  # a view lives for one suggestion: TPE reads the trials once or twice per group
+            trials = self._study._get_trials(deepcopy=False, states=None, use_cache=use_cache)
+            wanted = set(states) if states is not None else None
+            self._seen[key] = [t for t in self._at_fidelity(trials) if wanted is None or t.state in wanted]
+        return self._seen[key]
+
+    def _at_fidelity(self, trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+        observed = [t for t in trials if t.state in _OBSERVED]  # not failed, not waiting
+        step = None if self._study._is_multi_objective() else self.fidelity(observed)
+        if step is None:
+            return trials
+        seen = []
+        for t in trials:
+            value = t.intermediate_values.get(step) if t.state in _OBSERVED else None
+            if value is not None and value == value:
+                t = copy.copy(t)  # the study's own trial is left as it is
+                t.state, t.values = optuna.trial.TrialState.COMPLETE, [value]
+            seen.append(t)
+        return seen
+
+
 class IncrementalGroups(_GroupDecomposedSearchSpace):
     """Optuna's group decomposition of the search space (TPE's ``group=True``), fed each finished
     trial once. Optuna's own adds every trial again on every suggestion, a cost that grows with the
@@ -177,23 +233,30 @@ class FastTPESampler(optuna.samplers.TPESampler):
     space's groups updated with new trials only (``IncrementalGroups``), and with
     ``max_history`` a bounded history past that many finished trials (``RecentAndBest``: a
     suggestion's cost stops growing with the study). Same suggestions as TPESampler for the same
-    seed while the study has at most ``max_history`` finished trials."""
+    seed while the study has at most ``max_history`` finished trials. With ``rung_enough``, TPE
+    judges trials at the highest rung that many reached (``HighestRung``): multi-fidelity TPE."""
 
     # class defaults: a sampler pickled (by Tune, with a study's state) before the bound existed resumes unbounded
     _max_history: int | None = None
     _keep_best: int = 100
+    _rung_enough: int | None = None
 
-    def __init__(self, *args: Any, max_history: int | None = None, keep_best: int = 100, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_history: int | None = None, keep_best: int = 100, rung_enough: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if max_history is not None and not (25 <= keep_best < max_history and max_history >= 250):
             # TPE's "below" group is min(ceil(n / 10), 25) trials: 25 once it models 250 or more
             raise ValueError(f"keep_best must be at least 25 (TPE's largest 'below' group) and below max_history, "
                              f"and max_history at least 250: {keep_best}, {max_history}")
-        self._max_history, self._keep_best = max_history, keep_best
+        if rung_enough is not None and rung_enough < 2:
+            raise ValueError(f"rung_enough must be at least 2: {rung_enough}")
+        self._max_history, self._keep_best, self._rung_enough = max_history, keep_best, rung_enough
         if self._group_decomposed_search_space is not None:
             self._group_decomposed_search_space = IncrementalGroups(self._group_decomposed_search_space._include_pruned)
 
     def _view(self, study: optuna.Study) -> Any:
+        if self._rung_enough is not None:
+            study = HighestRung(study, self._rung_enough)  # type: ignore[assignment]
         if self._max_history is None or study._is_multi_objective():
             return study
         return RecentAndBest(study, self._max_history, self._keep_best)
@@ -243,6 +306,17 @@ def _tpe(space: SearchSpace, seed: int | None, max_grid_points: int) -> optuna.s
         return FastTPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, max_history=TPE_HISTORY, keep_best=TPE_KEEP_BEST)
 
 
+# multi-fidelity TPE: the fidelity is the highest rung with at least this many values
+MF_TPE_ENOUGH = 10
+
+
+def _mf_tpe(space: SearchSpace, seed: int | None, max_grid_points: int) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return FastTPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, max_history=TPE_HISTORY,
+                              keep_best=TPE_KEEP_BEST, rung_enough=MF_TPE_ENOUGH)
+
+
 def _experimental(cls: Any, seed: int | None) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -251,6 +325,8 @@ def _experimental(cls: Any, seed: int | None) -> optuna.samplers.BaseSampler:
 
 SAMPLERS: dict[str, SamplerBuilder] = {
     "tpe": _tpe,
+    # TPE judging trials at the highest ASHA rung enough trials reached (BOHB's rule), running ones included
+    "mf_tpe": _mf_tpe,
     "random": lambda space, seed, _: optuna.samplers.RandomSampler(seed=seed),
     "grid": lambda space, seed, max_points: optuna.samplers.GridSampler(space.grid(max_points), seed=seed),
     "cmaes": lambda space, seed, _: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),

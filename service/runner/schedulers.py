@@ -6,6 +6,7 @@ module); here is the one place that builds each, checked at import to cover exac
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +37,16 @@ def _none(s: Scheduler, epochs: int) -> Any:
 BUILDERS: dict[str, Builder] = {"asha": _asha, "hyperband": _hyperband, "median": _median, "none": _none}
 if tuple(BUILDERS) != SCHEDULERS:  # pragma: no cover - a scheduler named without a builder, or the reverse
     raise RuntimeError(f"scheduler builders {tuple(BUILDERS)} do not match the names {SCHEDULERS}")
+
+
+def rungs(s: Scheduler, epochs: int) -> list[int]:
+    """The epochs at which ASHA judges a trial (Ray's rungs: grace_period x reduction_factor^k below
+    max_t), and max_t: where the searcher tells Optuna a trial's value, so that a multi-fidelity
+    sampler can compare trials at the same epoch. The same rungs whatever the scheduler's type."""
+    max_t = s.max_t or epochs
+    count = int(math.log(max_t / s.grace_period) / math.log(s.reduction_factor) + 1)  # as Ray's _Bracket counts them
+    # Ray judges a trial at the first epoch at or past each (possibly fractional) milestone
+    return sorted({*(math.ceil(s.grace_period * s.reduction_factor ** k - 1e-9) for k in range(count)), max_t})
 
 
 def make_scheduler(s: Scheduler, epochs: int, objectives: Sequence[tuple[str, str]] | None = None) -> Any:

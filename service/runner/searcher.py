@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -18,14 +19,20 @@ class PruningOptunaSearch(OptunaSearch):
     ASHA-stopped trial looks like a finished one with a low-fidelity score. Here a stopped trial is
     PRUNED (with its last intermediate value) and a diverged or errored one FAILED.
 
-    ``epochs`` is what a trial runs when nothing stops it early. Picklable: Tune saves the searcher
-    with its experiment state.
+    ``epochs`` is what a trial runs when nothing stops it early. ``rungs``: the epochs at which a
+    trial's value is told to Optuna as it trains (ASHA's rungs and the last epoch), so trials can be
+    compared at the same epoch, running ones included (the ``mf_tpe`` sampler does). Picklable: Tune
+    saves the searcher with its experiment state.
     """
 
-    def __init__(self, *args: Any, epochs: int, history: list[optuna.trial.FrozenTrial] | None = None, **kwargs: Any) -> None:
+    rungs: frozenset[int] = frozenset()  # a searcher pickled before rungs existed reports none
+
+    def __init__(self, *args: Any, epochs: int, history: list[optuna.trial.FrozenTrial] | None = None,
+                 rungs: Sequence[int] = (), **kwargs: Any) -> None:
         self.history = history or []  # before OptunaSearch's __init__, which sets up the study
         super().__init__(*args, **kwargs)
-        self.epochs = epochs
+        self.epochs, self.rungs = epochs, frozenset(rungs)
+        self._told: dict[str, set[int]] = {}  # trial id -> the epochs already reported to Optuna
 
     def _setup_study(self, mode: Any) -> None:
         """OptunaSearch's, then (warm start) an earlier study's finished trials into a study that
@@ -37,29 +44,44 @@ class PruningOptunaSearch(OptunaSearch):
             log.info("warm start: %d earlier trials added to the sampler's history", len(self.history))
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        # no Optuna write per epoch: Caviar's store keeps the learning curves, and the one
-        # intermediate value TPE uses (a pruned trial's last) is reported at completion
-        return None
+        # no Optuna write per epoch (Caviar's store keeps the learning curves): at the rungs only
+        if self.rungs and result.get("training_iteration") in self.rungs:
+            self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict[str, Any] | None) -> None:
+        """Tell Optuna the trial's value at this epoch, once (single objective: Optuna keeps no
+        intermediate values with several)."""
+        metric, ot_trial = self._metric, self._ot_trials.get(trial_id)
+        if (ot_trial is None or not isinstance(metric, str) or not result or "training_iteration" not in result
+                or not isinstance(result.get(metric), (int, float))):
+            return
+        step = int(result["training_iteration"])
+        told = self.__dict__.setdefault("_told", {}).setdefault(trial_id, set())
+        if step not in told:
+            ot_trial.report(float(result[metric]), step)
+            told.add(step)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         outcome = trial_outcome(result, self.epochs, error)
         if outcome == TrialState.COMPLETED:
+            if self.rungs:  # the last epoch too: with a scheduler that stops there, Tune forwards it only here
+                self._report(trial_id, result)
             super().on_trial_complete(trial_id, result, error)
+            self.__dict__.get("_told", {}).pop(trial_id, None)
             return
         if trial_id in self._completed_trials:
             return
         state = optuna.trial.TrialState.PRUNED if outcome == TrialState.STOPPED_EARLY else optuna.trial.TrialState.FAIL
         ot_trial = self._ot_trials[trial_id]
-        metric, study = self._metric, self._ot_study
+        study = self._ot_study
         assert study is not None, "OptunaSearch sets up its study before any trial completes"
         try:
             # Tune does not forward the result on which the scheduler stops a trial; report it
             # so the pruned trial carries its last intermediate value (Optuna keeps intermediate
             # values for one objective only: with several, the pruned trial has none)
-            if (isinstance(metric, str) and result and isinstance(result.get(metric), (int, float))
-                    and "training_iteration" in result):
-                ot_trial.report(float(result[metric]), int(result["training_iteration"]))
+            self._report(trial_id, result)
             study.tell(ot_trial, None, state=state)
         except Exception as exc:  # e.g. already told
             log.warning("optuna tell failed for %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+        self.__dict__.get("_told", {}).pop(trial_id, None)

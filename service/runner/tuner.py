@@ -16,7 +16,7 @@ from service.runner import as_trial
 from service.runner.callbacks import StoreCallback, store_for
 from service.runner.optuna_storage import optuna_storage
 from service.runner.panda import PandaCallback, start_channel
-from service.runner.schedulers import make_scheduler
+from service.runner.schedulers import make_scheduler, rungs
 from service.runner.searcher import PruningOptunaSearch
 from service.runner.warm_start import warm_start_plan
 from service.settings import Settings
@@ -81,6 +81,7 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
         # either way optuna-dashboard opens it
         storage=optuna_storage(settings.optuna_storage, settings.database_url, settings.data_dir, study_id),
         study_name=f"caviar-{study_id}", epochs=epochs, points_to_evaluate=points or None, history=history,
+        rungs=rungs(d.scheduler, epochs),
     )
     tuner = tune.Tuner(
         trainable,

@@ -14,7 +14,7 @@ import pytest
 from optuna.samplers._tpe import _truncnorm
 
 from search_spaces import FastTPESampler, make_sampler, resolve_space, scipy_log_ndtr, suggest
-from search_spaces._optuna import IncrementalGroups, RecentAndBest, _scipy_log_ndtr
+from search_spaces._optuna import HighestRung, IncrementalGroups, RecentAndBest, _scipy_log_ndtr
 
 
 def test_scipy_log_ndtr_matches_optunas_own_including_the_tails() -> None:
@@ -223,3 +223,87 @@ def test_incremental_groups_equal_optunas_as_trials_finish_out_of_order() -> Non
         assert [sorted(g) for g in a] == [sorted(g) for g in b]  # the same groups, in the same order
     assert len(b) > 1
     assert isinstance(make_sampler("tpe", space, 0, max_grid_points=10)._group_decomposed_search_space, IncrementalGroups)  # type: ignore[attr-defined]
+
+
+# -- multi-fidelity TPE (HighestRung) ---------------------------------------------------------------
+
+C, P, R = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING
+
+
+def _asha_like_study(direction: str = "maximize") -> optuna.Study:
+    """What ASHA leaves in Optuna early in a study: two poor trials let through to the end while the
+    rungs were empty, good ones stopped at epoch 6, one good one still running past epoch 18.
+    x is the configuration; the good region is x near 0.8."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    study = optuna.create_study(direction=direction, sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def add(x: float, curve: dict[int, float], state: optuna.trial.TrialState) -> None:
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        study._storage.set_trial_param(trial._trial_id, "x", x, optuna.distributions.FloatDistribution(0.0, 1.0))
+        for step, v in curve.items():
+            trial.report(sign * v, step)
+        if state == C:
+            study.tell(trial, sign * curve[max(curve)])
+        elif state == P:
+            study.tell(trial, state=P)
+
+    add(0.10, {2: 0.20, 6: 0.22, 18: 0.25, 30: 0.26}, C)  # let through early: completed, poor
+    add(0.15, {2: 0.30, 6: 0.35, 18: 0.40, 30: 0.41}, C)
+    for i in range(8):
+        add(0.75 + 0.01 * i, {2: 0.45, 6: 0.50 + 0.01 * i}, P)  # good, stopped at 6 (the cut rose)
+    add(0.30, {2: 0.25}, P)
+    add(0.82, {2: 0.46, 6: 0.58, 18: 0.66}, R)  # the best, still running
+    return study
+
+
+def test_highest_rung_judges_every_trial_at_the_highest_epoch_enough_reached() -> None:
+    from optuna.samplers._tpe.sampler import _split_trials
+
+    study = _asha_like_study()
+    states = (C, P, R)
+    plain = study._get_trials(deepcopy=False, states=states)
+    view = HighestRung(study, enough=10)
+    assert view.fidelity(plain) == 6  # 11 trials have a value at 6, 3 at 18, 2 at 30
+    seen = view._get_trials(deepcopy=False, states=states)
+    assert [t.number for t in seen] == [t.number for t in plain]  # the same trials, in order
+    at6 = {t.number: t.intermediate_values.get(6) for t in plain}
+    for t in seen:
+        if at6[t.number] is not None:  # finished, stopped or running: an observation at epoch 6
+            assert t.state == C and t.value == at6[t.number]
+        else:
+            assert t.state == P  # stopped at 2: below the fidelity, ranked after by TPE
+    assert [t.state for t in study._get_trials(deepcopy=False, states=states)] == [t.state for t in plain]  # the study's own untouched
+    # TPE's good group: plain TPE takes the two completed (poor) trials first; the view the best at epoch 6
+    below_plain, _ = _split_trials(study, [t for t in plain if t.state != R], 2)
+    below_view, _ = _split_trials(view, [t for t in seen if t.state != R], 2)  # type: ignore[arg-type]
+    assert sorted(t.number for t in below_plain) == [0, 1]
+    assert sorted(t.number for t in below_view) == [9, 11]  # the best stopped at 6 and the running one
+    # asked for finished trials only, a running trial observed at the fidelity is among them
+    assert 11 in [t.number for t in view._get_trials(deepcopy=False, states=(C, P))]
+    # fewer trials than `enough` anywhere, or several objectives: the study as it is
+    assert HighestRung(study, enough=50)._get_trials(deepcopy=False, states=states) == plain
+    several = optuna.create_study(directions=["maximize", "minimize"])
+    several.enqueue_trial({})
+    assert HighestRung(several, enough=2)._get_trials(deepcopy=False) == several._get_trials(deepcopy=False)
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_multi_fidelity_tpe_samples_where_trials_are_best_at_the_highest_rung(direction: str) -> None:
+    """Plain TPE models the two poor completed trials as the good ones and samples near x = 0.1;
+    mf_tpe models the best at epoch 6 and samples near 0.8."""
+
+    def suggestions(sampler: optuna.samplers.BaseSampler) -> list[float]:
+        study = _asha_like_study(direction)
+        study.sampler = sampler
+        return [study.ask().suggest_float("x", 0.0, 1.0) for _ in range(30)]  # asked, not told: a constant liar each
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        plain = suggestions(FastTPESampler(seed=3, n_startup_trials=5, constant_liar=True))
+        mf = suggestions(FastTPESampler(seed=3, n_startup_trials=5, constant_liar=True, rung_enough=10))
+    assert float(np.median(mf)) > 0.6 > 0.4 > float(np.median(plain)), (np.median(mf), np.median(plain))
+    sampler = make_sampler("mf_tpe", resolve_space(["seven_key"]), 0, max_grid_points=10)
+    assert isinstance(sampler, FastTPESampler) and sampler._rung_enough == 10 and sampler._max_history == 1000
+    with pytest.raises(ValueError, match="rung_enough"):
+        FastTPESampler(rung_enough=1)

@@ -25,6 +25,56 @@ def test_every_scheduler_name_builds_its_tune_scheduler() -> None:
         assert isinstance(make_scheduler(Scheduler(type=name, grace_period=1), 10), cls)
 
 
+def test_rungs_are_the_epochs_where_ray_asha_judges_a_trial() -> None:
+    """Checked against Ray's own _Bracket, including a fractional reduction factor."""
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    from service.runner.schedulers import rungs
+
+    for grace, rf, max_t in [(2, 3.0, 30), (1, 4.0, 30), (1, 2.0, 16), (2, 2.5, 30), (3, 3.0, 3), (1, 3.0, 100)]:
+        bracket = _Bracket(grace, max_t, rf, 0)
+        judged = sorted({next(e for e in range(1, max_t + 1) if e >= milestone) for milestone, _ in bracket._rungs})
+        assert rungs(Scheduler(grace_period=grace, reduction_factor=rf, max_t=max_t), 999) == sorted({*judged, max_t})
+    assert rungs(Scheduler(), 30) == [2, 6, 18, 30]
+
+
+def test_the_searcher_tells_optuna_each_trials_value_at_the_rungs_once_and_at_its_end() -> None:
+    import optuna
+
+    from search_spaces import define_by_run, make_sampler, resolve_space
+    from service.runner.searcher import PruningOptunaSearch
+
+    space = resolve_space(["seven_key"])
+    search = PruningOptunaSearch(space=define_by_run(space, {"epochs": 30}), metric="val_accuracy", mode="max",
+                                 sampler=make_sampler("mf_tpe", space, 0, max_grid_points=10), epochs=30, rungs=[2, 6, 18, 30])
+    for tid in "abc":
+        assert search.suggest(tid)
+    curve = {e: e / 100 for e in range(1, 31)}
+    for e in range(1, 19):  # a: through epoch 18, then stopped by ASHA there (Tune forwards that result at completion)
+        search.on_trial_result("a", {"training_iteration": e, "epoch": e, "val_accuracy": curve[e]})
+    search.on_trial_complete("a", {"training_iteration": 18, "epoch": 18, "val_accuracy": curve[18]})
+    for e in range(1, 31):  # b: to the end
+        search.on_trial_result("b", {"training_iteration": e, "epoch": e, "val_accuracy": curve[e] + 0.5})
+    search.on_trial_complete("b", {"training_iteration": 30, "epoch": 30, "val_accuracy": curve[30] + 0.5})
+    for e in range(1, 8):  # c: still running at epoch 7
+        search.on_trial_result("c", {"training_iteration": e, "epoch": e, "val_accuracy": curve[e]})
+    trials = {t.number: t for t in search._ot_study.get_trials(deepcopy=False)}  # type: ignore[union-attr]
+    assert trials[0].state == optuna.trial.TrialState.PRUNED and trials[0].intermediate_values == {2: 0.02, 6: 0.06, 18: 0.18}
+    assert trials[1].state == optuna.trial.TrialState.COMPLETE and trials[1].value == 0.8
+    assert trials[1].intermediate_values == {e: curve[e] + 0.5 for e in (2, 6, 18, 30)}
+    assert trials[2].state == optuna.trial.TrialState.RUNNING and trials[2].intermediate_values == {2: 0.02, 6: 0.06}
+    again = pickle.loads(pickle.dumps(search))  # Tune saves the searcher with the experiment
+    assert again.rungs == frozenset({2, 6, 18, 30})
+    # without rungs (a searcher saved before they existed): a stopped trial still carries its last value
+    plain = PruningOptunaSearch(space=define_by_run(space, {"epochs": 30}), metric="val_accuracy", mode="max",
+                                sampler=make_sampler("tpe", space, 0, max_grid_points=10), epochs=30)
+    plain.suggest("a")
+    for e in range(1, 7):
+        plain.on_trial_result("a", {"training_iteration": e, "epoch": e, "val_accuracy": curve[e]})
+    plain.on_trial_complete("a", {"training_iteration": 6, "epoch": 6, "val_accuracy": curve[6]})
+    assert plain._ot_study.get_trials(deepcopy=False)[0].intermediate_values == {6: 0.06}  # type: ignore[union-attr]
+
+
 @dataclass
 class FakeTrial:
     trial_id: str

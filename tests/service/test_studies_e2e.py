@@ -63,6 +63,11 @@ def test_a_12_trial_tpe_asha_study_on_digits(api: LocalServer, ray_head: LocalHe
     assert states.count(optuna.trial.TrialState.PRUNED) == counts["stopped_early"]
     assert states.count(optuna.trial.TrialState.COMPLETE) == counts["completed"]
     assert all(t.intermediate_values for t in ot.trials if t.state == optuna.trial.TrialState.PRUNED)
+    # each trial's value at every ASHA rung it reached (1, 3) and at its end (8): what mf_tpe compares
+    for ot_trial in ot.trials:
+        [t] = [t for t in client.trials(sid) if all(t["config"].get(k) == v for k, v in ot_trial.params.items())]
+        history = {h["epoch"]: h["val_accuracy"] for h in client.trial(sid, t["trial_id"])["history"]}
+        assert ot_trial.intermediate_values == {e: pytest.approx(history[e]) for e in (1, 3, 8) if e <= t["epochs"]}
     with pytest.raises(CaviarError) as no:  # a finished study cannot be cancelled
         client.cancel(sid)
     assert no.value.status == 409
