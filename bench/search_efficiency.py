@@ -68,9 +68,7 @@ LABELS = {
 def label(method: str) -> str:
     if method.startswith("caviar@"):
         variant = method.split("@")[1]
-        if re.fullmatch(r"g\d+r[\d.]+", variant):
-            return f"(c') Caviar REST, TPE + ASHA {variant}"
-        return f"(c') Caviar REST, {variant} + ASHA"
+        return f"(c') Caviar REST, {variant}"
     return LABELS[method]
 
 
@@ -211,20 +209,25 @@ def run_tune(head: LocalHead, trainable: str, configs: int, epochs: int, seed: i
 
 
 def caviar_variant(method: str) -> dict[str, Any]:
-    """``caviar`` is Caviar's defaults; ``caviar@g1r4`` overrides ASHA's grace period and reduction
-    factor; ``caviar@mf_tpe`` the sampler (any name Caviar's samplers take)."""
+    """``caviar`` is Caviar's defaults. After ``@``, parts joined by ``+``: a sampler's name
+    (``caviar@mf_tpe``), ASHA's grace period and reduction factor (``caviar@g1r4``), ASHA's window
+    (``caviar@w18``): e.g. ``caviar@mf_tpe+w18``."""
     if "@" not in method:
         return {}
     from search_spaces import SAMPLERS
 
-    variant = method.split("@", 1)[1]
-    if variant in SAMPLERS:
-        return {"sampler": {"type": variant}}
-    m = re.fullmatch(r"g(\d+)r(\d+(?:\.\d+)?)", variant)
-    if not m:
-        raise SystemExit(f"--methods: '{method}' is not caviar@g<grace>r<reduction factor> (e.g. caviar@g1r4) "
-                         f"nor caviar@<sampler> ({', '.join(SAMPLERS)})")
-    return {"scheduler": {"type": "asha", "grace_period": int(m[1]), "reduction_factor": float(m[2])}}
+    variant: dict[str, Any] = {}
+    for part in method.split("@", 1)[1].split("+"):
+        if part in SAMPLERS:
+            variant["sampler"] = {"type": part}
+        elif m := re.fullmatch(r"g(\d+)r(\d+(?:\.\d+)?)", part):
+            variant.setdefault("scheduler", {}).update(grace_period=int(m[1]), reduction_factor=float(m[2]))
+        elif m := re.fullmatch(r"w(\d+)", part):
+            variant.setdefault("scheduler", {}).update(window=int(m[1]))
+        else:
+            raise SystemExit(f"--methods: '{part}' in '{method}' is none of a sampler ({', '.join(SAMPLERS)}), "
+                             f"g<grace>r<reduction factor> (e.g. g1r4), w<window> (e.g. w18)")
+    return variant
 
 
 def run_caviar(client: Client, trainable: str, configs: int, epochs: int, seed: int,
@@ -422,8 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--methods", default=",".join(METHODS),
-                    help="comma-separated; caviar@g1r4 is Caviar with ASHA grace period 1, reduction factor 4; "
-                         "caviar@mf_tpe Caviar with the multi-fidelity TPE sampler")
+                    help="comma-separated; caviar@g1r4 is Caviar with ASHA grace period 1, reduction factor 4; caviar@mf_tpe "
+                         "with the multi-fidelity TPE sampler; caviar@w18 with ASHA's cutoff over the last 18 at a rung; "
+                         "parts join with +, e.g. caviar@mf_tpe+w18")
     ap.add_argument("--out", type=Path, default=DOCS_BENCH, help="where the JSON and the PNG go (unless --json says)")
     ap.add_argument("--tag", default="", help="suffix of the output files' names, e.g. _32configs")
     ap.add_argument("--target", type=float, default=None,

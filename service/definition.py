@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from search_spaces import (
@@ -86,11 +86,23 @@ class Scheduler(BaseModel):
     max_t: int | None = Field(None, ge=1, le=1000, description="Epochs; defaults to fixed.epochs.")
     grace_period: int = Field(2, ge=1, le=1000)
     reduction_factor: float = Field(3.0, gt=1.0, le=100.0)
+    window: int | None = Field(
+        None, ge=2, le=100_000,
+        description="asha only: a trial goes on when it is in the top 1/reduction_factor of the last `window` trials "
+                    "that reached its rung, not of all of them. ASHA expects trials to arrive in no particular order; "
+                    "under a sampler that learns, later trials beat the early ones and most go on.")
 
     @field_validator("type")
     @classmethod
     def _known(cls, value: str) -> str:
         return _one_of("scheduler", value, SCHEDULERS)
+
+    @field_validator("window")
+    @classmethod
+    def _asha_only(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("type") != "asha":
+            raise ValueError(f"window applies to scheduler type asha only, not '{info.data.get('type')}'")
+        return value
 
     @model_validator(mode="after")
     def _grace(self) -> Scheduler:
@@ -286,6 +298,8 @@ def check_definition(d: StudyDefinition, *, max_grid_points: int, cluster: dict[
     if d.objectives and d.scheduler.type not in MULTI_OBJECTIVE_SCHEDULERS:
         raise DefinitionError("scheduler.type", f"'{d.scheduler.type}' judges one objective; with several use one of: "
                               f"{', '.join(MULTI_OBJECTIVE_SCHEDULERS)} (asha promotes by non-dominated sorting)")
+    if d.objectives and d.scheduler.window is not None:
+        raise DefinitionError("scheduler.window", "applies to one objective (multi-objective ASHA compares every trial at a rung)")
     try:
         space = d.space()
     except SearchSpaceError as exc:

@@ -10,15 +10,50 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
+from ray.tune.schedulers.async_hyperband import _Bracket
 
 from service.definition import SCHEDULERS, Scheduler
 from service.runner.mo_asha import MultiObjectiveASHA
+
+
+class _RecentBracket(_Bracket):
+    """Ray's ASHA bracket, with each rung's cutoff over the last ``window`` values recorded there."""
+
+    def __init__(self, *args: Any, window: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.window = window
+
+    def cutoff(self, recorded: dict[str, float]) -> Any:
+        if not recorded:
+            return None
+        recent = list(recorded.values())[-self.window:]  # in the order trials reached the rung
+        return np.nanpercentile(recent, (1 - 1 / self.rf) * 100)
+
+
+class RecentASHA(ASHAScheduler):
+    """Ray's ASHA (one bracket, stop or go on at each rung), judging a trial against the last
+    ``window`` trials that reached its rung instead of all of them.
+
+    ASHA's promotion rule assumes trials arrive in no particular order. A model-based sampler breaks
+    that: its later trials are better than its early ones, so against all the values recorded at a
+    rung most of them are in the top third and go on (on a 64-trial MNIST-1D study with TPE, 20
+    trials ran all 30 epochs where successive halving meant 2 or 3). Against the recent ones, a
+    trial goes on when it is good among its peers."""
+
+    def __init__(self, *, window: int, grace_period: int, max_t: int, reduction_factor: float, **kwargs: Any) -> None:
+        super().__init__(grace_period=grace_period, max_t=max_t, reduction_factor=reduction_factor, **kwargs)
+        self._brackets = [_RecentBracket(grace_period, max_t, reduction_factor, 0, window=window)]
+
 
 Builder = Callable[[Scheduler, int], Any]  # (the study's scheduler settings, epochs a trial runs) -> a Tune scheduler
 
 
 def _asha(s: Scheduler, epochs: int) -> Any:
+    if s.window is not None:
+        return RecentASHA(window=s.window, time_attr="epoch", max_t=s.max_t or epochs, grace_period=s.grace_period,
+                          reduction_factor=s.reduction_factor)
     return ASHAScheduler(time_attr="epoch", max_t=s.max_t or epochs, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
 
 

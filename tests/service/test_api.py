@@ -51,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, F
          "search_space", "more than the limit of 10000"),
         (_with("budget.num_trials", -1), "budget.num_trials", "greater than or equal to 1"),
         (_with("resources_per_trial.gpu", 1), "resources_per_trial.gpu", "the Ray cluster has 0"),
-        (_with("sampler", {"type": "annealing"}), "sampler.type", "unknown sampler 'annealing' (expected one of tpe, random, grid, cmaes, qmc, gp, nsga2, nsga3)"),
+        (_with("sampler", {"type": "annealing"}), "sampler.type", "unknown sampler 'annealing' (expected one of tpe, mf_tpe, random, grid, cmaes, qmc, gp, nsga2, nsga3)"),
         (_with("scheduler", {"type": "pbt"}), "scheduler.type", "unknown scheduler 'pbt' (expected one of asha, hyperband, median, none)"),
         (_with("objective", {"metric": "f1"}), "objective.metric", "'mlp_bn_softmax' does not report 'f1' (it reports: train_loss, val_loss"),
         (_with("fixed", {"epochs": 0}), "fixed.epochs", "greater than or equal to 1"),
@@ -59,9 +59,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, F
         (_with("dataset", {"name": "file", "path": "absent.npz"}), "dataset.path", "no file 'absent.npz'"),
         (_with("dataset", {"name": "file", "path": "table.csv"}), "dataset.target", "column 'label' is not in table.csv (its columns: a, b, target)"),
         (_with("scheduler", {"type": "asha", "grace_period": 5}), "scheduler.grace_period", "must be <= the epochs a trial runs (2)"),
+        (_with("scheduler", {"type": "median", "window": 9}), "scheduler.window", "window applies to scheduler type asha only, not 'median'"),
     ],
     ids=["trainable", "dataset", "space", "preset", "knob", "grid", "budget", "gpu", "sampler", "scheduler", "metric", "fixed",
-         "traversal", "missing-file", "label-column", "grace"],
+         "traversal", "missing-file", "label-column", "grace", "window"],
 )
 def test_bad_definitions_get_422_naming_the_field_and_store_nothing(server: tuple[Client, FakeJobs, Path], body: dict[str, Any], field: str, rule: str) -> None:
     client, _, _ = server

@@ -31,6 +31,8 @@ MO = {**GOOD, "name": "mo", "objectives": TWO, "scheduler": {"type": "asha", "gr
     ({"sampler": {"type": "gp"}}, "sampler.type", "nsga2"),
     ({"scheduler": {"type": "hyperband"}}, "scheduler.type", "judges one objective"),
     ({"scheduler": {"type": "median"}}, "scheduler.type", "asha promotes by non-dominated sorting"),
+    ({"scheduler": {"type": "asha", "grace_period": 1, "window": 9}}, "scheduler.window", "applies to one objective"),
+    ({"sampler": {"type": "mf_tpe"}}, "sampler.type", "optimises one objective"),
     ({"objective": {"metric": "val_loss", "mode": "min"}}, "objective", "not both"),
 ])
 def test_a_bad_multi_objective_definition_is_a_422_naming_the_field(tmp_path: Path, change: dict[str, Any], field: str, rule: str) -> None:

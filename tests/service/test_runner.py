@@ -183,3 +183,57 @@ def test_the_callback_writes_epochs_in_batches_and_before_a_checkpoint_or_an_end
     cb.on_trial_complete(0, [], b)  # its results first, then its outcome
     assert stored("b") == [1, 2] and store.trials.get(sid, "b")[0].state == "stopped_early"  # type: ignore[index]
     assert store.trials.get(sid, "a")[0].best_value == 0.7  # type: ignore[index]
+
+
+def _improving_stream(seed: int, n: int, max_t: int) -> list[tuple[int, int, float, float]]:
+    """Results as a learning sampler produces them: trial i's quality grows with i over the first
+    third of the study, then stays (plus noise); two trials train at a time, in order."""
+    import random
+
+    rng = random.Random(seed)
+    quality = [0.3 + 0.6 * min(1.0, 3 * i / n) + rng.gauss(0, 0.08) for i in range(n)]
+    out = []
+    for i in range(n):
+        for epoch in range(1, max_t + 1):
+            out.append((i / 2 + epoch * 0.01, i, epoch, quality[i] * (1 - 0.6 ** epoch) + rng.gauss(0, 0.005)))
+    return [(i, epoch, acc, 0.0) for _, i, epoch, acc in sorted(out)]
+
+
+def test_recent_asha_is_rays_asha_with_a_long_window_and_halves_as_asha_means_under_a_learning_sampler() -> None:
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from service.runner.schedulers import RecentASHA, make_scheduler
+    from tests.service.test_mo_asha import run, stream
+
+    kw = {"time_attr": "epoch", "metric": "val_accuracy", "mode": "max", "max_t": 20, "grace_period": 2, "reduction_factor": 3}
+    for seed in range(6):  # a window longer than the study: every decision Ray's
+        results = stream(seed, 30, 20)
+        assert run(RecentASHA(window=1000, **kw), results, 30) == run(ASHAScheduler(**kw), results, 30)
+    ran_all: dict[str, list[int]] = {"asha": [], "recent": []}
+    for seed in range(6):
+        n = 64
+        results = _improving_stream(seed, n, 20)
+        best = max(range(n), key=lambda i: max(acc for j, _, acc, _ in results if j == i))
+        for name, scheduler in (("asha", ASHAScheduler(**kw)), ("recent", RecentASHA(window=9, **kw))):
+            decisions = run(scheduler, results, n)
+            finished = [i for i in range(n) if decisions.get((i, 20)) is not None]
+            ran_all[name].append(len(finished))
+            assert best in finished  # the best trial runs to the end either way
+            assert all(a in (TrialScheduler.CONTINUE, TrialScheduler.STOP) for a in decisions.values())
+    # successive halving with rf 3 over rungs 2, 6, 18 means 64 / 27 (2 or 3) trials run to the end;
+    # against every recorded value more than half of them do, against the recent ones far fewer
+    # (not 2 or 3: while the sampler is still learning, each trial is better than its recent peers too)
+    assert sum(ran_all["asha"]) / 6 > 32, ran_all
+    assert sum(ran_all["recent"]) < 0.75 * sum(ran_all["asha"]), ran_all
+    assert isinstance(make_scheduler(Scheduler(window=9), 20), RecentASHA)
+    assert type(make_scheduler(Scheduler(), 20)) is ASHAScheduler
+
+
+def test_a_window_is_for_one_objective_asha_only() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as bad:
+        Scheduler(type="median", window=9)
+    assert bad.value.errors()[0]["loc"] == ("window",) and "asha only" in str(bad.value)
+    with pytest.raises(ValidationError):
+        Scheduler(window=1)
