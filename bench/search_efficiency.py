@@ -325,9 +325,9 @@ def summarize(runs: dict[str, list[dict[str, Any]]], fixed_target: float | None 
             "test_accuracy": _stats(tests) if tests else None,
         }
     if target is not None:
-        table["paired"] = {f"{a} vs {b}": paired(runs[a], runs[b], target) for a, b in PAIRS if runs.get(a) and runs.get(b)}
+        table["paired"] = {f"{a} vs {b}": paired(runs[a], runs[b], target) for a, b in pairs(list(runs)) if runs[a] and runs[b]}
     table["paired_best"] = {f"{a} vs {b}": paired_best(runs[a], runs[b], common_epochs, common_wall)
-                            for a, b in PAIRS if runs.get(a) and runs.get(b)}
+                            for a, b in pairs(list(runs)) if runs[a] and runs[b]}
     return table
 
 
@@ -355,7 +355,15 @@ def paired_best(a: list[dict[str, Any]], b: list[dict[str, Any]], common_epochs:
     return out
 
 
-PAIRS = (("caviar", "tune+"), ("caviar", "tune"), ("caviar", "random"))
+def pairs(methods: list[str]) -> list[tuple[str, str]]:
+    """What each Caviar method is compared with, seed by seed: the plain scripts and random search,
+    and (for a variant) Caviar's defaults."""
+    out = []
+    for a in (m for m in methods if m.startswith("caviar")):
+        out += [(a, b) for b in ("tune+", "tune", "random") if b in methods]
+        if a != "caviar" and "caviar" in methods:
+            out.append((a, "caviar"))
+    return out
 
 
 def paired(a: list[dict[str, Any]], b: list[dict[str, Any]], target: float, resamples: int = 10_000) -> dict[str, Any]:
