@@ -19,7 +19,8 @@ seeds of random search's final best), wall time, and the held-out test accuracy 
 configuration. Writes a JSON file (``--json PATH``, default docs/bench/search_efficiency_<trainable><tag>.json)
 and the anytime plot (PNG) beside it.
 
---smoke asserts, of each Caviar run: ASHA stopped at least one trial early, and no trial failed.
+--smoke asserts, of each Caviar run (its defaults, and mf_tpe with ASHA's window of 2): ASHA
+stopped at least one trial early, and no trial failed.
 
     python -m bench.search_efficiency                                # MLP: 32 configs x 5 seeds
     python -m bench.search_efficiency --trainable cnn_bn_softmax --seeds 3 --configs 16
@@ -452,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out = Path(tempfile.mkdtemp(prefix="caviar-bench-"))
     path = args.json or args.out / f"search_efficiency_{args.trainable}{args.tag}.json"
     methods = args.methods.split(",")
+    if args.smoke and args.methods == ",".join(METHODS):
+        methods.append("caviar@mf_tpe+w2")  # the multi-fidelity options through a real study too
     for m in methods:  # before anything starts
         if m.startswith("caviar@"):
             caviar_variant(m)
