@@ -68,8 +68,7 @@ LABELS = {
 
 def label(method: str) -> str:
     if method.startswith("caviar@"):
-        variant = method.split("@")[1]
-        return f"(c') Caviar REST, {variant}"
+        return f"(c') Caviar REST, {method.split('@')[1]}"
     return LABELS[method]
 
 

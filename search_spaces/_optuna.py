@@ -298,23 +298,17 @@ SamplerBuilder = Callable[[SearchSpace, "int | None", int], optuna.samplers.Base
 TPE_HISTORY, TPE_KEEP_BEST = 1000, 100
 
 
-def _tpe(space: SearchSpace, seed: int | None, max_grid_points: int) -> optuna.samplers.BaseSampler:
-    # multivariate + group model the conditional structure instead of treating parameters as
-    # independent; constant_liar keeps parallel workers from sampling the same point
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return FastTPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, max_history=TPE_HISTORY, keep_best=TPE_KEEP_BEST)
-
-
 # multi-fidelity TPE: the fidelity is the highest rung with at least this many values
 MF_TPE_ENOUGH = 10
 
 
-def _mf_tpe(space: SearchSpace, seed: int | None, max_grid_points: int) -> optuna.samplers.BaseSampler:
+def _tpe(space: SearchSpace, seed: int | None, max_grid_points: int, rung_enough: int | None = None) -> optuna.samplers.BaseSampler:
+    # multivariate + group model the conditional structure instead of treating parameters as
+    # independent; constant_liar keeps parallel workers from sampling the same point
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return FastTPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, max_history=TPE_HISTORY,
-                              keep_best=TPE_KEEP_BEST, rung_enough=MF_TPE_ENOUGH)
+                              keep_best=TPE_KEEP_BEST, rung_enough=rung_enough)
 
 
 def _experimental(cls: Any, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -326,7 +320,7 @@ def _experimental(cls: Any, seed: int | None) -> optuna.samplers.BaseSampler:
 SAMPLERS: dict[str, SamplerBuilder] = {
     "tpe": _tpe,
     # TPE judging trials at the highest ASHA rung enough trials reached (BOHB's rule), running ones included
-    "mf_tpe": _mf_tpe,
+    "mf_tpe": lambda space, seed, max_points: _tpe(space, seed, max_points, rung_enough=MF_TPE_ENOUGH),
     "random": lambda space, seed, _: optuna.samplers.RandomSampler(seed=seed),
     "grid": lambda space, seed, max_points: optuna.samplers.GridSampler(space.grid(max_points), seed=seed),
     "cmaes": lambda space, seed, _: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),

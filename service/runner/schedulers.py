@@ -75,13 +75,13 @@ if tuple(BUILDERS) != SCHEDULERS:  # pragma: no cover - a scheduler named withou
 
 
 def rungs(s: Scheduler, epochs: int) -> list[int]:
-    """The epochs at which ASHA judges a trial (Ray's rungs: grace_period x reduction_factor^k below
-    max_t), and max_t: where the searcher tells Optuna a trial's value, so that a multi-fidelity
-    sampler can compare trials at the same epoch. The same rungs whatever the scheduler's type."""
+    """The epochs at which ASHA judges a trial (Ray's own rungs: grace_period x reduction_factor^k
+    below max_t, each at the first epoch at or past it), and max_t: where the searcher tells Optuna
+    a trial's value, so that a multi-fidelity sampler can compare trials at the same epoch. The same
+    rungs whatever the scheduler's type."""
     max_t = s.max_t or epochs
-    count = int(math.log(max_t / s.grace_period) / math.log(s.reduction_factor) + 1)  # as Ray's _Bracket counts them
-    # Ray judges a trial at the first epoch at or past each (possibly fractional) milestone
-    return sorted({*(math.ceil(s.grace_period * s.reduction_factor ** k - 1e-9) for k in range(count)), max_t})
+    milestones = (m for m, _ in _Bracket(s.grace_period, max_t, s.reduction_factor, 0)._rungs)
+    return sorted({*(math.ceil(m - 1e-9) for m in milestones), max_t})
 
 
 def make_scheduler(s: Scheduler, epochs: int, objectives: Sequence[tuple[str, str]] | None = None) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +33,6 @@ class PruningOptunaSearch(OptunaSearch):
         self.history = history or []  # before OptunaSearch's __init__, which sets up the study
         super().__init__(*args, **kwargs)
         self.epochs, self.rungs = epochs, frozenset(rungs)
-        self._told: dict[str, set[int]] = {}  # trial id -> the epochs already reported to Optuna
 
     def _setup_study(self, mode: Any) -> None:
         """OptunaSearch's, then (warm start) an earlier study's finished trials into a study that
@@ -49,17 +49,16 @@ class PruningOptunaSearch(OptunaSearch):
             self._report(trial_id, result)
 
     def _report(self, trial_id: str, result: dict[str, Any] | None) -> None:
-        """Tell Optuna the trial's value at this epoch, once (single objective: Optuna keeps no
-        intermediate values with several)."""
+        """Tell Optuna the trial's value at this epoch (single objective: Optuna keeps no
+        intermediate values with several). An epoch told already (a trial that ends at a rung is
+        heard of twice) Optuna's trial ignores, from its own record, without a storage read."""
         metric, ot_trial = self._metric, self._ot_trials.get(trial_id)
         if (ot_trial is None or not isinstance(metric, str) or not result or "training_iteration" not in result
                 or not isinstance(result.get(metric), (int, float))):
             return
-        step = int(result["training_iteration"])
-        told = self.__dict__.setdefault("_told", {}).setdefault(trial_id, set())
-        if step not in told:
-            ot_trial.report(float(result[metric]), step)
-            told.add(step)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The reported value is ignored because")
+            ot_trial.report(float(result[metric]), int(result["training_iteration"]))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         outcome = trial_outcome(result, self.epochs, error)
@@ -67,7 +66,6 @@ class PruningOptunaSearch(OptunaSearch):
             if self.rungs:  # the last epoch too: with a scheduler that stops there, Tune forwards it only here
                 self._report(trial_id, result)
             super().on_trial_complete(trial_id, result, error)
-            self.__dict__.get("_told", {}).pop(trial_id, None)
             return
         if trial_id in self._completed_trials:
             return
@@ -84,4 +82,3 @@ class PruningOptunaSearch(OptunaSearch):
         except Exception as exc:  # e.g. already told
             log.warning("optuna tell failed for %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
-        self.__dict__.get("_told", {}).pop(trial_id, None)

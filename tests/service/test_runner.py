@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -55,7 +56,9 @@ def test_the_searcher_tells_optuna_each_trials_value_at_the_rungs_once_and_at_it
     search.on_trial_complete("a", {"training_iteration": 18, "epoch": 18, "val_accuracy": curve[18]})
     for e in range(1, 31):  # b: to the end
         search.on_trial_result("b", {"training_iteration": e, "epoch": e, "val_accuracy": curve[e] + 0.5})
-    search.on_trial_complete("b", {"training_iteration": 30, "epoch": 30, "val_accuracy": curve[30] + 0.5})
+    with warnings.catch_warnings():  # b's epoch 30 is heard twice (as a result, then at completion): told once, quietly
+        warnings.simplefilter("error")
+        search.on_trial_complete("b", {"training_iteration": 30, "epoch": 30, "val_accuracy": curve[30] + 0.5})
     for e in range(1, 8):  # c: still running at epoch 7
         search.on_trial_result("c", {"training_iteration": e, "epoch": e, "val_accuracy": curve[e]})
     trials = {t.number: t for t in search._ot_study.get_trials(deepcopy=False)}  # type: ignore[union-attr]
