@@ -233,8 +233,7 @@ def test_panda_mode_a_person_adjusts_a_running_trial_from_the_study_page(tmp_pat
 
         store.trials.upsert(sid, "t1", trial_dir="trial-dir")
         store.trials.add_epoch(sid, "t1", {"epoch": 1, "val_accuracy": 0.5, "checkpoint": "checkpoint_000000"}, "val_accuracy", "max")
-        page.reload()
-        page.get_by_role("button", name="Fork from here").wait_for()
+        page.get_by_role("button", name="Fork from here").wait_for()  # live: the first epoch's event shows the fork form
         page.get_by_label("from epoch").fill("1")
         page.get_by_label("fork knob").select_option("lr")
         page.get_by_label("fork value").fill("0.01")

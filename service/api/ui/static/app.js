@@ -240,9 +240,11 @@ async function studyPage(id) {
   };
 
   // panda mode: a person steers a running trial (POST .../adjust), and sees what was changed when
+  const reported = new Set(); // trials the event stream has shown an epoch of (a cached trial list may not yet)
   const loadPanda = async () => {
     if (study.definition.mode !== "panda") { el.panda.replaceChildren(); return; }
-    const [{ data: trainables }, { data: trials }] = await Promise.all([api("/v1/trainables"), api(`/v1/studies/${id}/trials`)]);
+    const [{ data: trainables }, { data: listed }] = await Promise.all([api("/v1/trainables"), api(`/v1/studies/${id}/trials`)]);
+    const trials = listed.map((t) => (reported.has(t.trial_id) && !t.epochs ? { ...t, epochs: 1 } : t));
     const knobs = (trainables.find((t) => t.name === study.trainable) || { adjustable: [] }).adjustable;
     const details = await Promise.all(trials.map((t) => api(`/v1/studies/${id}/trials/${t.trial_id}`).then((r) => r.data)));
     const running = trials.filter((t) => t.state === "running");
@@ -384,6 +386,7 @@ async function studyPage(id) {
     }
     if (["trial_started", "completed", "stopped_early", "failed", "retried", "new_best"].includes(type)) refreshAll();
     if (["adjust_requested", "adjusted", "trial_started"].includes(type)) loadPanda();
+    if (type === "epoch" && study.definition.mode === "panda" && !reported.has(data.trial_id)) { reported.add(data.trial_id); loadPanda(); } // it can be forked now
     if (["completed", "stopped_early"].includes(type)) refreshImportance();
     if (type === "study_finished") { el.live.textContent = ""; refreshAll(); loadImportance(); }
   }, controller.signal);
