@@ -208,10 +208,14 @@ def run_tune(head: LocalHead, trainable: str, configs: int, epochs: int, seed: i
 # -- (c): Caviar over REST ----------------------------------------------------------------------
 
 
+TPE_OFF = {"nogroup": "group", "indep": "multivariate", "noliar": "constant_liar"}  # caviar@<part>: that TPE option off
+
+
 def caviar_variant(method: str) -> dict[str, Any]:
     """``caviar`` is Caviar's defaults. After ``@``, parts joined by ``+``: a sampler's name
     (``caviar@mf_tpe``), ASHA's grace period and reduction factor (``caviar@g1r4``), ASHA's window
-    (``caviar@w18``): e.g. ``caviar@mf_tpe+w18``."""
+    (``caviar@w18``), one of TPE's options off (``nogroup``, ``indep``, ``noliar``): e.g.
+    ``caviar@mf_tpe+w18``; ``caviar@nogroup`` samples with Optuna 5's TPESampler defaults, as (b+) does."""
     if "@" not in method:
         return {}
     from search_spaces import SAMPLERS
@@ -219,14 +223,16 @@ def caviar_variant(method: str) -> dict[str, Any]:
     variant: dict[str, Any] = {}
     for part in method.split("@", 1)[1].split("+"):
         if part in SAMPLERS:
-            variant["sampler"] = {"type": part}
+            variant.setdefault("sampler", {}).update(type=part)
+        elif part in TPE_OFF:  # one of TPE's options off; nogroup: Optuna 5's TPESampler defaults
+            variant.setdefault("sampler", {}).update({TPE_OFF[part]: False})
         elif m := re.fullmatch(r"g(\d+)r(\d+(?:\.\d+)?)", part):
             variant.setdefault("scheduler", {}).update(grace_period=int(m[1]), reduction_factor=float(m[2]))
         elif m := re.fullmatch(r"w(\d+)", part):
             variant.setdefault("scheduler", {}).update(window=int(m[1]))
         else:
             raise SystemExit(f"--methods: '{part}' in '{method}' is none of a sampler ({', '.join(SAMPLERS)}), "
-                             f"g<grace>r<reduction factor> (e.g. g1r4), w<window> (e.g. w18)")
+                             f"g<grace>r<reduction factor> (e.g. g1r4), w<window> (e.g. w18), {', '.join(TPE_OFF)}")
     return variant
 
 

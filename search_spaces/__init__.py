@@ -23,6 +23,8 @@ from search_spaces._model import (
 from search_spaces._optuna import (
     IMPORTANCE_EVALUATOR,
     SAMPLERS,
+    TPE_OPTIONS,
+    TPE_SAMPLERS,
     FastTPESampler,
     define_by_run,
     importance,
@@ -38,6 +40,8 @@ __all__ = [
     "IMPORTANCE_EVALUATOR",
     "MAX_PARAMETERS",
     "SAMPLERS",
+    "TPE_OPTIONS",
+    "TPE_SAMPLERS",
     "CategoricalParam",
     "FastTPESampler",
     "FloatParam",

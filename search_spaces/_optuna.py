@@ -302,13 +302,16 @@ TPE_HISTORY, TPE_KEEP_BEST = 1000, 100
 MF_TPE_ENOUGH = 10
 
 
-def _tpe(space: SearchSpace, seed: int | None, max_grid_points: int, rung_enough: int | None = None) -> optuna.samplers.BaseSampler:
+def _tpe(space: SearchSpace, seed: int | None, max_grid_points: int, rung_enough: int | None = None, *,
+         multivariate: bool = True, group: bool = True, constant_liar: bool = True) -> optuna.samplers.BaseSampler:
     # multivariate + group model the conditional structure instead of treating parameters as
-    # independent; constant_liar keeps parallel workers from sampling the same point
+    # independent; constant_liar keeps parallel workers from sampling the same point. Optuna 5's
+    # TPESampler defaults differ in group only (off: the parameters not in every trial are sampled
+    # each on its own); a definition may set each
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return FastTPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, max_history=TPE_HISTORY,
-                              keep_best=TPE_KEEP_BEST, rung_enough=rung_enough)
+        return FastTPESampler(seed=seed, multivariate=multivariate, group=group and multivariate, constant_liar=constant_liar,
+                              max_history=TPE_HISTORY, keep_best=TPE_KEEP_BEST, rung_enough=rung_enough)
 
 
 def _experimental(cls: Any, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -333,11 +336,24 @@ SAMPLERS: dict[str, SamplerBuilder] = {
 }
 
 
-def make_sampler(kind: str, space: SearchSpace, seed: int | None, *, max_grid_points: int) -> optuna.samplers.BaseSampler:
-    """Build the Optuna sampler named ``kind`` (one of ``SAMPLERS``), seeded."""
+# the samplers built on TPE, and the options a definition may set on them (None: Caviar's default)
+TPE_SAMPLERS = ("tpe", "mf_tpe")
+TPE_OPTIONS = ("multivariate", "group", "constant_liar")
+
+
+def make_sampler(kind: str, space: SearchSpace, seed: int | None, *, max_grid_points: int,
+                 options: dict[str, bool | None] | None = None) -> optuna.samplers.BaseSampler:
+    """Build the Optuna sampler named ``kind`` (one of ``SAMPLERS``), seeded; ``options`` (one of
+    ``TPE_OPTIONS`` each, None for the default) for the TPE samplers only."""
     if kind not in SAMPLERS:
         raise ValueError(f"unknown sampler '{kind}' (expected one of {', '.join(SAMPLERS)})")
-    return SAMPLERS[kind](space, seed, max_grid_points)
+    chosen = {k: v for k, v in (options or {}).items() if v is not None}
+    if not chosen:
+        return SAMPLERS[kind](space, seed, max_grid_points)
+    if kind not in TPE_SAMPLERS or set(chosen) - set(TPE_OPTIONS):
+        raise ValueError(f"options {sorted(chosen)} apply to samplers {', '.join(TPE_SAMPLERS)} only "
+                         f"({', '.join(TPE_OPTIONS)}), not '{kind}'")
+    return _tpe(space, seed, max_grid_points, MF_TPE_ENOUGH if kind == "mf_tpe" else None, **chosen)
 
 
 # Optuna's default forest (64 trees of depth up to 64) marginalizes in pure Python: 7 s at 200 trials,

@@ -20,6 +20,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from search_spaces import (
     SAMPLERS,
+    TPE_SAMPLERS,
     CategoricalParam,
     FloatParam,
     IntParam,
@@ -73,11 +74,32 @@ class Sampler(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: str = Field("tpe", description=f"One of: {', '.join(SAMPLERS)}.")
     seed: int | None = Field(0, ge=0, le=2**32 - 1)
+    multivariate: bool | None = Field(
+        None, description=f"{' and '.join(TPE_SAMPLERS)} only: model the parameters jointly (default true, as Optuna's TPE "
+                          "for one objective) or each on its own.")
+    group: bool | None = Field(
+        None, description=f"{' and '.join(TPE_SAMPLERS)} only, with multivariate: model jointly the parameters each group of "
+                          "trials has, so conditional ones are modelled too (Caviar's default, true); false, Optuna's default: "
+                          "the parameters not in every trial are sampled each on its own.")
+    constant_liar: bool | None = Field(
+        None, description=f"{' and '.join(TPE_SAMPLERS)} only: count running trials as poor ones while sampling, so parallel "
+                          "trials spread out (default true, as Optuna's).")
 
     @field_validator("type")
     @classmethod
     def _known(cls, value: str) -> str:
         return _one_of("sampler", value, SAMPLERS)
+
+    @field_validator("multivariate", "group", "constant_liar")
+    @classmethod
+    def _tpe_only(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        if value is not None and info.data.get("type") not in TPE_SAMPLERS:
+            raise ValueError(f"{info.field_name} applies to sampler types {', '.join(TPE_SAMPLERS)} only, not '{info.data.get('type')}'")
+        return value
+
+    def options(self) -> dict[str, bool | None]:
+        """The TPE options as ``make_sampler`` takes them."""
+        return {"multivariate": self.multivariate, "group": self.group, "constant_liar": self.constant_liar}
 
 
 class Scheduler(BaseModel):

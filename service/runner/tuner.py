@@ -76,7 +76,7 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
     points, history = warm_start_plan(store, d, space) if extended_at is None else ([], [])
     search = PruningOptunaSearch(
         space=define_by_run(space, constants), metric=search_metric, mode=search_mode,
-        sampler=make_sampler(d.sampler.type, space, d.sampler.seed, max_grid_points=10**9),
+        sampler=make_sampler(d.sampler.type, space, d.sampler.seed, max_grid_points=10**9, options=d.sampler.options()),
         # the Optuna study caviar-<id>: in a journal file beside Tune's results, or in the database;
         # either way optuna-dashboard opens it
         storage=optuna_storage(settings.optuna_storage, settings.database_url, settings.data_dir, study_id),

@@ -307,3 +307,32 @@ def test_multi_fidelity_tpe_samples_where_trials_are_best_at_the_highest_rung(di
     assert isinstance(sampler, FastTPESampler) and sampler._rung_enough == 10 and sampler._max_history == 1000
     with pytest.raises(ValueError, match="rung_enough"):
         FastTPESampler(rung_enough=1)
+
+
+def test_tpe_without_groups_suggests_what_optunas_default_tpe_does_and_options_apply_to_tpe_samplers_only() -> None:
+    space = resolve_space(["seven_key"])  # conditional parameters: where grouping matters
+
+    def suggestions(sampler: optuna.samplers.BaseSampler, n: int = 30) -> list[dict[str, Any]]:
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        out = []
+        for _ in range(n):
+            trial = study.ask()
+            params = suggest(trial, space)
+            study.tell(trial, -math.log(params["lr"]) - params.get("beta1", 0.5))
+            out.append(params)
+        return out
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Optuna 5's TPESampler defaults (multivariate, no groups, constant liar) with Caviar's maths
+        # (SciPy's log_ndtr differs from Optuna's in the last bit)
+        optunas = suggestions(FastTPESampler(seed=4))
+        ours = suggestions(make_sampler("tpe", space, 4, max_grid_points=10, options={"group": False}))
+        caviars = suggestions(make_sampler("tpe", space, 4, max_grid_points=10, options={"group": None}))  # None: the default
+    assert ours == optunas
+    assert caviars != optunas and caviars[:10] == optunas[:10]  # the same random start, then groups
+    independent = make_sampler("mf_tpe", space, 4, max_grid_points=10, options={"multivariate": False, "constant_liar": False})
+    assert isinstance(independent, FastTPESampler) and independent._rung_enough == 10
+    assert (independent._multivariate, independent._group, independent._constant_liar) == (False, False, False)  # no group without multivariate
+    with pytest.raises(ValueError, match="apply to samplers tpe, mf_tpe only"):
+        make_sampler("random", space, 4, max_grid_points=10, options={"multivariate": False})

@@ -60,9 +60,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, F
         (_with("dataset", {"name": "file", "path": "table.csv"}), "dataset.target", "column 'label' is not in table.csv (its columns: a, b, target)"),
         (_with("scheduler", {"type": "asha", "grace_period": 5}), "scheduler.grace_period", "must be <= the epochs a trial runs (2)"),
         (_with("scheduler", {"type": "median", "window": 9}), "scheduler.window", "window applies to scheduler type asha only, not 'median'"),
+        (_with("sampler", {"type": "cmaes", "constant_liar": False}), "sampler.constant_liar",
+         "constant_liar applies to sampler types tpe, mf_tpe only, not 'cmaes'"),
     ],
     ids=["trainable", "dataset", "space", "preset", "knob", "grid", "budget", "gpu", "sampler", "scheduler", "metric", "fixed",
-         "traversal", "missing-file", "label-column", "grace", "window"],
+         "traversal", "missing-file", "label-column", "grace", "window", "tpe-option"],
 )
 def test_bad_definitions_get_422_naming_the_field_and_store_nothing(server: tuple[Client, FakeJobs, Path], body: dict[str, Any], field: str, rule: str) -> None:
     client, _, _ = server
