@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.json or args.out / f"search_efficiency_{args.trainable}{args.tag}.json"
     methods = args.methods.split(",")
     if args.smoke and args.methods == ",".join(METHODS):
-        methods.append("caviar@mf_tpe+w2")  # the multi-fidelity options through a real study too
+        methods.append("caviar@mf_tpe+w2+nogroup")  # the multi-fidelity and TPE options through a real study too
     for m in methods:  # before anything starts
         if m.startswith("caviar@"):
             caviar_variant(m)
