@@ -116,8 +116,9 @@ class Client:
     def study(self, study_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/studies/{study_id}"))
 
-    def studies(self, status: str | None = None, offset: int = 0, limit: int = 50) -> dict[str, Any]:
-        params: dict[str, Any] = {"offset": offset, "limit": limit, **({"status": status} if status else {})}
+    def studies(self, status: str | None = None, offset: int = 0, limit: int = 50, view: str = "full") -> dict[str, Any]:
+        """A page of studies; ``view="summary"``: without their definitions."""
+        params: dict[str, Any] = {"offset": offset, "limit": limit, **({"status": status} if status else {}), "view": view}
         return dict(self.request("GET", "/v1/studies", params=params))
 
     def trials(self, study_id: str) -> list[dict[str, Any]]:

@@ -72,7 +72,9 @@ class TrialDetail(TrialOut):
     interventions: list[Intervention] = Field(default_factory=list, description="Panda mode: the changes a person made while it ran.")
 
 
-class StudyOut(BaseModel):
+class StudySummary(BaseModel):
+    """A study as a listing shows it: all of ``StudyOut`` but its definition."""
+
     id: str
     name: str
     status: StudyStatus
@@ -86,15 +88,25 @@ class StudyOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
-    definition: dict[str, Any]
     owner: str = Field(description="Owner of the API token that submitted the study ('local': loopback without a token).")
     resumes: int = Field(0, description="Times the study was resumed from Tune's saved state after its Ray job died.")
     parent_id: str | None = Field(None, description="The study it was warm-started or refined from; its children: GET /v1/studies?parent_id=ID.")
     extended_at: datetime | None = Field(None, description="When it was last extended with more trials (POST .../extend).")
 
 
+class StudyOut(StudySummary):
+    definition: dict[str, Any] = Field(description="As submitted, with its search space resolved (presets expanded).")
+
+
 class StudyPage(BaseModel):
     items: list[StudyOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class StudySummaryPage(BaseModel):
+    items: list[StudySummary]
     total: int
     offset: int
     limit: int

@@ -29,6 +29,8 @@ from service.api.schemas import (
     RefineRequest,
     StudyOut,
     StudyPage,
+    StudySummary,
+    StudySummaryPage,
     TrialDetail,
     TrialOut,
 )
@@ -178,22 +180,29 @@ def study_out(ctx: Context, row: StudyRow) -> StudyOut:
     return _out(ctx, *found) if found else _out(ctx, row, {}, None)
 
 
-def _out(ctx: Context, row: StudyRow, counts: dict[str, int], b: TrialRow | None) -> StudyOut:
+def _fields(ctx: Context, row: StudyRow, counts: dict[str, int], b: TrialRow | None) -> dict[str, Any]:
     d = row.definition
     best = {"trial_id": b.trial_id, "value": b.best_value, "config": b.config} if b is not None else None
-    return StudyOut(
+    return dict(
         id=row.id, name=row.name, status=StudyStatus(row.status), trainable=d["trainable"], objective=d["objective"],
         trial_counts=counts, best=best, ray_job_id=row.ray_job_id,
         dashboard_url=f"{ctx.settings.dashboard_url}/#/jobs/{row.ray_job_id}" if row.ray_job_id else None,
         created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at, error=row.error,
-        definition=d, owner=row.owner, resumes=row.resumes, parent_id=row.parent_id, extended_at=row.extended_at,
+        owner=row.owner, resumes=row.resumes, parent_id=row.parent_id, extended_at=row.extended_at,
     )
 
 
+def _out(ctx: Context, row: StudyRow, counts: dict[str, int], b: TrialRow | None) -> StudyOut:
+    return StudyOut(**_fields(ctx, row, counts, b), definition=row.definition)
+
+
 def list_page(ctx: Context, status: StudyStatus | None, offset: int, limit: int, owner: str | None = None,
-              parent_id: str | None = None) -> StudyPage:
+              parent_id: str | None = None, *, summary: bool = False) -> StudyPage | StudySummaryPage:
+    """A page of studies, newest first; ``summary``: without their definitions."""
     views, total = ctx.store.studies.page(status.value if status else None, offset, limit, owner=owner, parent_id=parent_id)
-    return StudyPage(items=[_out(ctx, *view) for view in views], total=total, offset=offset, limit=limit)
+    if summary:
+        return StudySummaryPage(items=[StudySummary(**_fields(ctx, *v)) for v in views], total=total, offset=offset, limit=limit)
+    return StudyPage(items=[_out(ctx, *v) for v in views], total=total, offset=offset, limit=limit)
 
 
 def trial_out(row: TrialRow) -> dict[str, Any]:

@@ -195,3 +195,20 @@ def test_an_autoscaling_cluster_declares_the_node_it_can_add(tmp_path: Path) -> 
     with inprocess_api(tmp_path / "live", FakeJobs({"CPU": 0.0})) as (client, _), pytest.raises(CaviarError) as caught:
         client.submit(gpu)  # nothing declared: only what is alive counts
     assert caught.value.status == 422
+
+
+def test_a_summary_listing_is_the_full_one_without_definitions_and_a_bad_view_is_422(server: tuple[Client, FakeJobs, Path]) -> None:
+    client, _, _ = server
+    ids = [client.submit(GOOD | {"name": f"listed-{i}", "search_space": "seven_key"})["id"] for i in range(3)]
+    full = client.studies(limit=200)
+    summary = client.studies(limit=200, view="summary")
+    assert summary["total"] == full["total"] >= 3
+    assert [s["id"] for s in summary["items"]] == [s["id"] for s in full["items"]]
+    for long, short in zip(full["items"], summary["items"], strict=True):
+        assert "definition" in long and long["definition"]["name"] == long["name"]
+        assert short == {k: v for k, v in long.items() if k != "definition"}
+    assert set(ids) <= {s["id"] for s in summary["items"]}
+    sizes = {view: len(client.http.get("/v1/studies", params={"limit": 200, "view": view}).content) for view in ("full", "summary")}
+    assert sizes["summary"] * 4 < sizes["full"], sizes  # a resolved search space is most of a study's bytes
+    r = client.http.get("/v1/studies", params={"view": "brief"})
+    assert r.status_code == 422 and r.json()["field"] == "query.view" and "summary" in r.json()["detail"], r.json()

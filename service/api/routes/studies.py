@@ -27,6 +27,7 @@ from service.api.schemas import (
     RefineRequest,
     StudyOut,
     StudyPage,
+    StudySummaryPage,
     TrialDetail,
     TrialOut,
     json_bytes,
@@ -90,7 +91,7 @@ async def json_response(build: Callable[[], BaseModel]) -> Response:
     return Response(await run_in_threadpool(lambda: json_bytes(build())), media_type="application/json")
 
 
-@router.get("", response_model=StudyPage, summary="List studies, newest first")
+@router.get("", response_model=StudyPage | StudySummaryPage, summary="List studies, newest first")
 async def list_studies(
     ctx: ContextDep,
     owner: OwnerDep,
@@ -98,8 +99,11 @@ async def list_studies(
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     parent_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{16}$", description="Only the studies warm-started or refined from this one.")] = None,
+    view: Annotated[Literal["full", "summary"], Query(
+        description="full: each study as GET /v1/studies/{id} shows it; summary: without its definition "
+                    "(what a listing shows: a fraction of the bytes and of the server's time).")] = "full",
 ) -> Response:
-    return await json_response(lambda: studies.list_page(ctx, status_filter, offset, limit, owner, parent_id))
+    return await json_response(lambda: studies.list_page(ctx, status_filter, offset, limit, owner, parent_id, summary=view == "summary"))
 
 
 CACHED = ("Served from memory for up to CAVIAR_READ_CACHE_S (default 0.5 s): the study's driver's writes show within "

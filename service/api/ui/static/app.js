@@ -126,7 +126,7 @@ async function listPage(params) {
   view.replaceChildren(h("div", { class: "toolbar" }, h("h1", {}, "Studies"), filter, h("a", { class: "button", href: "#/submit" }, "Submit a study")),
     h("table", { class: "studies" }, h("thead", {}, h("tr", {}, ["Name", "Owner", "Status", "Progress", "Best so far", "Created"].map((c) => h("th", {}, c)))), body), pager);
   const load = async () => {
-    const q = new URLSearchParams({ offset, limit });
+    const q = new URLSearchParams({ offset, limit, view: "summary" }); // the listing shows no definition
     if (status) q.set("status", status);
     const { data } = await api(`/v1/studies?${q}`);
     body.replaceChildren(...data.items.map((s) => h("tr", { dataset: { study: s.id } },
@@ -289,7 +289,7 @@ async function studyPage(id) {
   };
 
   const loadChildren = async () => {
-    const { data } = await api(`/v1/studies?parent_id=${id}&limit=20`);
+    const { data } = await api(`/v1/studies?parent_id=${id}&limit=20&view=summary`);
     el.children.replaceChildren(...(data.items.length ? data.items.flatMap((c, i) => [i ? ", " : "", h("a", { href: `#/studies/${c.id}` }, `${c.name} (${c.status})`)]) : ["–"]));
   };
 
