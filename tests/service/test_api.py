@@ -206,7 +206,9 @@ def test_a_summary_listing_is_the_full_one_without_definitions_and_a_bad_view_is
     assert [s["id"] for s in summary["items"]] == [s["id"] for s in full["items"]]
     for long, short in zip(full["items"], summary["items"], strict=True):
         assert "definition" in long and long["definition"]["name"] == long["name"]
-        assert short == {k: v for k, v in long.items() if k != "definition"}
+        assert set(short) == set(long) - {"definition"}
+        stable = ("id", "name", "owner", "trainable", "objective", "created_at", "parent_id")  # the dispatcher may move the rest between reads
+        assert {k: short[k] for k in stable} == {k: long[k] for k in stable}
     assert set(ids) <= {s["id"] for s in summary["items"]}
     sizes = {view: len(client.http.get("/v1/studies", params={"limit": 200, "view": view}).content) for view in ("full", "summary")}
     assert sizes["summary"] * 4 < sizes["full"], sizes  # a resolved search space is most of a study's bytes
