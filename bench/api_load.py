@@ -22,7 +22,8 @@ What runs (all started here on loopback and free ports, and stopped at the end; 
               what UIs and `caviar wait` poll), driven with --connections (32);
               GET /v1/studies?limit=50 (the newest page, with each study's counts and best), GET
               .../best?k=10 of the big study, GET .../trials/{tid} of the big study (one trial with its
-              20-epoch history): these read the store on every request; driven with
+              20-epoch history), and the listing as the UI asks for it (view=summary: no definitions):
+              these read the store on every request; driven with
               --uncached-connections (4: people and scripts reading, not pollers; at 32 connections
               on one server core a request's latency is mostly the 31 ahead of it)
   load      - per endpoint, interleaved in rounds (ping, study, trials, ping, ...) so drift on a shared
@@ -327,7 +328,8 @@ def summarize(runs: list[dict[str, Any]], cpu_s: float, wall_s: float) -> dict[s
 # -- the benchmark -----------------------------------------------------------------------------------
 
 
-UNCACHED = ("GET /v1/studies?limit=50", "GET .../best?k=10 (big study)", "GET .../trials/{tid} (history)")
+UNCACHED = ("GET /v1/studies?limit=50", "GET .../best?k=10 (big study)", "GET .../trials/{tid} (history)",
+            "GET /v1/studies?limit=50&view=summary")
 BIG_EPOCHS = 20
 
 
@@ -411,6 +413,7 @@ def run(args: argparse.Namespace, wrk: str | None, work: Path) -> dict[str, Any]
                     UNCACHED[0]: (server.proc.pid, f"{server.url}/v1/studies?limit=50"),
                     UNCACHED[1]: (server.proc.pid, f"{server.url}/v1/studies/{big_id}/best?k=10"),
                     UNCACHED[2]: (server.proc.pid, f"{server.url}/v1/studies/{big_id}/trials/{big_trial}"),
+                    UNCACHED[3]: (server.proc.pid, f"{server.url}/v1/studies?limit=50&view=summary"),  # what the UI's list asks
                 }
                 for name, (_, url) in endpoints.items():  # each answers 200 with JSON before it is loaded
                     resp = client.http.get(url)
