@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     largest = results["sizes"][str(max(args.sizes))]
     checks.check(largest["mf_tpe"]["median_ms"] <= GOAL_MS or args.smoke,
                  f"mf_tpe at {max(args.sizes)} trials: {largest['mf_tpe']['median_ms']:.1f} ms per suggestion (goal <= {GOAL_MS:g})")
-    write_json(json_path(args, "mf_tpe_cost.json"), results)
+    write_json(json_path(args, "mf_tpe_cost"), results)
     return checks.exit_code()
 
 

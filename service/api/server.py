@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import threading
@@ -26,4 +27,14 @@ def run_server(app: FastAPI, host: str, port: int, drain_s: float) -> None:
             print(f"caviar: {signal.Signals(sig).name}: draining for {drain_s:g} s, then stopping", file=sys.stderr, flush=True)
             threading.Timer(drain_s, lambda: setattr(self, "should_exit", True)).start()
 
+    freeze_startup_objects()
     DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=20)).run()
+
+
+def freeze_startup_objects() -> None:
+    """Move what the process holds at start-up (modules, classes, the app: about 150,000 objects)
+    out of the garbage collector's sight. A request allocates thousands of objects (ORM rows,
+    pydantic models), so full collections come every few requests, and each walked all of them:
+    a page of 50 studies took 5.7 ms with them frozen against 7.6 without (docs/benchmarks.md §4)."""
+    gc.collect()
+    gc.freeze()
