@@ -95,6 +95,8 @@ class Sampler(BaseModel):
     def _tpe_only(cls, value: bool | None, info: ValidationInfo) -> bool | None:
         if value is not None and info.data.get("type") not in TPE_SAMPLERS:
             raise ValueError(f"{info.field_name} applies to sampler types {', '.join(TPE_SAMPLERS)} only, not '{info.data.get('type')}'")
+        if info.field_name == "group" and value and info.data.get("multivariate") is False:
+            raise ValueError("group needs multivariate: true (groups are modelled jointly)")
         return value
 
     def options(self) -> dict[str, bool | None]:

@@ -62,9 +62,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, F
         (_with("scheduler", {"type": "median", "window": 9}), "scheduler.window", "window applies to scheduler type asha only, not 'median'"),
         (_with("sampler", {"type": "cmaes", "constant_liar": False}), "sampler.constant_liar",
          "constant_liar applies to sampler types tpe, mf_tpe only, not 'cmaes'"),
+        (_with("sampler", {"type": "tpe", "multivariate": False, "group": True}), "sampler.group", "group needs multivariate: true"),
     ],
     ids=["trainable", "dataset", "space", "preset", "knob", "grid", "budget", "gpu", "sampler", "scheduler", "metric", "fixed",
-         "traversal", "missing-file", "label-column", "grace", "window", "tpe-option"],
+         "traversal", "missing-file", "label-column", "grace", "window", "tpe-option", "tpe-group"],
 )
 def test_bad_definitions_get_422_naming_the_field_and_store_nothing(server: tuple[Client, FakeJobs, Path], body: dict[str, Any], field: str, rule: str) -> None:
     client, _, _ = server
