@@ -93,7 +93,7 @@ class Sampler(BaseModel):
     @field_validator("multivariate", "group", "constant_liar")
     @classmethod
     def _tpe_only(cls, value: bool | None, info: ValidationInfo) -> bool | None:
-        if value is not None and info.data.get("type") not in TPE_SAMPLERS:
+        if value is not None and "type" in info.data and info.data["type"] not in TPE_SAMPLERS:  # (a bad type is its own error)
             raise ValueError(f"{info.field_name} applies to sampler types {', '.join(TPE_SAMPLERS)} only, not '{info.data.get('type')}'")
         if info.field_name == "group" and value and info.data.get("multivariate") is False:
             raise ValueError("group needs multivariate: true (groups are modelled jointly)")

@@ -92,6 +92,7 @@ class StudySummary(BaseModel):
     resumes: int = Field(0, description="Times the study was resumed from Tune's saved state after its Ray job died.")
     parent_id: str | None = Field(None, description="The study it was warm-started or refined from; its children: GET /v1/studies?parent_id=ID.")
     extended_at: datetime | None = Field(None, description="When it was last extended with more trials (POST .../extend).")
+    num_trials: int = Field(description="Its budget's num_trials (an extension raises it): how many trials it runs in all.")
 
 
 class StudyOut(StudySummary):

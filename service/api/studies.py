@@ -189,6 +189,7 @@ def _fields(ctx: Context, row: StudyRow, counts: dict[str, int], b: TrialRow | N
         dashboard_url=f"{ctx.settings.dashboard_url}/#/jobs/{row.ray_job_id}" if row.ray_job_id else None,
         created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at, error=row.error,
         owner=row.owner, resumes=row.resumes, parent_id=row.parent_id, extended_at=row.extended_at,
+        num_trials=d["budget"]["num_trials"],
     )
 
 
@@ -419,8 +420,9 @@ def refine_definition(ctx: Context, study_id: str, req: RefineRequest, owner: st
     for a, b in (("objectives", "objective"), ("objective", "objectives")):  # one of them overridden: the other goes
         if a in extra:
             new.pop(b, None)
-    for key, value in extra.items():  # overrides, merged one level deep
-        new[key] = {**new[key], **value} if isinstance(value, dict) and isinstance(new.get(key), dict) else value
+    for key, value in extra.items():  # overrides, merged one level deep; a new sampler or scheduler type replaces
+        merge = isinstance(value, dict) and isinstance(new.get(key), dict) and value.get("type", new[key].get("type")) == new[key].get("type")
+        new[key] = {**new[key], **value} if merge else value  # its options (they belong to the type: group, window)
     old_params, new_params = before.to_dict(), after.to_dict()
     narrowed = {k: {"before": old_params[k], "after": new_params.get(k)} for k in old_params if old_params[k] != new_params.get(k)}
     return RefineOut(parent_id=study_id, definition=new, narrowed=narrowed)

@@ -25,9 +25,9 @@ SPACE = {"lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
 PARENT = {**GOOD, "name": "coarse", "search_space": SPACE, "budget": {"num_trials": 12, "max_concurrent_trials": 2}}
 
 
-def finished_parent(store: Store, client: httpx.Client) -> tuple[str, list[dict[str, Any]]]:
+def finished_parent(store: Store, client: httpx.Client, definition: dict[str, Any] = PARENT) -> tuple[str, list[dict[str, Any]]]:
     """A parent study with 12 measured trials: lr near 0.01 and adam are best."""
-    sid = client.post("/v1/studies", json=PARENT).json()["id"]
+    sid = client.post("/v1/studies", json=definition).json()["id"]
     configs = []
     for i in range(12):
         opt = ("adam", "sgd", "momentum")[i % 3]
@@ -84,6 +84,24 @@ def test_refine_narrows_around_the_top_k_and_links_parent_and_child(tmp_path: Pa
         children = client.get("/v1/studies", params={"parent_id": sid}).json()
         assert [s["id"] for s in children["items"]] == [child["id"]]
         assert client.get(f"/v1/studies/{sid}").json()["parent_id"] is None
+
+
+def test_a_refine_that_changes_the_sampler_or_scheduler_type_drops_the_old_types_options(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path), jobs=FakeJobs())
+    store = app.state.ctx.store
+    tuned = {**PARENT, "sampler": {"type": "tpe", "seed": 3, "group": False},
+             "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 3, "window": 9}}
+    with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+        sid, _ = finished_parent(store, client, tuned)
+        assert client.get(f"/v1/studies/{sid}").json()["definition"]["sampler"]["group"] is False  # stored as given
+        same = client.post(f"/v1/studies/{sid}/refine", params={"dry_run": "true"},
+                           json={"top_k": 3, "num_trials": 8, "sampler": {"seed": 4}, "scheduler": {"window": 12}}).json()["definition"]
+        assert same["sampler"]["group"] is False and same["sampler"]["seed"] == 4 and same["scheduler"]["window"] == 12  # merged
+        r = client.post(f"/v1/studies/{sid}/refine", json={"top_k": 3, "num_trials": 8, "sampler": {"type": "random"},
+                                                            "scheduler": {"type": "median"}})
+        assert r.status_code == 201, r.text  # group (TPE's) and window (ASHA's) went with their types
+        assert r.json()["definition"]["sampler"]["type"] == "random" and r.json()["definition"]["sampler"]["group"] is None
+        assert r.json()["definition"]["scheduler"]["type"] == "median" and r.json()["definition"]["scheduler"]["window"] is None
 
 
 def test_warm_start_names_a_measured_study_of_the_same_owner(tmp_path: Path) -> None:

@@ -240,3 +240,17 @@ def test_a_window_is_for_one_objective_asha_only() -> None:
     assert bad.value.errors()[0]["loc"] == ("window",) and "asha only" in str(bad.value)
     with pytest.raises(ValidationError):
         Scheduler(window=1)
+
+
+def test_the_runner_builds_the_sampler_with_the_definitions_tpe_options() -> None:
+    from search_spaces import make_sampler
+    from service.definition import StudyDefinition
+
+    d = StudyDefinition.model_validate({"name": "n", "trainable": "mlp_bn_softmax", "dataset": {"name": "digits"}, "search_space": "seven_key",
+                                        "sampler": {"type": "mf_tpe", "group": False, "constant_liar": False}})
+    # as service.runner.tuner builds it
+    built = make_sampler(d.sampler.type, d.space(), d.sampler.seed, max_grid_points=10**9, options=d.sampler.options())
+    assert (built._multivariate, built._group, built._constant_liar, built._rung_enough) == (True, False, False, 10)  # type: ignore[attr-defined]
+    default = StudyDefinition.model_validate({**d.model_dump(), "sampler": {"type": "tpe"}}).sampler
+    built = make_sampler(default.type, d.space(), 0, max_grid_points=10**9, options=default.options())
+    assert (built._multivariate, built._group, built._constant_liar) == (True, True, True)  # type: ignore[attr-defined]

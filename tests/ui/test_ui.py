@@ -118,6 +118,8 @@ def test_beyond_loopback_the_ui_asks_for_a_token_and_shows_only_its_owners_studi
         page.locator(f"tr[data-study='{ids['alice']}']").wait_for()
         rows = page.locator("table.studies tbody tr").evaluate_all("rows => rows.map(r => r.dataset.study)")
         assert rows == [ids["alice"]]
+        # the list reads the summary view (no definitions): the progress still shows the budget
+        assert page.locator(f"tr[data-study='{ids['alice']}'] .progress").inner_text().startswith(f"0 / {SLOW['budget']['num_trials']} ")
         assert page.locator("#token-form").is_hidden()
         page.goto(f"{url}/#/studies/{ids['bob']}")  # another owner's study: as if it did not exist
         page.locator("main .error", has_text="no study").wait_for()

@@ -104,7 +104,7 @@ const badge = (status) => h("span", { class: `badge ${status}` }, status.replace
 const configText = (config) => Object.entries(config || {}).map(([k, v]) => `${k}=${typeof v === "number" ? plot.fmt(v) : v}`).join(" ");
 
 function progress(study) {
-  const c = study.trial_counts || {}, total = study.definition?.budget?.num_trials ?? 0;
+  const c = study.trial_counts || {}, total = study.num_trials ?? study.definition?.budget?.num_trials ?? 0;
   const done = (c.completed || 0) + (c.stopped_early || 0) + (c.failed || 0);
   return h("span", { class: "progress", title: "done / of num_trials: running, stopped early, failed" },
     `${done} / ${total}`, h("small", {}, ` (${c.running || 0} running, ${c.stopped_early || 0} stopped early, ${c.failed || 0} failed)`));
