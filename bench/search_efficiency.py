@@ -19,8 +19,8 @@ seeds of random search's final best), wall time, and the held-out test accuracy 
 configuration. Writes a JSON file (``--json PATH``, default docs/bench/search_efficiency_<trainable><tag>.json)
 and the anytime plot (PNG) beside it.
 
---smoke asserts, of each Caviar run (its defaults, and mf_tpe with ASHA's window of 2): ASHA
-stopped at least one trial early, and no trial failed.
+--smoke asserts, of each Caviar run (its defaults, and mf_tpe with ASHA's window of 2 and TPE's
+groups off): ASHA stopped at least one trial early, and no trial failed.
 
     python -m bench.search_efficiency                                # MLP: 32 configs x 5 seeds
     python -m bench.search_efficiency --trainable cnn_bn_softmax --seeds 3 --configs 16

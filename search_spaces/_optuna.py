@@ -298,11 +298,14 @@ SamplerBuilder = Callable[[SearchSpace, "int | None", int], optuna.samplers.Base
 TPE_HISTORY, TPE_KEEP_BEST = 1000, 100
 
 
-# multi-fidelity TPE: the fidelity is the highest rung with at least this many values
-MF_TPE_ENOUGH = 10
+# the samplers built on TPE, each with the number of trials at a rung that makes it TPE's fidelity
+# (None: plain TPE; mf_tpe: multi-fidelity TPE, BOHB's rule on ASHA's rungs, running trials included),
+# and the options a definition may set on them (None: Caviar's default)
+TPE_SAMPLERS: dict[str, int | None] = {"tpe": None, "mf_tpe": 10}
+TPE_OPTIONS = ("multivariate", "group", "constant_liar")
 
 
-def _tpe(space: SearchSpace, seed: int | None, max_grid_points: int, rung_enough: int | None = None, *,
+def _tpe(seed: int | None, rung_enough: int | None = None, *,
          multivariate: bool = True, group: bool = True, constant_liar: bool = True) -> optuna.samplers.BaseSampler:
     # multivariate + group model the conditional structure instead of treating parameters as
     # independent; constant_liar keeps parallel workers from sampling the same point. Optuna 5's
@@ -314,6 +317,10 @@ def _tpe(space: SearchSpace, seed: int | None, max_grid_points: int, rung_enough
                               max_history=TPE_HISTORY, keep_best=TPE_KEEP_BEST, rung_enough=rung_enough)
 
 
+def _tpe_builder(rung_enough: int | None) -> SamplerBuilder:
+    return lambda space, seed, _: _tpe(seed, rung_enough)
+
+
 def _experimental(cls: Any, seed: int | None) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -321,9 +328,7 @@ def _experimental(cls: Any, seed: int | None) -> optuna.samplers.BaseSampler:
 
 
 SAMPLERS: dict[str, SamplerBuilder] = {
-    "tpe": _tpe,
-    # TPE judging trials at the highest ASHA rung enough trials reached (BOHB's rule), running ones included
-    "mf_tpe": lambda space, seed, max_points: _tpe(space, seed, max_points, rung_enough=MF_TPE_ENOUGH),
+    **{kind: _tpe_builder(enough) for kind, enough in TPE_SAMPLERS.items()},
     "random": lambda space, seed, _: optuna.samplers.RandomSampler(seed=seed),
     "grid": lambda space, seed, max_points: optuna.samplers.GridSampler(space.grid(max_points), seed=seed),
     "cmaes": lambda space, seed, _: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
@@ -336,11 +341,6 @@ SAMPLERS: dict[str, SamplerBuilder] = {
 }
 
 
-# the samplers built on TPE, and the options a definition may set on them (None: Caviar's default)
-TPE_SAMPLERS = ("tpe", "mf_tpe")
-TPE_OPTIONS = ("multivariate", "group", "constant_liar")
-
-
 def make_sampler(kind: str, space: SearchSpace, seed: int | None, *, max_grid_points: int,
                  options: dict[str, bool | None] | None = None) -> optuna.samplers.BaseSampler:
     """Build the Optuna sampler named ``kind`` (one of ``SAMPLERS``), seeded; ``options`` (one of
@@ -348,12 +348,12 @@ def make_sampler(kind: str, space: SearchSpace, seed: int | None, *, max_grid_po
     if kind not in SAMPLERS:
         raise ValueError(f"unknown sampler '{kind}' (expected one of {', '.join(SAMPLERS)})")
     chosen = {k: v for k, v in (options or {}).items() if v is not None}
-    if not chosen:
-        return SAMPLERS[kind](space, seed, max_grid_points)
-    if kind not in TPE_SAMPLERS or set(chosen) - set(TPE_OPTIONS):
+    if kind in TPE_SAMPLERS and not set(chosen) - set(TPE_OPTIONS):
+        return _tpe(seed, TPE_SAMPLERS[kind], **chosen)
+    if chosen:
         raise ValueError(f"options {sorted(chosen)} apply to samplers {', '.join(TPE_SAMPLERS)} only "
                          f"({', '.join(TPE_OPTIONS)}), not '{kind}'")
-    return _tpe(space, seed, max_grid_points, MF_TPE_ENOUGH if kind == "mf_tpe" else None, **chosen)
+    return SAMPLERS[kind](space, seed, max_grid_points)
 
 
 # Optuna's default forest (64 trees of depth up to 64) marginalizes in pure Python: 7 s at 200 trials,

@@ -20,6 +20,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from search_spaces import (
     SAMPLERS,
+    TPE_OPTIONS,
     TPE_SAMPLERS,
     CategoricalParam,
     FloatParam,
@@ -101,7 +102,7 @@ class Sampler(BaseModel):
 
     def options(self) -> dict[str, bool | None]:
         """The TPE options as ``make_sampler`` takes them."""
-        return {"multivariate": self.multivariate, "group": self.group, "constant_liar": self.constant_liar}
+        return {name: getattr(self, name) for name in TPE_OPTIONS}
 
 
 class Scheduler(BaseModel):
