@@ -144,6 +144,28 @@ def warm_driver_up(head: LocalHead, not_this: str | None = None) -> str | None:
     return None
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # guest time is already in user
+    return total - idle, total
+
+
+def wait_quiet(busy_below: float = 0.25, window_s: float = 0.5, timeout_s: float = 60.0) -> float:
+    """Wait until the machine's CPUs are less than ``busy_below`` busy over ``window_s`` (what
+    started ahead, e.g. the warm driver's trial processes importing PyTorch, has settled), at most
+    ``timeout_s``; the seconds waited. A run timed after it takes no CPU from what came before."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        b0, t0 = machine_cpu()
+        time.sleep(window_s)
+        b1, t1 = machine_cpu()
+        if t1 > t0 and (b1 - b0) / (t1 - t0) < busy_below:
+            break
+    return time.monotonic() - start
+
+
 @contextlib.contextmanager
 def tune_json_logger_only(on: bool = True) -> Iterator[None]:
     """While inside (``on``), Ray Tune adds none of its default CSV/JSON/TensorBoard loggers to a run

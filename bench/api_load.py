@@ -79,7 +79,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench._common import Checks, cluster, json_path, parser, submit, table, write_json
+from bench._common import Checks, cluster, json_path, machine_cpu, parser, submit, table, write_json
 from service.client import CaviarError
 from service.local import free_port, wait_until
 from service.store.models import LOCAL_OWNER
@@ -111,14 +111,6 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / HZ
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])  # guest time is already in user
-    return total - idle, total
 
 
 # -- the minimal baseline app (run in a subprocess: `python -m bench.api_load --serve-minimal PORT`) ----

@@ -50,6 +50,7 @@ from bench._common import (
     submit_and_wait,
     table,
     tune_json_logger_only,
+    wait_quiet,
     warm_driver_up,
     write_json,
 )
@@ -185,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.repeats):
                 for method in methods[i % len(methods):] + methods[:i % len(methods)]:  # each method first in turn
                     # Caviar's warm driver starts while no study runs: it is up before any run is timed,
-                    # so its start-up takes CPU from none of them
+                    # so its start-up takes CPU from none of them (CAVIAR_WARM_TRIALS picks whether it
+                    # starts its trial processes ahead too: --server-env)
                     wait_until(lambda: warm_driver_up(head), 120, "Caviar's warm driver", interval=0.2)
+                    wait_quiet()  # and its trial processes have imported PyTorch (settings.warm_trials)
                     if method == "caviar":
                         r = run_caviar(client, server.data_dir, args.trials, args.reports, args.seconds, args.workload)
                     else:

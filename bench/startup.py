@@ -1,11 +1,13 @@
 """Start-up: from POST /v1/studies to the study's first trial running, with and without the warm driver.
 
-On one Ray head of 2 CPUs, `caviar serve` on SQLite is started twice, with CAVIAR_WARM_DRIVER=false
-(each study starts its own Ray job) and =true (a driver started ahead takes the study). Each phase
+On one Ray head of 2 CPUs, `caviar serve` on SQLite is started once a phase: ``cold``
+(CAVIAR_WARM_DRIVER=false: each study starts its own Ray job), ``warm_driver`` (a driver started
+ahead takes the study; CAVIAR_WARM_TRIALS=false: its trial processes start with the study) and
+``warm`` (the default: the warm driver has also started its trial processes ahead). Each phase
 submits ``--submissions`` small studies (busy_work, 1 trial of 3 epochs x 0.05 s), one at a time:
-each is submitted once the previous one has completed and, with the warm driver, once the next warm
-driver is up (its job running and its log saying ready), as a study submitted a few seconds after
-another finds it. Per submission, from the client's clock before the POST:
+each is submitted once the previous one has completed, with a warm driver once the next one is up
+(its job running and its log saying ready), and once the machine is quiet again (what the last
+study or the warm driver started has settled). Per submission, from the client's clock before the POST:
 
   to_trial_started   the first trial started (Tune placed it: the store's started_at)
   to_first_result    the first trial's first epoch reached the store (its reported_at)
@@ -14,11 +16,11 @@ another finds it. Per submission, from the client's clock before the POST:
 and, with the warm driver, how long after the previous study completed the next warm driver was up.
 The goal (issue 14): to_trial_started <= 2 s; today ~7 s without.
 
---smoke: 3 submissions each way; asserts each study completed, and with the warm driver each ran in
+--smoke: 3 submissions, cold and warm only; asserts each study completed, and with the warm driver each ran in
 a warm driver's job (its id caviar-standby-...) and started its first trial sooner (median) than
 without.
 
-    python -m bench.startup                  # 20 submissions each way; JSON: docs/bench/startup.json
+    python -m bench.startup                  # 20 submissions a phase; JSON: docs/bench/startup.json
     python -m bench.startup --smoke
 """
 
@@ -32,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench._common import Checks, json_path, parser, pct, table, warm_driver_up, write_json
+from bench._common import Checks, json_path, parser, pct, table, wait_quiet, warm_driver_up, write_json
 from service.local import LocalHead, LocalServer, wait_until
 
 STUDY = {"name": "startup", "trainable": "busy_work", "dataset": {"name": "digits"},
@@ -45,9 +47,16 @@ def _ts(value: str | None) -> float:
     return datetime.fromisoformat(value).timestamp() if value else float("nan")
 
 
-def phase(head: LocalHead, data: Path, warm: bool, n: int) -> list[dict[str, Any]]:
-    server = LocalServer(data, head, database_url=f"sqlite:///{data / ('warm' if warm else 'cold')}.db",
-                         env={"CAVIAR_WARM_DRIVER": "true" if warm else "false"})
+PHASES = {  # name: the server's settings
+    "cold": {"CAVIAR_WARM_DRIVER": "false"},
+    "warm_driver": {"CAVIAR_WARM_DRIVER": "true", "CAVIAR_WARM_TRIALS": "false"},
+    "warm": {"CAVIAR_WARM_DRIVER": "true", "CAVIAR_WARM_TRIALS": "true"},  # the default
+}
+
+
+def phase(head: LocalHead, data: Path, name: str, n: int) -> list[dict[str, Any]]:
+    warm = PHASES[name]["CAVIAR_WARM_DRIVER"] == "true"
+    server = LocalServer(data, head, database_url=f"sqlite:///{data / name}.db", env=PHASES[name])
     rows: list[dict[str, Any]] = []
     server.start()
     try:
@@ -58,6 +67,7 @@ def phase(head: LocalHead, data: Path, warm: bool, n: int) -> list[dict[str, Any
                 if warm:
                     last_job = wait_until(lambda previous=last_job: warm_driver_up(head, previous), 120, "a warm driver", interval=0.1)
                     waited = time.time() - finished_at
+                wait_quiet()  # what the last study or the warm driver started has settled
                 t0 = time.time()
                 sid = client.submit({**STUDY, "name": f"startup-{i}"})["id"]
                 study = client.wait(sid, poll_s=0.05, timeout_s=120)
@@ -67,7 +77,7 @@ def phase(head: LocalHead, data: Path, warm: bool, n: int) -> list[dict[str, Any
                 rows.append({"study": sid, "job": study["ray_job_id"], "status": study["status"],
                              "to_trial_started_s": _ts(trial["started_at"]) - t0, "to_first_result_s": first - t0,
                              "to_completed_s": done - t0, "warm_driver_up_after_previous_s": waited})
-                print(f"{'warm' if warm else 'cold'} {i}: trial started {rows[-1]['to_trial_started_s']:.2f} s, first result "
+                print(f"{name} {i}: trial started {rows[-1]['to_trial_started_s']:.2f} s, first result "
                       f"{rows[-1]['to_first_result_s']:.2f} s, completed {rows[-1]['to_completed_s']:.2f} s ({study['ray_job_id']})", flush=True)
                 finished_at = done
     finally:
@@ -83,9 +93,10 @@ def summary(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__, "3 submissions each way", "startup")
     ap.add_argument("--submissions", type=int, default=20)
+    ap.add_argument("--phases", default=",".join(PHASES), help=f"which of {', '.join(PHASES)} to run, in this order")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.submissions = 3
+        args.submissions, args.phases = 3, "cold,warm"
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="caviar-bench-startup-") as tmp:
         work = Path(tmp)
@@ -94,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         head = LocalHead(work, num_cpus=2)
         head.start()
         try:
-            for warm in (False, True):
-                results["warm" if warm else "cold"] = phase(head, data, warm, args.submissions)
+            for name in args.phases.split(","):
+                results[name] = phase(head, data, name, args.submissions)
         finally:
             head.stop()
     keys = ("to_trial_started_s", "to_first_result_s", "to_completed_s")

@@ -34,6 +34,8 @@ log = logging.getLogger("caviar.jobs")
 # and a request's, at an API's start) can each see the other's half-made module, and the failed
 # import leaves ``ray`` broken in that process for good. Every import of Ray here takes this lock.
 _RAY_IMPORT = threading.Lock()
+# Ray runs this in each worker process of the warm driver's job as it starts (settings.warm_trials)
+TRIAL_SETUP_HOOK = "service.runner.warm.setup"
 STANDBY_AFTER_CLAIM_S = 5.0  # the next warm driver starts this long after one was claimed: not while its study starts
 
 
@@ -75,6 +77,7 @@ def driver_env(settings: Settings) -> dict[str, str]:
         "CAVIAR_OPTUNA_STORAGE": settings.optuna_storage,
         "CAVIAR_DRIVER_NICE": str(settings.driver_nice),
         "CAVIAR_REPORT_AHEAD": "true" if settings.report_ahead else "false",
+        "CAVIAR_WARM_TRIALS": "true" if settings.warm_trials else "false",
         # where checkpoints go; the object store's credentials are the nodes' own (service.storage)
         **{f"CAVIAR_{k.upper()}": v for k in ("storage", "storage_endpoint_url", "storage_region") if (v := getattr(settings, k))},
         "TUNE_GLOBAL_CHECKPOINT_S": "2",
@@ -102,7 +105,7 @@ class RayJobs:
         token = settings.ray_auth_token.get_secret_value() if settings.ray_auth_token else None
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client_obj: Any = None
-        self.warm_driver = settings.warm_driver
+        self.warm_driver, self.warm_trials = settings.warm_driver, settings.warm_trials
         self._standby: str | None = None  # the warm driver's job id, not yet handed a study
         self._claimed_at = 0.0
 
@@ -140,8 +143,11 @@ class RayJobs:
         if self._standby is not None and self.status(self._standby) in (JobState.PENDING, JobState.RUNNING):
             return
         job_id = f"caviar-standby-{os.urandom(4).hex()}"
+        runtime_env: dict[str, Any] = {"env_vars": self.env}
+        if self.warm_trials:  # each of the job's worker processes imports PyTorch and the trainables as it starts
+            runtime_env["worker_process_setup_hook"] = TRIAL_SETUP_HOOK
         self._standby = str(self._client().submit_job(
-            entrypoint=standby_entrypoint(job_id), submission_id=job_id, runtime_env={"env_vars": self.env},
+            entrypoint=standby_entrypoint(job_id), submission_id=job_id, runtime_env=runtime_env,
             metadata={"caviar_standby": "1"},
         ))
 

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     warm_driver: bool = Field(True, description="Keep one study driver started ahead (a Ray job with Ray, Tune, Optuna and PyTorch "
                               "imported, connected to the cluster): the next study runs in it, one Ray job per study as before, and its "
                               "first trial starts about 3 s sooner (service.jobs).")
+    warm_trials: bool = Field(True, description="The warm driver also starts its trial processes ahead, one per CPU of each node (at "
+                              "most 16), each with PyTorch and the trainables imported: the study's first trials skip a process start "
+                              "and those imports (service.runner.warm). Each idle one holds about 300 MB while the driver waits.")
 
     @field_validator("storage")
     @classmethod

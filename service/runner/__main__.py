@@ -6,8 +6,9 @@ cancelled meanwhile stays cancelled. Its settings come from the job's environmen
 
 ``python -m service.runner --standby JOB_ID`` is a warm driver (``service.jobs``): it imports what
 a driver needs (Ray, Tune, Optuna, PyTorch, scikit-learn's splitter) and connects to Ray, then waits for the study the store
-hands its job, runs it as above, and ends. Unclaimed for STANDBY_IDLE_S, it ends. (Trial processes
-are not warmed: Ray gives Tune's trainable actors fresh workers, not idle ones that ran tasks.)
+hands its job, runs it as above, and ends. Unclaimed for STANDBY_IDLE_S, it ends. With
+``settings.warm_trials`` it also has Ray start the job's trial processes ahead, each importing
+PyTorch and the trainables (service.runner.warm): Tune's trial actors land in them.
 """
 
 from __future__ import annotations
@@ -43,9 +44,14 @@ def standby(job_id: str) -> int:
     import trainables.engine  # noqa: F401  - PyTorch: the built-ins' training functions resolve to it
 
     ray.init(address="auto", log_to_driver=True)
+    warmed = 0
+    if settings.warm_trials:  # the trial processes too: Ray starts them now, each importing PyTorch (service.runner.warm)
+        from service.runner.warm import prestart
+
+        warmed = prestart(keep_alive_s=STANDBY_IDLE_S)
     store = Store(settings.database_url)
     deadline = time.monotonic() + STANDBY_IDLE_S
-    print(f"caviar: warm driver {job_id} ready", file=sys.stderr, flush=True)
+    print(f"caviar: warm driver {job_id} ready ({warmed} trial processes started ahead)", file=sys.stderr, flush=True)
     while time.monotonic() < deadline:
         study_id = store.studies.for_job(job_id)
         if study_id is not None:

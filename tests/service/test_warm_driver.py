@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +12,7 @@ import pytest
 
 from service import jobs as jobs_module
 from service.jobs import JobState, RayJobs
+from service.runner import warm
 from tests.service.fakes import settings_for
 
 
@@ -47,10 +51,15 @@ def test_a_study_goes_to_the_warm_driver_once_it_runs(ray_jobs: tuple[RayJobs, F
     (standby,) = client.jobs
     assert standby.startswith("caviar-standby-") and client.jobs[standby]["entrypoint"].endswith(f"-m service.runner --standby {standby}")
     assert client.jobs[standby]["env"]["env_vars"] == j.env  # the same environment as any study's driver
+    # its worker processes warm themselves as they start (settings.warm_trials), with the hook Ray can import
+    assert client.jobs[standby]["env"]["worker_process_setup_hook"] == jobs_module.TRIAL_SETUP_HOOK
+    module, _, name = jobs_module.TRIAL_SETUP_HOOK.rpartition(".")
+    assert getattr(importlib.import_module(module), name) is warm.setup
     j.warm()
     assert len(client.jobs) == 1  # one at a time
     first = j.submit("a" * 16)  # the standby is still starting: a job of the study's own
     assert first.startswith("caviar-aaaa") and client.jobs[first]["metadata"] == {"caviar_study_id": "a" * 16}
+    assert client.jobs[first]["env"] == {"env_vars": j.env}  # no processes are started ahead for it: no hook
     client.jobs[standby]["status"] = "RUNNING"
     assert j.submit("b" * 16) == standby  # up: the study runs in it
     assert j.submit("c" * 16).startswith("caviar-cccc")  # handed out once
@@ -87,3 +96,21 @@ def test_the_next_warm_driver_waits_until_the_claimed_one_has_started_its_study(
     assert j.submit("f" * 16) == standby
     j.warm()
     assert len(client.jobs) == 1  # not within STANDBY_AFTER_CLAIM_S: the study's start-up has the CPU
+
+
+def test_warm_trials_off_starts_no_trial_process_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    j = RayJobs(settings_for(tmp_path, warm_trials=False))
+    client = FakeClient()
+    monkeypatch.setattr(j, "_client", lambda: client)
+    j.warm()
+    (standby,) = client.jobs
+    assert client.jobs[standby]["env"] == {"env_vars": j.env} and j.env["CAVIAR_WARM_TRIALS"] == "false"
+
+
+def test_the_setup_hook_never_fails_a_worker_and_each_node_gets_one_process_per_cpu(monkeypatch: pytest.MonkeyPatch,
+                                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "trainables.engine", None)  # its import raises ImportError
+    with caplog.at_level(logging.WARNING, logger="caviar.warm"):
+        warm.setup()  # a worker whose hook raised would not start: it logs instead
+    assert "warming this trial process failed" in caplog.text
+    assert [warm.per_node(r) for r in ({"CPU": 2.0}, {"CPU": 0.0, "GPU": 1.0}, {}, {"CPU": 64.0}, {"CPU": 3.5})] == [2, 0, 0, warm.MAX_PER_NODE, 3]
