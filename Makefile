@@ -36,7 +36,7 @@ test: lint unit e2e bench-smoke
 
 # each benchmark in its smoke form (what each asserts: docs/benchmarks.md) but bench.refine's, bench.mo_asha's
 # and bench.startup's, whose invariants e2e tests check (test_workflows_e2e, test_multi_objective_e2e,
-# test_warm_driver_e2e; bench.service_overhead's smoke checks start-up < 4 s) (CI's 25 minutes);
+# test_warm_driver_e2e; bench.service_overhead's smoke checks start-up < 2 s) (CI's 25 minutes);
 # the store-under-load smoke runs on PostgreSQL too when CAVIAR_TEST_POSTGRES_URL is set (CI sets it)
 bench-smoke: setup
 	$(BIN)/python -m bench.trainable_throughput --smoke

@@ -17,8 +17,8 @@ and, with the warm driver, how long after the previous study completed the next 
 The goal (issue 14): to_trial_started <= 2 s; today ~7 s without.
 
 --smoke: 3 submissions, cold and warm only; asserts each study completed, and with the warm driver each ran in
-a warm driver's job (its id caviar-standby-...) and started its first trial sooner (median) than
-without.
+a warm driver's job (its id caviar-standby-...), started its first trial sooner (median) than
+without, and had its first result in the store within 2 s of the POST (median).
 
     python -m bench.startup                  # 20 submissions a phase; JSON: docs/bench/startup.json
     python -m bench.startup --smoke
@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     checks.check(out["warm"]["to_trial_started_s"]["median"] < out["cold"]["to_trial_started_s"]["median"],
                  f"warm: the first trial started sooner (median {out['warm']['to_trial_started_s']['median']:.2f} s "
                  f"against {out['cold']['to_trial_started_s']['median']:.2f} s)")
+    if "warm" in out:  # loose: 0.8 s measured with the trial processes started ahead, 2.7 s without (docs/benchmarks.md)
+        first = out["warm"]["to_first_result_s"]["median"]
+        checks.check(first < 2.0, f"warm: the first result reached the store {first:.2f} s after the POST (median; < 2 s: "
+                                  "the trial ran in a process started ahead)")
     write_json(json_path(args, "startup"), {"args": {k: str(v) for k, v in vars(args).items()}, "summary": out, "runs": results,
                                             "checks": checks.as_dict()})
     return checks.exit_code()

@@ -20,6 +20,7 @@ import httpx
 from tenacity import RetryCallState, retry, retry_if_result, stop_after_delay
 
 FINISHED = ("completed", "failed", "cancelled")
+MAX_WAIT_S = 60.0  # the longest long poll the server holds (GET /v1/studies/{id}?wait_s=)
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -113,8 +114,14 @@ class Client:
         content = definition.encode() if isinstance(definition, str) else definition
         return dict(self.request("POST", "/v1/studies", content=content, headers={"Content-Type": "application/yaml", **headers}))
 
-    def study(self, study_id: str) -> dict[str, Any]:
-        return dict(self.request("GET", f"/v1/studies/{study_id}"))
+    def study(self, study_id: str, *, wait_s: float = 0.0) -> dict[str, Any]:
+        """The study; with ``wait_s`` (at most 60) a long poll: the server answers as soon as it has
+        finished, or after ``wait_s`` with it as it is."""
+        if wait_s <= 0:
+            return dict(self.request("GET", f"/v1/studies/{study_id}"))
+        t = self.http.timeout  # the answer may take wait_s longer than a read is allowed
+        timeout = httpx.Timeout(t.connect, read=None if t.read is None else t.read + wait_s, write=t.write, pool=t.pool)
+        return dict(self.request("GET", f"/v1/studies/{study_id}", params={"wait_s": wait_s}, timeout=timeout))
 
     def studies(self, status: str | None = None, offset: int = 0, limit: int = 50, view: str = "full") -> dict[str, Any]:
         """A page of studies; ``view="summary"``: without their definitions."""
@@ -197,18 +204,23 @@ class Client:
 
     def wait(self, study_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None,
              on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Poll the study until it is completed, failed or cancelled; returns it. ``on_update`` sees
-        each read. TimeoutError after ``timeout_s``."""
+        """Wait until the study is completed, failed or cancelled; returns it. Each read is a long poll
+        of up to ``poll_s`` (GET /v1/studies/{id}?wait_s=): the server answers as soon as the study
+        finishes, so its end is seen at once, and otherwise every ``poll_s`` with the study as it is,
+        which ``on_update`` sees. TimeoutError after ``timeout_s``."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            study = self.study(study_id)
+            asked = time.monotonic()
+            left = poll_s if deadline is None else max(0.0, min(poll_s, deadline - asked))
+            study = self.study(study_id, wait_s=min(left, MAX_WAIT_S))
             if on_update is not None:
                 on_update(study)
             if study["status"] in FINISHED:
                 return study
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"study {study_id} still {study['status']} after {timeout_s:g} s")
-            time.sleep(poll_s)
+            # a server that answered sooner (one without long polls) is not asked again before poll_s
+            time.sleep(max(0.0, left - (time.monotonic() - asked)))
 
     def events(self, study_id: str, last_event_id: str | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """The study's Server-Sent Events as (event, id, data), from GET /v1/studies/{id}/events;

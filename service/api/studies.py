@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
 
+from fastapi.concurrency import run_in_threadpool
 from pydantic import TypeAdapter, ValidationError
 
 import search_spaces
@@ -170,9 +171,34 @@ def view(ctx: Context, study_id: str, owner: str | None = None) -> StudyOut:
     return _out(ctx, *found)
 
 
-async def view_json(ctx: Context, study_id: str, owner: str) -> bytes:
-    """GET /v1/studies/{id} as JSON, through the read cache."""
+WAIT_CHECK_S = 0.05  # how often a long poll (GET /v1/studies/{id}?wait_s=) reads the study's status
+MAX_WAIT_S = 60.0
+
+
+async def view_json(ctx: Context, study_id: str, owner: str, wait_s: float = 0.0) -> bytes:
+    """GET /v1/studies/{id} as JSON, through the read cache. With ``wait_s`` a long poll: while the
+    study has not finished, wait up to ``wait_s`` seconds for it to, reading its status every
+    WAIT_CHECK_S (one short query); a study that finished is read fresh, not from the cache, so the
+    caller sees it finished at once (a cached view can be half a second old)."""
+    if wait_s > 0 and await _finished_within(ctx, study_id, owner, wait_s):
+        return await run_in_threadpool(lambda: view(ctx, study_id, owner).model_dump_json().encode())
     return await ctx.reads.get((study_id, owner, "study"), lambda: view(ctx, study_id, owner).model_dump_json().encode())
+
+
+async def _finished_within(ctx: Context, study_id: str, owner: str, wait_s: float) -> bool:
+    """Whether the study is (or becomes, within ``wait_s``) completed, failed or cancelled; False at
+    once for a study this owner cannot see (the view then says 404)."""
+    deadline = asyncio.get_running_loop().time() + min(wait_s, MAX_WAIT_S)
+    while True:
+        found = await run_in_threadpool(ctx.store.studies.status, study_id)
+        if found is None or found[0] != owner:
+            return False
+        if StudyStatus(found[1]) in FINISHED:
+            return True
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(WAIT_CHECK_S, left))
 
 
 def study_out(ctx: Context, row: StudyRow) -> StudyOut:

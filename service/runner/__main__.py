@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 import time
 import traceback
 from collections import Counter
@@ -44,14 +45,11 @@ def standby(job_id: str) -> int:
     import trainables.engine  # noqa: F401  - PyTorch: the built-ins' training functions resolve to it
 
     ray.init(address="auto", log_to_driver=True)
-    warmed = 0
-    if settings.warm_trials:  # the trial processes too: Ray starts them now, each importing PyTorch (service.runner.warm)
-        from service.runner.warm import prestart
-
-        warmed = prestart(keep_alive_s=STANDBY_IDLE_S)
+    if settings.warm_trials:  # the trial processes too: Ray starts them, each importing PyTorch (service.runner.warm)
+        threading.Thread(target=start_trial_processes, args=(job_id,), name="caviar-warm-trials", daemon=True).start()
     store = Store(settings.database_url)
     deadline = time.monotonic() + STANDBY_IDLE_S
-    print(f"caviar: warm driver {job_id} ready ({warmed} trial processes started ahead)", file=sys.stderr, flush=True)
+    print(f"caviar: warm driver {job_id} ready", file=sys.stderr, flush=True)
     while time.monotonic() < deadline:
         study_id = store.studies.for_job(job_id)
         if study_id is not None:
@@ -60,6 +58,14 @@ def standby(job_id: str) -> int:
         time.sleep(STANDBY_POLL_S)
     print(f"caviar: warm driver {job_id} unclaimed for {STANDBY_IDLE_S:.0f} s; ending", file=sys.stderr)
     return 0
+
+
+def start_trial_processes(job_id: str) -> None:
+    """Ask the raylets for this job's trial processes (a second or two; the driver takes a study meanwhile)."""
+    from service.runner.warm import prestart
+
+    n = prestart(keep_alive_s=STANDBY_IDLE_S)
+    print(f"caviar: warm driver {job_id} started {n} trial processes ahead", file=sys.stderr, flush=True)
 
 
 def main(study_id: str) -> int:

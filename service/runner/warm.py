@@ -81,14 +81,17 @@ def prestart(keep_alive_s: float) -> int:
             n = per_node(node.get("Resources") or {})
             if not node.get("Alive") or n == 0:
                 continue
-            channel = init_grpc_channel(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}")
+            address = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
+            channel = init_grpc_channel(address)
             try:
                 node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(messages.PrestartWorkersRequest(
                     language=common.PYTHON, job_id=bytes.fromhex(context.get_job_id()), runtime_env_info=env,
                     keep_alive_duration_secs=int(keep_alive_s), num_workers=n), timeout=10)
+                asked += n
+            except Exception as exc:  # that node's trials start in fresh processes; the others' are warm
+                log.warning("could not start trial processes ahead on %s (%s: %s)", address, type(exc).__name__, exc)
             finally:
                 channel.close()
-            asked += n
         return asked
     except Exception as exc:
         log.warning("could not start trial processes ahead (%s: %s); the study's trials start in fresh ones", type(exc).__name__, exc)

@@ -22,6 +22,11 @@ from service.store.models import (
 )
 from service.store.trials import best_many, best_query, counts_many, counts_query
 
+# what a listing shows of each study, read as plain rows rather than ORM objects (a page of 50 costs
+# about a third less: no identity map, no instance state, test_metrics not decoded)
+LISTED = (StudyRow.id, StudyRow.name, StudyRow.status, StudyRow.owner, StudyRow.resumes, StudyRow.definition, StudyRow.ray_job_id,
+          StudyRow.error, StudyRow.created_at, StudyRow.started_at, StudyRow.finished_at, StudyRow.parent_id, StudyRow.extended_at)
+
 
 class StudyRepo:
     def __init__(self, db: Database) -> None:
@@ -47,10 +52,10 @@ class StudyRepo:
 
     @retry_transient
     def page(self, status: str | None, offset: int, limit: int, owner: str | None = None, parent_id: str | None = None,
-             ) -> tuple[list[tuple[StudyRow, dict[str, int], TrialRow | None]], int]:
-        """Newest first, each study with its trial counts and best trial (as ``view``), and the total
-        that matches: five queries in one read transaction, whatever ``limit`` is."""
-        q = select(StudyRow)
+             ) -> tuple[list[tuple[Any, dict[str, int], Any]], int]:
+        """Newest first, each study (the LISTED columns, as a row) with its trial counts and best trial
+        (as ``view``), and the total that matches: five queries in one read transaction, whatever ``limit`` is."""
+        q = select(*LISTED)
         count = select(func.count()).select_from(StudyRow)
         if owner is not None:
             q, count = q.where(StudyRow.owner == owner), count.where(StudyRow.owner == owner)
@@ -59,14 +64,21 @@ class StudyRepo:
         if status:
             q, count = q.where(StudyRow.status == status), count.where(StudyRow.status == status)
         with self.db.session() as s:
-            rows = list(s.scalars(q.order_by(StudyRow.created_at.desc(), StudyRow.id.desc()).offset(offset).limit(limit)))
+            rows = list(s.execute(q.order_by(StudyRow.created_at.desc(), StudyRow.id.desc()).offset(offset).limit(limit)))
             total = int(s.scalar(count) or 0)
             counts = counts_many(s, [r.id for r in rows])
-            best: dict[str, TrialRow] = {}
+            best: dict[str, Any] = {}
             for mode in ("max", "min"):  # one query per direction (trials.best_many)
                 ids = [r.id for r in rows if r.definition.get("objective", {}).get("mode", "max") == mode]
                 best.update(best_many(s, ids, mode))
             return [(r, counts[r.id], best.get(r.id)) for r in rows], total
+
+    @retry_transient
+    def status(self, study_id: str) -> tuple[str, str] | None:
+        """(owner, status) of a study, one short read (what a long poll checks); None: no such study."""
+        with self.db.session() as s:
+            row = s.execute(select(StudyRow.owner, StudyRow.status).where(StudyRow.id == study_id)).first()
+            return (row.owner, row.status) if row is not None else None
 
     @retry_transient
     def with_status(self, *statuses: str, finished_after: datetime | None = None) -> list[StudyRow]:

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 
 from sqlalchemy import ColumnElement, Select, delete, func, select, update
-from sqlalchemy.orm import QueryableAttribute, Session, load_only
+from sqlalchemy.orm import QueryableAttribute, Session
 
 from service.pareto import minimized, order
 from service.store.engine import Database, retry_transient
@@ -37,17 +37,16 @@ def counts_many(s: Session, study_ids: list[str]) -> dict[str, dict[str, int]]:
     return out
 
 
-def best_many(s: Session, study_ids: list[str], mode: str) -> dict[str, TrialRow]:
+def best_many(s: Session, study_ids: list[str], mode: str) -> dict[str, Any]:
     """Each study's best trial (``best_query`` with k = 1) for studies of one direction, in one query:
     ``best_query`` correlated with each study, walking the (study_id, best_value) index to its first row.
-    The rows carry study_id, trial_id, best_value and config only (reading another column raises)."""
+    Plain rows of study_id, trial_id, best_value and config only: what a listing shows of each."""
     if not study_ids:
         return {}
     first = best_query(StudyRow.id, mode, 1).with_only_columns(TrialRow.pk).correlate(StudyRow).scalar_subquery()
     pks = select(first).select_from(StudyRow).where(StudyRow.id.in_(study_ids))
-    # only what a listing shows of each best trial: its last_metrics are not decoded for nothing
-    only = load_only(TrialRow.study_id, TrialRow.trial_id, TrialRow.best_value, TrialRow.config, raiseload=True)
-    return {row.study_id: row for row in s.scalars(select(TrialRow).where(TrialRow.pk.in_(pks)).options(only))}
+    q = select(TrialRow.study_id, TrialRow.trial_id, TrialRow.best_value, TrialRow.config).where(TrialRow.pk.in_(pks))
+    return {row.study_id: row for row in s.execute(q)}
 
 
 def best_query(study_id: str | ColumnElement[str] | QueryableAttribute[str], mode: str, k: int) -> Select[TrialRow]:

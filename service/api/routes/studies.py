@@ -112,8 +112,13 @@ CACHED = ("Served from memory for up to CAVIAR_READ_CACHE_S (default 0.5 s): the
 
 @router.get("/{study_id}", response_model=StudyOut, responses={404: ERRORS[404]}, summary="A study: status, trial counts, best so far, Ray job",
             description=CACHED)
-async def get_study(study_id: str, ctx: ContextDep, owner: OwnerDep) -> Response:
-    return Response(await studies.view_json(ctx, study_id, owner), media_type="application/json")
+async def get_study(
+    study_id: str, ctx: ContextDep, owner: OwnerDep,
+    wait_s: Annotated[float, Query(ge=0, le=studies.MAX_WAIT_S, description=(
+        "A long poll: while the study has not finished, hold the answer up to this many seconds and answer as soon as it "
+        "completes, fails or is cancelled (read fresh then, not from the cache). 0 (the default): answer at once."))] = 0.0,
+) -> Response:
+    return Response(await studies.view_json(ctx, study_id, owner, wait_s), media_type="application/json")
 
 
 @router.get("/{study_id}/trials", response_model=list[TrialOut], responses={404: ERRORS[404]}, summary="The study's trials",
