@@ -168,7 +168,6 @@ class HighestRung:
     def __init__(self, study: optuna.Study, enough: int) -> None:
         self._study, self._enough = study, enough
         self._seen: dict[Any, list[optuna.trial.FrozenTrial]] = {}
-        self._all: list[optuna.trial.FrozenTrial] | None = None  # every trial at the fidelity, once per view
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -185,10 +184,9 @@ class HighestRung:
     def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[optuna.trial.FrozenTrial]:
         key = tuple(states) if states is not None else None
         if key not in self._seen:  # a view lives for one suggestion: TPE reads the trials once or twice per group
-            if self._all is None:  # the fidelity view of every trial once, whatever states each read asks for
-                self._all = self._at_fidelity(self._study._get_trials(deepcopy=False, states=None, use_cache=use_cache))
+            trials = self._study._get_trials(deepcopy=False, states=None, use_cache=use_cache)
             wanted = set(states) if states is not None else None
-            self._seen[key] = [t for t in self._all if wanted is None or t.state in wanted]
+            self._seen[key] = [t for t in self._at_fidelity(trials) if wanted is None or t.state in wanted]
         return self._seen[key]
 
     def _at_fidelity(self, trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
