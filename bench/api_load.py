@@ -428,7 +428,7 @@ def run(args: argparse.Namespace, wrk: str | None, work: Path) -> dict[str, Any]
                     for name, (pid, url) in endpoints.items():
                         c0, m0, w0 = cpu_seconds(pid), machine_cpu(), time.monotonic()
                         if wrk:
-                            out = run_wrk(wrk, lua, url, conns(name), args.threads, seconds, headers, work / "wrk.json")
+                            out = run_wrk(wrk, lua, url, conns(name), min(args.threads, conns(name)), seconds, headers, work / "wrk.json")
                         else:
                             out = run_python(url, conns(name), seconds, headers)
                         c1, m1, w1 = cpu_seconds(pid), machine_cpu(), time.monotonic()

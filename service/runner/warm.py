@@ -5,8 +5,9 @@ Tune's trial actors then land in processes that are up and warm, instead of payi
 Ray's and PyTorch's imports at the study's first trials (about 1.5 s each on a CPU node).
 
 ``setup`` is the job's ``worker_process_setup_hook`` (``service.jobs.TRIAL_SETUP_HOOK``, set on the
-warm driver's job when ``settings.warm_trials`` is on); ``prestart`` asks the raylets. Ray has no public call for
-the second: it is the raylet's own ``PrestartWorkers`` RPC (what Ray's core worker calls), reached
+warm driver's job when ``settings.warm_trials`` is on; Ray runs it in every worker process of that
+job); ``prestart`` asks the raylets. Ray has no public call for the
+second: it is the raylet's own ``PrestartWorkers`` RPC (what Ray's core worker calls), reached
 through Ray's gRPC helpers, so it is best-effort. When it fails (another Ray, a node gone) the
 trials start as they would have, in fresh processes, and the driver's log says why.
 """
@@ -29,10 +30,11 @@ def setup() -> None:
     import what the built-in trainables import. Never raises: a worker that failed here would not start."""
     start = time.perf_counter()
     try:
-        import sklearn.model_selection  # noqa: F401  - the datasets' splitter
+        # the datasets' splitter, PyTorch with the training loop, the trainables resolved by name
+        import sklearn.model_selection  # noqa: F401
 
         import trainables.engine
-        import trainables.registry  # noqa: F401  - the trainables, resolved by name
+        import trainables.registry  # noqa: F401
     except Exception as exc:  # a trainable's own import errors are reported by its trial, not here
         log.warning("warming this trial process failed after %.1f s: %s", time.perf_counter() - start, exc)
 
