@@ -205,14 +205,14 @@ class Client:
     def wait(self, study_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None,
              on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Wait until the study is completed, failed or cancelled; returns it. Each read is a long poll
-        of up to ``poll_s`` (GET /v1/studies/{id}?wait_s=): the server answers as soon as the study
-        finishes, so its end is seen at once, and otherwise every ``poll_s`` with the study as it is,
-        which ``on_update`` sees. TimeoutError after ``timeout_s``."""
+        of up to ``poll_s`` (at most 60 s; GET /v1/studies/{id}?wait_s=): the server answers as soon
+        as the study finishes, so its end is seen at once, and otherwise every ``poll_s`` with the
+        study as it is, which ``on_update`` sees. TimeoutError after ``timeout_s``."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             asked = time.monotonic()
-            left = poll_s if deadline is None else max(0.0, min(poll_s, deadline - asked))
-            study = self.study(study_id, wait_s=min(left, MAX_WAIT_S))
+            left = min(poll_s, MAX_WAIT_S) if deadline is None else max(0.0, min(poll_s, MAX_WAIT_S, deadline - asked))
+            study = self.study(study_id, wait_s=left)
             if on_update is not None:
                 on_update(study)
             if study["status"] in FINISHED:

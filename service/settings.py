@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     dispatch_interval_s: float = Field(1.0, gt=0, le=60, description="The dispatcher's tick (it is also woken by each submission).")
     warm_driver: bool = Field(True, description="Keep one study driver started ahead (a Ray job with Ray, Tune, Optuna and PyTorch "
                               "imported, connected to the cluster): the next study runs in it, one Ray job per study as before, and its "
-                              "first trial starts about 3 s sooner (service.jobs).")
+                              "first trial starts about 2 s sooner (service.jobs; sooner still with warm_trials).")
     warm_trials: bool = Field(True, description="The warm driver also starts its trial processes ahead, one per CPU of each node (at "
                               "most 16), each with PyTorch and the trainables imported: the study's first trials skip a process start "
                               "and those imports (service.runner.warm). Each idle one holds about 300 MB while the driver waits.")

@@ -72,6 +72,7 @@ class Context:
     store: Store
     jobs: Jobs
     reads: ReadCache = field(init=False)
+    finishes: FinishWatch = field(init=False)  # what long polls wait on
     dispatch_now: asyncio.Event = field(default_factory=asyncio.Event, init=False)  # wakes the dispatcher loop
     importances: dict[tuple[str, int, int], dict[str, float]] = field(default_factory=dict, init=False)  # computed importances
     lock: threading.Lock = field(default_factory=threading.Lock, init=False)
@@ -79,6 +80,7 @@ class Context:
 
     def __post_init__(self) -> None:
         self.reads = ReadCache(self.settings.read_cache_s)
+        self.finishes = FinishWatch(self.store)
 
 
 def body_hash(data: Any) -> str:
@@ -171,34 +173,65 @@ def view(ctx: Context, study_id: str, owner: str | None = None) -> StudyOut:
     return _out(ctx, *found)
 
 
-WAIT_CHECK_S = 0.05  # how often a long poll (GET /v1/studies/{id}?wait_s=) reads the study's status
+WAIT_CHECK_S = 0.05  # how often the long polls' watcher reads the awaited studies' statuses
 MAX_WAIT_S = 60.0
 
 
-async def view_json(ctx: Context, study_id: str, owner: str, wait_s: float = 0.0) -> bytes:
-    """GET /v1/studies/{id} as JSON, through the read cache. With ``wait_s`` a long poll: while the
-    study has not finished, wait up to ``wait_s`` seconds for it to, reading its status every
-    WAIT_CHECK_S (one short query); a study that finished is read fresh, not from the cache, so the
-    caller sees it finished at once (a cached view can be half a second old)."""
-    if wait_s > 0 and await _finished_within(ctx, study_id, owner, wait_s):
-        return await run_in_threadpool(lambda: view(ctx, study_id, owner).model_dump_json().encode())
-    return await ctx.reads.get((study_id, owner, "study"), lambda: view(ctx, study_id, owner).model_dump_json().encode())
+class FinishWatch:
+    """What long polls (GET /v1/studies/{id}?wait_s=) wait on: while any request waits, one task reads
+    the statuses of every awaited study in one query every WAIT_CHECK_S and wakes the requests whose
+    study has finished. However many wait, the store sees one short query per tick."""
 
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.waiting: dict[str, set[asyncio.Future[None]]] = {}
+        self.task: asyncio.Task[None] | None = None
 
-async def _finished_within(ctx: Context, study_id: str, owner: str, wait_s: float) -> bool:
-    """Whether the study is (or becomes, within ``wait_s``) completed, failed or cancelled; False at
-    once for a study this owner cannot see (the view then says 404)."""
-    deadline = asyncio.get_running_loop().time() + min(wait_s, MAX_WAIT_S)
-    while True:
-        found = await run_in_threadpool(ctx.store.studies.status, study_id)
-        if found is None or found[0] != owner:
-            return False
-        if StudyStatus(found[1]) in FINISHED:
+    async def wait(self, study_id: str, timeout_s: float) -> bool:
+        """Whether the study finished within ``timeout_s``."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(study_id, set()).add(done)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._watch())
+        try:
+            await asyncio.wait_for(done, timeout_s)
             return True
-        left = deadline - asyncio.get_running_loop().time()
-        if left <= 0:
+        except TimeoutError:
             return False
-        await asyncio.sleep(min(WAIT_CHECK_S, left))
+        finally:
+            futures = self.waiting.get(study_id)
+            if futures is not None:
+                futures.discard(done)
+                if not futures:
+                    del self.waiting[study_id]
+
+    async def _watch(self) -> None:
+        while self.waiting:
+            try:
+                finished = await run_in_threadpool(self.store.studies.finished_among, list(self.waiting))
+            except Exception as exc:  # the store is briefly unreachable: the requests wait on, until their timeout
+                log.warning("long polls: could not read the studies' statuses: %s", exc)
+                finished = set()
+            for study_id in finished:
+                for done in self.waiting.pop(study_id, ()):
+                    if not done.done():
+                        done.set_result(None)
+            await asyncio.sleep(WAIT_CHECK_S)
+
+
+async def view_json(ctx: Context, study_id: str, owner: str, wait_s: float = 0.0) -> bytes:
+    """GET /v1/studies/{id} as JSON, through the read cache. With ``wait_s`` a long poll: a study that
+    has not finished is waited for up to ``wait_s`` seconds (FinishWatch); when it finishes, the
+    cached view is dropped, so this answer and every read after it show it finished at once (a
+    cached view can be half a second old)."""
+    def fill() -> bytes:
+        return view(ctx, study_id, owner).model_dump_json().encode()
+
+    if wait_s > 0:
+        row = await run_in_threadpool(get, ctx, study_id, owner)  # 404 at once for a study this owner cannot see
+        if StudyStatus(row.status) in FINISHED or await ctx.finishes.wait(study_id, min(wait_s, MAX_WAIT_S)):
+            ctx.reads.invalidate(study_id)
+    return await ctx.reads.get((study_id, owner, "study"), fill)
 
 
 def study_out(ctx: Context, row: StudyRow) -> StudyOut:

@@ -65,7 +65,7 @@ def start_trial_processes(job_id: str) -> None:
     from service.runner.warm import prestart
 
     n = prestart(keep_alive_s=STANDBY_IDLE_S)
-    print(f"caviar: warm driver {job_id} started {n} trial processes ahead", file=sys.stderr, flush=True)
+    print(f"caviar: warm driver {job_id} asked Ray for {n} trial processes ahead", file=sys.stderr, flush=True)
 
 
 def main(study_id: str) -> int:

@@ -9,7 +9,11 @@ warm driver's job when ``settings.warm_trials`` is on; Ray runs it in every work
 job); ``prestart`` asks the raylets. Ray has no public call for the
 second: it is the raylet's own ``PrestartWorkers`` RPC (what Ray's core worker calls), reached
 through Ray's gRPC helpers, so it is best-effort. When it fails (another Ray, a node gone) the
-trials start as they would have, in fresh processes, and the driver's log says why.
+trials start as they would have, in fresh processes, and the driver's log says why. When Ray's
+runtime-environment string for Tune's actors stops matching (a Ray upgrade), trials start cold
+again without an error: tests/service/test_warm_driver_e2e.py checks that they land in these
+processes on the installed Ray. The hook's module is Caviar's own, which every node that runs
+trials has installed already (trials import ``service.runner``).
 """
 
 from __future__ import annotations

@@ -25,21 +25,26 @@ def test_a_long_poll_answers_when_the_study_finishes_with_what_the_store_says(tm
         # not finished within wait_s: the study as it is, once wait_s has passed
         assert client.study(sid, wait_s=0.2)["status"] == before
 
-        answer: dict[str, Any] = {}
+        with pytest.raises(TimeoutError):  # Client.wait gives up at its timeout, the study still running
+            client.wait(sid, poll_s=0.2, timeout_s=0.5)
+
+        answers: list[dict[str, Any]] = []
 
         def long_poll() -> None:
-            answer["study"] = client.study(sid, wait_s=60)
+            answers.append(client.study(sid, wait_s=60))
 
-        t = threading.Thread(target=long_poll)
-        t.start()
-        t.join(0.5)
-        assert t.is_alive(), f"the long poll answered while the study ran: {answer}"
+        waiters = [threading.Thread(target=long_poll) for _ in range(3)]  # one watcher wakes them all
+        for t in waiters:
+            t.start()
+        waiters[0].join(0.5)
+        assert all(t.is_alive() for t in waiters), f"a long poll answered while the study ran: {answers}"
         store.studies.finish(sid, StudyStatus.COMPLETED)
-        t.join(30)  # it answers when the study finishes, not after its 60 s
-        assert not t.is_alive(), "the long poll did not answer when the study finished"
-        assert answer["study"]["status"] == "completed" and answer["study"]["finished_at"]
-        assert client.study(sid)["status"] == before  # the plain read still comes from the cache (a minute)
-        # a finished study answers at once, and Client.wait sees the end through the cache
+        for t in waiters:
+            t.join(30)  # each answers when the study finishes, not after its 60 s
+        assert not any(t.is_alive() for t in waiters), "a long poll did not answer when the study finished"
+        assert [a["status"] for a in answers] == ["completed"] * 3 and answers[0]["finished_at"]
+        # the cached view was dropped: a plain read shows the end too, not the minute-old view
+        assert client.study(sid)["status"] == "completed"
         assert client.wait(sid, poll_s=30, timeout_s=10)["status"] == "completed"
 
 

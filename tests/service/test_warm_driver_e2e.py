@@ -61,7 +61,7 @@ def test_a_study_runs_in_the_warm_driver_and_the_next_one_is_started(api: LocalS
     standby = wait_until(lambda: ready(ray_head), 120, "a warm driver to be up", interval=0.5)
     # its trial processes were started ahead, one per CPU of the head (2), before any study exists
     warm = wait_until(lambda: len(w := idle_workers(ray_head, standby)) >= 2 and w, 60, "the warm trial processes", interval=0.5)
-    wait_until(lambda: f"warm driver {standby} started 2 trial processes ahead" in ray_head.jobs()._client().get_job_logs(standby),
+    wait_until(lambda: f"warm driver {standby} asked Ray for 2 trial processes ahead" in ray_head.jobs()._client().get_job_logs(standby),
                30, "the warm driver to say so", interval=0.5)
     with api.client() as client:
         sid = client.submit(QUICK)["id"]
