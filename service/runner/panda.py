@@ -43,14 +43,22 @@ class AdjustChannel:
     def take(self, trial_id: str) -> list[dict[str, Any]]:
         return self.pending.pop(trial_id, [])
 
+    def ready(self) -> bool:
+        return True
+
 
 _CHANNELS: dict[str, Any] = {}  # their handles: a non-detached actor lives while a handle does
 
 
-def start_channel(study_id: str) -> Any:
-    """The study's channel (a named actor owned by this driver: it ends with the job)."""
-    _CHANNELS[study_id] = AdjustChannel.options(name=CHANNEL_PREFIX + study_id, get_if_exists=True).remote()  # type: ignore[attr-defined]
-    return _CHANNELS[study_id]
+def start_channel(study_id: str, initial: bytes | None = None) -> Any:
+    """The study's channel (a named actor owned by this driver: it ends with the job), up and holding
+    ``initial`` (a forked study's checkpoint) when this returns: a trial that looked for it before
+    would start without it (fresh, or never steered), and warm trial processes start in well under
+    the channel's own start-up."""
+    channel = AdjustChannel.options(name=CHANNEL_PREFIX + study_id, get_if_exists=True).remote()  # type: ignore[attr-defined]
+    _CHANNELS[study_id] = channel
+    ray.get(channel.set_initial.remote(initial) if initial is not None else channel.ready.remote(), timeout=120)
+    return channel
 
 
 class PandaCallback(tune.Callback):

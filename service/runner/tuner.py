@@ -60,9 +60,9 @@ def run_study(study_id: str, d: StudyDefinition, settings: Settings, *, resumed:
             constants = {**constants, "checkpoint_every": 1}
         owner = store_for(settings.database_url).studies.get(study_id)
         panda = [PandaCallback(study_id, settings.database_url, owner.owner if owner else "local", d.fork)]
-        channel = start_channel(study_id)  # before a restore too: the restored PandaCallback forwards through it
-        if d.fork is not None:  # its trial starts from the earlier trial's checkpoint, read here from the study storage
-            channel.set_initial.remote(storage.read_checkpoint_file(d.fork.study, d.fork.checkpoint, CHECKPOINT_FILE))
+        # before a restore too: the restored PandaCallback forwards through it. A fork's trial starts from
+        # the earlier trial's checkpoint, read here from the study storage.
+        start_channel(study_id, storage.read_checkpoint_file(d.fork.study, d.fork.checkpoint, CHECKPOINT_FILE) if d.fork is not None else None)
     experiment = storage.experiment(study_id)
     restore_fs = storage.filesystem_arg()
     if resumed and tune.Tuner.can_restore(experiment, **restore_fs):
