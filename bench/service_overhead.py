@@ -186,8 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.repeats):
                 for method in methods[i % len(methods):] + methods[:i % len(methods)]:  # each method first in turn
                     # Caviar's warm driver starts while no study runs: it is up before any run is timed,
-                    # so its start-up takes CPU from none of them (CAVIAR_WARM_TRIALS picks whether it
-                    # starts its trial processes ahead too: --server-env)
+                    # so its start-up takes CPU from none of them
                     wait_until(lambda: warm_driver_up(head), 120, "Caviar's warm driver", interval=0.2)
                     wait_quiet()  # and its trial processes have imported PyTorch (settings.warm_trials)
                     if method == "caviar":

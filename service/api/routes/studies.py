@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from service.api import events, studies
 from service.api.bodies import BodyError, parse_body
 from service.api.deps import ContextDep, OwnerDep
+from service.api.longpoll import MAX_WAIT_S
 from service.api.plots import PlotsOut
 from service.api.problems import ERRORS, PROBLEM_CONTENT, problem
 from service.api.schemas import (
@@ -114,7 +115,7 @@ CACHED = ("Served from memory for up to CAVIAR_READ_CACHE_S (default 0.5 s): the
             description=CACHED)
 async def get_study(
     study_id: str, ctx: ContextDep, owner: OwnerDep,
-    wait_s: Annotated[float, Query(ge=0, le=studies.MAX_WAIT_S, description=(
+    wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description=(
         "A long poll: while the study has not finished, hold the answer up to this many seconds and answer as soon as it "
         "completes, fails or is cancelled (read fresh then, not from the cache). 0 (the default): answer at once."))] = 0.0,
 ) -> Response:
