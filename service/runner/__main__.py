@@ -22,7 +22,7 @@ import traceback
 from collections import Counter
 
 from service.definition import ACTIVE, StudyDefinition, StudyStatus, TrialState
-from service.runner import lower_priority
+from service.runner import freeze_imports, lower_priority
 from service.settings import load_settings
 from service.store import Store, now
 
@@ -45,6 +45,8 @@ def standby(job_id: str) -> int:
     import trainables.engine  # noqa: F401  - PyTorch: the built-ins' training functions resolve to it
 
     ray.init(address="auto", log_to_driver=True)
+    ray.put(None)  # Ray's serialization context (it imports pydantic.v1): made here, not at the first trial's start
+    freeze_imports()
     if settings.warm_trials:  # the trial processes too: Ray starts them, each importing PyTorch (service.runner.warm)
         threading.Thread(target=start_trial_processes, args=(job_id,), name="caviar-warm-trials", daemon=True).start()
     store = Store(settings.database_url)
@@ -82,6 +84,7 @@ def main(study_id: str) -> int:
         return 0
     from service.runner.tuner import run_study
 
+    freeze_imports()  # a warm driver froze its imports already; this freezes the few objects since
     try:
         definition = StudyDefinition.model_validate(row.definition)
         test = run_study(study_id, definition, settings, resumed=row.resumes > 0, extended_at=row.extended_at)

@@ -24,6 +24,8 @@ import logging
 import time
 from typing import Any
 
+from service.runner import freeze_imports
+
 log = logging.getLogger("caviar.warm")
 
 MAX_PER_NODE = 16  # the most warm processes one node keeps for a study not yet submitted
@@ -41,6 +43,7 @@ def setup() -> None:
         import trainables.registry  # noqa: F401
     except Exception as exc:  # a trainable's own import errors are reported by its trial, not here
         log.warning("warming this trial process failed after %.1f s: %s", time.perf_counter() - start, exc)
+    freeze_imports()  # a trial's collections walk what it allocates, not PyTorch's modules
 
 
 def per_node(resources: dict[str, float]) -> int:

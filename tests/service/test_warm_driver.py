@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -114,3 +115,13 @@ def test_the_setup_hook_never_fails_a_worker_and_each_node_gets_one_process_per_
         warm.setup()  # a worker whose hook raised would not start: it logs instead
     assert "warming this trial process failed" in caplog.text
     assert [warm.per_node(r) for r in ({"CPU": 2.0}, {"CPU": 0.0, "GPU": 1.0}, {}, {"CPU": 64.0}, {"CPU": 3.5})] == [2, 0, 0, warm.MAX_PER_NODE, 3]
+
+
+def test_a_warm_trial_process_freezes_its_imports_out_of_the_collector() -> None:
+    """After the setup hook, PyTorch's and the trainables' objects sit in the permanent generation: a
+    trial's full collections walk what the trial allocates (service.runner.freeze_imports)."""
+    code = ("import gc; from service.runner import warm; warm.setup(); import torch, trainables.engine; "
+            "print(gc.get_freeze_count(), len(gc.get_objects()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    frozen, tracked = map(int, out.stdout.split())
+    assert frozen > 100_000 and tracked < frozen // 20, out.stdout
