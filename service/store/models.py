@@ -81,7 +81,8 @@ class TrialRow(Base):
     __tablename__ = "caviar_trials"
     __table_args__ = (UniqueConstraint("study_id", "trial_id"),
                       Index("ix_caviar_trials_study_best", "study_id", "best_value"),  # migration 0009
-                      Index("ix_caviar_trials_study_state", "study_id", "state"))
+                      Index("ix_caviar_trials_study_state", "study_id", "state"),
+                      Index("ix_caviar_trials_state_study", "state", "study_id"))  # the live trials, for the zombie check (0010)
     pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     study_id: Mapped[str] = mapped_column(ForeignKey("caviar_studies.id", ondelete="CASCADE"), index=True)
     trial_id: Mapped[str] = mapped_column(String(128))

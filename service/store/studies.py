@@ -154,6 +154,8 @@ class StudyRepo:
     def with_zombies(self) -> list[StudyRow]:
         """Finished studies that still have pending/running trials."""
         live = (TrialState.PENDING.value, TrialState.RUNNING.value)
-        with self.db.session() as s:
-            ids = select(TrialRow.study_id).where(TrialRow.state.in_(live)).distinct()
+        with self.db.session() as s:  # the studies with live trials first (index 0010: the running studies, a few), then which of them finished
+            ids = list(s.scalars(select(TrialRow.study_id).where(TrialRow.state.in_(live)).distinct()))
+            if not ids:
+                return []
             return list(s.scalars(select(StudyRow).where(StudyRow.id.in_(ids), StudyRow.status.in_([st.value for st in FINISHED]))))

@@ -172,3 +172,27 @@ def test_a_write_against_a_lock_never_released_gives_up_after_the_stated_time(tm
     assert busy <= waited + 0.1
     assert waited < busy + max(RETRY_FOR_S, busy) + 5
     assert store.studies.update(sid, status="running")  # and the store works once the lock is gone
+
+
+def test_the_zombie_check_reads_live_trials_through_their_own_index(store: Store) -> None:
+    """``with_zombies`` (the dispatcher's every tick): finished studies with pending/running trials,
+    found from the live trials (index ix_caviar_trials_state_study, migration 0010) and not by
+    reading every trial of the store."""
+    import sqlalchemy as sa
+
+    finished = store.studies.create("finished", {}).id
+    store.trials.upsert(finished, "done", config={}, state="completed")
+    store.trials.upsert(finished, "left", config={}, state="running")
+    store.studies.finish(finished, StudyStatus.CANCELLED)
+    clean = store.studies.create("clean", {}).id
+    store.trials.upsert(clean, "done", config={}, state="completed")
+    store.studies.finish(clean, StudyStatus.COMPLETED)
+    running = store.studies.create("running", {}).id
+    store.studies.update(running, status="running")
+    store.trials.upsert(running, "t", config={}, state="pending")
+    zombies = {r.id for r in store.studies.with_zombies()}  # (PostgreSQL's database is shared with other tests)
+    assert finished in zombies and clean not in zombies and running not in zombies
+    store.trials.mark_zombies(finished, "gone")
+    assert finished not in {r.id for r in store.studies.with_zombies()}
+    indexes = {ix["name"]: ix["column_names"] for ix in sa.inspect(store.db.engine).get_indexes("caviar_trials")}
+    assert indexes["ix_caviar_trials_state_study"] == ["state", "study_id"]
