@@ -438,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", type=int, default=32, help="configurations per method and seed")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds --first-seed .. --first-seed + --seeds - 1 (more seeds for an earlier run)")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help="comma-separated; caviar@g1r4 is Caviar with ASHA grace period 1, reduction factor 4; caviar@mf_tpe "
                          "with the multi-fidelity TPE sampler; caviar@w18 with ASHA's cutoff over the last 18 at a rung; "
@@ -477,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         head, server = stack.enter_context(cluster(work, serve=uses_caviar)) if uses_caviar or {"tune", "tune+"} & set(methods) else (None, None)
         client = stack.enter_context(server.client()) if server else None
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             # interleaved: every seed runs every method back to back, each method first in turn
             for method in methods[seed % len(methods):] + methods[:seed % len(methods)]:
                 if head is not None and server is not None:
