@@ -19,10 +19,10 @@ def lower_priority(nice: int) -> None:
 
 def freeze_imports() -> None:
     """Move what this process holds after its imports (Ray, Tune, Optuna, PyTorch, scikit-learn:
-    about a million objects) out of the garbage collector's sight, as the API server does with its
-    start-up objects. Without it every full collection walks all of them: in a driver, a profile
-    of a study's start put a third of the time before its first trial in collections run while
-    the store callback opened a session (docs/benchmarks.md §11)."""
+    about 370,000 objects) out of the garbage collector's sight, as the API server does with its
+    start-up objects. Without it every full collection walks all of them (231 ms measured): in a
+    driver, a profile of a study's start put a third of the time before its first trial in
+    collections run while the store callback opened a session (docs/benchmarks.md §2)."""
     gc.collect()
     gc.freeze()
 

@@ -150,6 +150,7 @@ def test_a_driver_that_loses_the_cluster_leaves_the_study_to_be_resumed(
         raise error
 
     monkeypatch.setattr(tuner, "run_study", boom)
+    monkeypatch.setattr(runner_main, "freeze_imports", lambda: None)  # a driver's, not pytest's objects
     assert runner_main.main(sid) == rc
     assert ctx.store.studies.get(sid).status == status  # type: ignore[union-attr]
 

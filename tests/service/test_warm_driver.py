@@ -111,6 +111,7 @@ def test_warm_trials_off_starts_no_trial_process_ahead(tmp_path: Path, monkeypat
 def test_the_setup_hook_never_fails_a_worker_and_each_node_gets_one_process_per_cpu(monkeypatch: pytest.MonkeyPatch,
                                                                                    caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setitem(sys.modules, "trainables.engine", None)  # its import raises ImportError
+    monkeypatch.setattr(warm, "freeze_imports", lambda: None)  # not pytest's own objects (the next test checks the freeze)
     with caplog.at_level(logging.WARNING, logger="caviar.warm"):
         warm.setup()  # a worker whose hook raised would not start: it logs instead
     assert "warming this trial process failed" in caplog.text
