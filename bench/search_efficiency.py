@@ -25,6 +25,8 @@ groups off): ASHA stopped at least one trial early, and no trial failed.
     python -m bench.search_efficiency                                # MLP: 32 configs x 5 seeds
     python -m bench.search_efficiency --trainable cnn_bn_softmax --seeds 3 --configs 16
     python -m bench.search_efficiency --smoke                        # CI: tiny, proves it still works
+    python -m bench.search_efficiency --seeds 10 --first-seed 10     # ten more seeds for an earlier run
+    python -m bench.search_efficiency --pool A.json B.json --json AB.json  # their seeds summarized together
 """
 
 from __future__ import annotations
@@ -450,9 +452,17 @@ def main(argv: list[str] | None = None) -> int:
                          "needs --methods to include random)")
     ap.add_argument("--summarize", type=Path, default=None, metavar="JSON",
                     help="no runs: recompute the summary and the plot of a results file this benchmark wrote")
+    ap.add_argument("--pool", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="no runs: the summary and plot of the methods every one of these results files ran, their seeds "
+                         "together (each seed paired within its own file), written to --json without the runs (they stay in "
+                         "the files pooled)")
     args = ap.parse_args(argv)
     if args.summarize:
         return resummarize(args.summarize)
+    if args.pool:
+        if args.json is None:
+            ap.error("--pool needs --json: where the pooled summary goes")
+        return pool(args.pool, args.json)
     if args.smoke:
         # 3 epochs: one ASHA rung (grace 2) a trial can be stopped at; 6 configs: at least one below the cut
         args.configs, args.epochs, args.seeds = 6, 3, 1
@@ -535,15 +545,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def save(args: argparse.Namespace, cores: int, runs: dict[str, list[dict[str, Any]]], path: Path,
-         checks: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON (summary and per-run curves) at ``path`` and the anytime plot beside it, for the seeds run so far."""
+         checks: dict[str, Any] | None = None, pooled_from: list[str] | None = None) -> dict[str, Any]:
+    """The JSON (summary and per-run curves) at ``path`` and the anytime plot beside it, for the seeds
+    run so far; ``pooled_from``: the results files the runs came from, named instead of copied."""
     runs = {m: rs for m, rs in runs.items() if rs}
     target = getattr(args, "target", None)
     summary = summarize(runs, float(target) if target not in (None, "None") else None)
     path.parent.mkdir(parents=True, exist_ok=True)
+    saved_runs = {"pooled_from": pooled_from} if pooled_from is not None else {
+        "runs": {m: [{k: v for k, v in r.items() if k != "events"} for r in rs] for m, rs in runs.items()}}
     path.write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "cores": cores, "summary": summary,
-         "runs": {m: [{k: v for k, v in r.items() if k != "events"} for r in rs] for m, rs in runs.items()},
+        {"args": {k: str(v) for k, v in vars(args).items()}, "cores": cores, "summary": summary, **saved_runs,
          **({"checks": checks} if checks is not None else {})}, indent=1))
     seeds = max((len(rs) for rs in runs.values()), default=0)
     plot(runs, summary["target"], path.with_suffix(".png"),
@@ -551,15 +563,37 @@ def save(args: argparse.Namespace, cores: int, runs: dict[str, list[dict[str, An
     return summary
 
 
-def resummarize(path: Path) -> int:
+def _saved(path: Path) -> tuple[dict[str, Any], argparse.Namespace, dict[str, list[dict[str, Any]]]]:
+    """A results file this benchmark wrote: its data, its arguments and its runs (curves as tuples)."""
     data = json.loads(path.read_text())
     saved = data["args"]
     args = argparse.Namespace(**{**saved, "configs": int(saved["configs"]), "epochs": int(saved["epochs"])})
     runs = {m: [{**r, "curve": [tuple(p) for p in r["curve"]], "curve_wall": [tuple(p) for p in r.get("curve_wall", [])]} for r in rs]
             for m, rs in data["runs"].items()}
+    return data, args, runs
+
+
+def resummarize(path: Path) -> int:
+    data, args, runs = _saved(path)
     summary = save(args, int(data["cores"]), runs, path, data.get("checks"))
     print(json.dumps(summary["methods"], indent=1))
     print(f"written: {path}, {path.with_suffix('.png')}")
+    return 0
+
+
+def pool(paths: list[Path], out: Path) -> int:
+    """The methods every file ran, their seeds together (no seed may repeat: each is paired within its own run)."""
+    loaded = [_saved(p) for p in paths]
+    methods = [m for m in loaded[0][2] if all(m in runs for _, _, runs in loaded)]
+    runs = {m: [r for _, _, rs in loaded for r in rs[m]] for m in methods}
+    seeds = [r["seed"] for r in runs[methods[0]]] if methods else []
+    if not methods or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--pool: the files must share a method and have no seed in common (methods {methods}, seeds {seeds})")
+    first, args = loaded[0][0], loaded[0][1]
+    args = argparse.Namespace(**{**vars(args), "seeds": len(seeds), "methods": ",".join(methods), "tag": "", "json": out})
+    summary = save(args, int(first["cores"]), runs, out, pooled_from=[p.name for p in paths])
+    print(json.dumps(summary["paired"], indent=1))
+    print(f"written: {out}, {out.with_suffix('.png')}")
     return 0
 
 
