@@ -17,7 +17,8 @@ What must hold, read over the API's HTTP (each trial's ``node``, ``retries`` and
 2. kill -9 of every process of one worker mid-study: the study still completes with exactly
    ``num_trials`` trials; each trial that was on the lost worker is retried on the other one from
    its last checkpoint (also in Tune's own log of results in the shared data dir: its first epoch on
-   the new node follows its last on the old one); no trial and no epoch is lost or duplicated in the
+   the new node follows its last on the old one, or repeats it when the worker died between Tune
+   logging that epoch and registering its checkpoint); no trial and no epoch is lost or duplicated in the
    store; the API answers /healthz all along;
 3. a worker that joins mid-study, while trials wait for CPUs, gets trials: the cluster grows with
    nothing restarted.
@@ -264,13 +265,22 @@ def test_trials_spread_over_hosts_survive_a_lost_worker_and_use_a_joining_one(tm
         # trial's first epoch on w2 follows its last one on w1 (nothing re-run, nothing skipped)
         results = tune_results(data, sid)
         assert set(results) == set(by_id)
+        # Tune logs a result before it registers the result's checkpoint (a separate ``save`` call
+        # to the trial's actor, ray.tune's function_trainable): a worker lost between the two makes
+        # Tune resume from the checkpoint before, and that one epoch runs twice in Tune's log, never
+        # more, never skipped. The store above has each epoch once either way.
         for i, rows in results.items():
             epochs = [e for e, _ in rows]
-            assert epochs == list(range(1, EPOCHS + 1)), (i, rows)
-            if i in lost:
-                nodes = [n for _, n in rows]
-                first_on_w2 = nodes.index(w2.ip)
-                assert first_on_w2 >= 2 and set(nodes[:first_on_w2]) == {w1.ip} and set(nodes[first_on_w2:]) == {w2.ip}, (i, rows)
+            if i not in lost:
+                assert epochs == list(range(1, EPOCHS + 1)), (i, rows)
+                continue
+            nodes = [n for _, n in rows]
+            first_on_w2 = nodes.index(w2.ip)
+            assert set(nodes[:first_on_w2]) == {w1.ip} and set(nodes[first_on_w2:]) == {w2.ip}, (i, rows)
+            on_w1, on_w2 = epochs[:first_on_w2], epochs[first_on_w2:]
+            assert on_w1 == list(range(1, len(on_w1) + 1)) and len(on_w1) >= 2, (i, rows)
+            assert on_w2[0] in (on_w1[-1], on_w1[-1] + 1), (i, rows)  # resumed from its last checkpoint (or the one before)
+            assert on_w2 == list(range(on_w2[0], EPOCHS + 1)), (i, rows)
 
         if hosts.gateway != "127.0.0.1":
             assert forwarder.connections > 0  # the store was reached from the hosts' network
