@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Text, bindparam, case, cast, func, select, update
 
-from service.store.engine import Database, retry_transient
+from service.store.engine import Database, json_loads, retry_transient
 from service.store.models import (
     ACTIVE,
     FINISHED,
@@ -22,11 +24,41 @@ from service.store.models import (
 )
 from service.store.trials import best_many, best_query, counts_many, counts_query
 
-# what a listing shows of each study (service.api.studies._fields reads these), read as plain rows
-# rather than ORM objects: no identity map or instance state, test_metrics not decoded (a page of 50
-# in 0.94x the time: docs/benchmarks.md §4)
-LISTED = (StudyRow.id, StudyRow.name, StudyRow.status, StudyRow.owner, StudyRow.resumes, StudyRow.definition, StudyRow.ray_job_id,
-          StudyRow.error, StudyRow.created_at, StudyRow.started_at, StudyRow.finished_at, StudyRow.parent_id, StudyRow.extended_at)
+# what a listing shows of each study (service.api.studies reads these), read as plain rows rather than
+# ORM objects: no identity map or instance state, test_metrics not decoded. The definition comes back
+# as its stored JSON text (``definition_json``), which the listing passes through undecoded, with the
+# three of its fields a summary shows extracted by the database (docs/benchmarks.md §4)
+_DEFINITION = StudyRow.definition
+_SUMMARIZED = {"trainable": _DEFINITION["trainable"].as_string(), "objective": _DEFINITION["objective"],
+               "num_trials": _DEFINITION[("budget", "num_trials")].as_integer()}
+LISTED = (StudyRow.id, StudyRow.name, StudyRow.status, StudyRow.owner, StudyRow.resumes, StudyRow.ray_job_id,
+          StudyRow.error, StudyRow.created_at, StudyRow.started_at, StudyRow.finished_at, StudyRow.parent_id, StudyRow.extended_at,
+          cast(_DEFINITION, Text).label("definition_json"))
+
+
+@functools.cache
+def _page_statements(sqlite: bool, status: bool, owner: bool, parent_id: bool) -> tuple[Any, Any]:
+    """A page's rows and its total, for the filters given, with bound parameters: built and compiled
+    once per combination of filters rather than once per request. SQLite's JSON functions refuse a
+    definition that holds NaN or an infinity (Python's json writes them; PostgreSQL never stores
+    them): there the fields are extracted only from valid JSON, and ``_summarized`` decodes the rest."""
+    fields = [(case((func.json_valid(_DEFINITION) == 1, e)) if sqlite else e).label(name) for name, e in _SUMMARIZED.items()]
+    q, count = select(*LISTED, *fields), select(func.count()).select_from(StudyRow)
+    for on, column in ((status, StudyRow.status), (owner, StudyRow.owner), (parent_id, StudyRow.parent_id)):
+        if on:
+            q, count = q.where(column == bindparam(column.key)), count.where(column == bindparam(column.key))
+    q = q.order_by(StudyRow.created_at.desc(), StudyRow.id.desc()).offset(bindparam("offset")).limit(bindparam("limit"))
+    return q, count
+
+
+def _summarized(row: Any) -> Any:
+    """A listed row whose summarized fields the database did not extract (see ``_page_statements``),
+    with them read from its decoded definition."""
+    if row.trainable is not None:
+        return row
+    d = json_loads(row.definition_json)
+    return SimpleNamespace(**{**row._asdict(), "trainable": d.get("trainable"), "objective": d.get("objective"),
+                              "num_trials": (d.get("budget") or {}).get("num_trials")})
 
 
 class StudyRepo:
@@ -54,23 +86,18 @@ class StudyRepo:
     @retry_transient
     def page(self, status: str | None, offset: int, limit: int, owner: str | None = None, parent_id: str | None = None,
              ) -> tuple[list[tuple[Any, dict[str, int], Any]], int]:
-        """Newest first, each study (the LISTED columns, as a row) with its trial counts and best trial
-        (as ``view``), and the total that matches: five queries in one read transaction, whatever ``limit`` is."""
-        q = select(*LISTED)
-        count = select(func.count()).select_from(StudyRow)
-        if owner is not None:
-            q, count = q.where(StudyRow.owner == owner), count.where(StudyRow.owner == owner)
-        if parent_id is not None:
-            q, count = q.where(StudyRow.parent_id == parent_id), count.where(StudyRow.parent_id == parent_id)
-        if status:
-            q, count = q.where(StudyRow.status == status), count.where(StudyRow.status == status)
+        """Newest first, each study (the LISTED columns, as a row: its definition as the stored JSON text)
+        with its trial counts and best trial (as ``view``), and the total that matches: five queries in
+        one read transaction, whatever ``limit`` is. An empty status filter is no filter."""
+        q, count = _page_statements(self.db.engine.dialect.name == "sqlite", bool(status), owner is not None, parent_id is not None)
+        params: dict[str, Any] = {"status": status, "owner": owner, "parent_id": parent_id}
         with self.db.session() as s:
-            rows = list(s.execute(q.order_by(StudyRow.created_at.desc(), StudyRow.id.desc()).offset(offset).limit(limit)))
-            total = int(s.scalar(count) or 0)
+            rows = [_summarized(r) for r in s.execute(q, {**params, "offset": offset, "limit": limit})]
+            total = int(s.scalar(count, params) or 0)
             counts = counts_many(s, [r.id for r in rows])
             best: dict[str, Any] = {}
             for mode in ("max", "min"):  # one query per direction (trials.best_many)
-                ids = [r.id for r in rows if r.definition.get("objective", {}).get("mode", "max") == mode]
+                ids = [r.id for r in rows if (r.objective or {}).get("mode", "max") == mode]
                 best.update(best_many(s, ids, mode))
             return [(r, counts[r.id], best.get(r.id)) for r in rows], total
 

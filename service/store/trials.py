@@ -6,7 +6,7 @@ import math
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import ColumnElement, Select, delete, func, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, delete, func, select, update
 from sqlalchemy.orm import QueryableAttribute, Session
 
 from service.pareto import minimized, order
@@ -30,9 +30,7 @@ def counts_many(s: Session, study_ids: list[str]) -> dict[str, dict[str, int]]:
     """``counts_query`` for several studies, in one query."""
     out = {sid: {state.value: 0 for state in TrialState} for sid in study_ids}
     if study_ids:
-        q = (select(TrialRow.study_id, TrialRow.state, func.count()).where(TrialRow.study_id.in_(study_ids))
-             .group_by(TrialRow.study_id, TrialRow.state))
-        for sid, state, n in s.execute(q):
+        for sid, state, n in s.execute(_COUNTS_MANY, {"ids": study_ids}):
             out[sid][state] = n
     return out
 
@@ -43,10 +41,7 @@ def best_many(s: Session, study_ids: list[str], mode: str) -> dict[str, Any]:
     Plain rows of study_id, trial_id, best_value and config only: what a listing shows of each."""
     if not study_ids:
         return {}
-    first = best_query(StudyRow.id, mode, 1).with_only_columns(TrialRow.pk).correlate(StudyRow).scalar_subquery()
-    pks = select(first).select_from(StudyRow).where(StudyRow.id.in_(study_ids))
-    q = select(TrialRow.study_id, TrialRow.trial_id, TrialRow.best_value, TrialRow.config).where(TrialRow.pk.in_(pks))
-    return {row.study_id: row for row in s.execute(q)}
+    return {row.study_id: row for row in s.execute(_BEST_MANY[mode], {"ids": study_ids})}
 
 
 def best_query(study_id: str | ColumnElement[str] | QueryableAttribute[str], mode: str, k: int) -> Select[TrialRow]:
@@ -55,6 +50,18 @@ def best_query(study_id: str | ColumnElement[str] | QueryableAttribute[str], mod
     return (select(TrialRow)
             .where(TrialRow.study_id == study_id, TrialRow.best_value.is_not(None), TrialRow.state != TrialState.FAILED.value)
             .order_by(order, TrialRow.pk).limit(k))
+
+
+# a listing's statements, built once with an expanding parameter for the page's study ids (building
+# and caching a statement per request cost more than running it: docs/benchmarks.md §4)
+_COUNTS_MANY = (select(TrialRow.study_id, TrialRow.state, func.count())
+                .where(TrialRow.study_id.in_(bindparam("ids", expanding=True))).group_by(TrialRow.study_id, TrialRow.state))
+_BEST_MANY = {
+    mode: select(TrialRow.study_id, TrialRow.trial_id, TrialRow.best_value, TrialRow.config).where(TrialRow.pk.in_(
+        select(best_query(StudyRow.id, mode, 1).with_only_columns(TrialRow.pk).correlate(StudyRow).scalar_subquery())
+        .select_from(StudyRow).where(StudyRow.id.in_(bindparam("ids", expanding=True)))))
+    for mode in ("max", "min")
+}
 
 
 TrialSort = Literal["trial", "state", "retries", "node", "epochs", "best_value", "started_at", "finished_at"]

@@ -216,3 +216,36 @@ def test_a_summary_listing_is_the_full_one_without_definitions_and_a_bad_view_is
     assert sizes["summary"] * 3 < sizes["full"], sizes  # a resolved search space is most of a study's bytes
     r = client.http.get("/v1/studies", params={"view": "brief"})
     assert r.status_code == 422 and r.json()["field"] == "query.view" and "summary" in r.json()["detail"], r.json()
+
+
+def test_each_listed_study_is_its_own_view_and_a_stored_nan_is_listed_as_null(tmp_path: Path) -> None:
+    """A full listing passes each definition through as the store holds it: every item is what
+    GET /v1/studies/{id} answers for it (counts and best included), and a NaN that Python's json wrote
+    into a stored definition (JSON has none) is listed as null, as the study's own view shows it."""
+    import httpx
+
+    from service.api.app import create_app
+    from service.store.synthetic import synthetic_study
+    from tests.service.fakes import serve_in_thread, settings_for
+
+    app = create_app(settings_for(tmp_path), jobs=FakeJobs())
+    store = app.state.ctx.store
+    minimized = {"objective": {"metric": "val_loss", "mode": "min"}}  # best per direction
+    ids = [synthetic_study(store, GOOD | {"name": f"synthetic-{i}"} | (minimized if i % 2 else {}), 4 + i, seed=i) for i in range(3)]
+    row = store.studies.get(ids[1])
+    assert row is not None
+    store.studies.update(ids[1], definition={**row.definition, "note": float("nan"), "limits": [float("inf"), -float("inf"), 1.5]})
+
+    def strict(content: bytes) -> Any:
+        return json.loads(content, parse_constant=lambda c: pytest.fail(f"{c} in a response: not JSON"))
+
+    with serve_in_thread(app) as url:
+        for view in ("full", "summary"):
+            page = strict(httpx.get(f"{url}/v1/studies", params={"limit": 50, "view": view}).content)
+            assert [item["id"] for item in page["items"]] == ids[::-1] and page["total"] == 3
+            for item in page["items"]:
+                own = strict(httpx.get(f"{url}/v1/studies/{item['id']}").content)
+                assert item == (own if view == "full" else {k: v for k, v in own.items() if k != "definition"})
+                assert sum(item["trial_counts"].values()) > 0 and item["best"] is not None
+        listed = strict(httpx.get(f"{url}/v1/studies", params={"limit": 1, "offset": 1}).content)["items"][0]
+        assert listed["id"] == ids[1] and listed["definition"]["note"] is None and listed["definition"]["limits"] == [None, None, 1.5]

@@ -201,3 +201,20 @@ def test_the_zombie_check_reads_live_trials_through_their_own_index(store: Store
             plan = " ".join(str(r[-1]) for r in c.exec_driver_sql(
                 "EXPLAIN QUERY PLAN SELECT DISTINCT study_id FROM caviar_trials WHERE state IN ('pending', 'running')"))
         assert "ix_caviar_trials_state_study" in plan, plan
+
+
+def test_a_page_passes_each_definition_through_as_its_stored_json(store: Store) -> None:
+    """The listing reads each definition as the JSON text the database holds (not decoded) and the
+    three fields a summary shows extracted by the database, on SQLite and PostgreSQL alike."""
+    owner = f"o{time.monotonic_ns()}"
+    definitions = [{"name": f"s{i}", "trainable": "mlp_bn_softmax", "objective": {"metric": "val_accuracy", "mode": "min" if i % 2 else "max"},
+                    "budget": {"num_trials": 7 + i, "max_concurrent_trials": 2}, "search_space": {"lr": {"type": "float", "low": 1e-4, "high": 0.3, "log": True}},
+                    "fixed": {"big": 2**70, "text": "ünïcode \"quoted\""}} for i in range(3)]
+    ids = [store.studies.create(d["name"], d, owner=owner).id for d in definitions]
+    page, total = store.studies.page(None, 0, 50, owner=owner)
+    assert total == 3 and [row.id for row, _c, _b in page] == ids[::-1]
+    for (row, _counts, _best), d in zip(page, definitions[::-1], strict=True):
+        assert isinstance(row.definition_json, str) and json_loads(row.definition_json) == d  # 2**70 too: not through a float
+        assert (row.trainable, row.objective, row.num_trials) == (d["trainable"], d["objective"], d["budget"]["num_trials"])
+    assert [r.id for r, _c, _b in store.studies.page("", 0, 50, owner=owner)[0]] == ids[::-1]  # an empty status filters nothing
+    assert store.studies.page("running", 0, 50, owner=owner) == ([], 0)

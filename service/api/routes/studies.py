@@ -104,7 +104,8 @@ async def list_studies(
         description="full: each study as GET /v1/studies/{id} shows it; summary: without its definition "
                     "(what a listing shows; a page is about a quarter of the bytes, for about the same server time).")] = "full",
 ) -> Response:
-    return await json_response(lambda: studies.list_page(ctx, status_filter, offset, limit, owner, parent_id, summary=view == "summary"))
+    body = await run_in_threadpool(studies.list_page_json, ctx, status_filter, offset, limit, owner, parent_id, summary=view == "summary")
+    return Response(body, media_type="application/json")
 
 
 CACHED = ("Served from memory for up to CAVIAR_READ_CACHE_S (default 0.5 s): the study's driver's writes show within "
