@@ -19,7 +19,7 @@ from service.api import studies
 from service.api.schemas import ScheduleIn, ScheduleOut, ScheduleRunOut
 from service.api.studies import Conflict, Context, NotFound
 from service.definition import ACTIVE, DefinitionError, StudyDefinition, StudyStatus, check_definition, freeze
-from service.store import ScheduleRow, TrialRow
+from service.store import ScheduleRow, StudyOutcome
 
 log = logging.getLogger("caviar.schedules")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -66,26 +66,31 @@ def get(ctx: Context, schedule_id: str, owner: str | None) -> ScheduleRow:
 
 
 def out(ctx: Context, row: ScheduleRow) -> ScheduleOut:
-    return ScheduleOut(id=row.id, name=row.name, owner=row.owner, every=_every_text(row.every_s), every_s=row.every_s, top_k=row.top_k,
-                       paused=row.paused, next_run_at=row.next_run_at, last_study_id=row.last_study_id, last_error=row.last_error,
-                       created_at=row.created_at, definition=row.definition, runs=[_run(ctx, r) for r in ctx.store.schedules.runs(row.id)])
+    return out_many(ctx, [row])[0]
 
 
-def _best(ctx: Context, study_id: str | None, mode: str) -> TrialRow | None:
-    found = ctx.store.trials.best(study_id, mode, 1) if study_id else []
-    return found[0] if found else None
+def out_many(ctx: Context, rows: list[ScheduleRow]) -> list[ScheduleOut]:
+    """Schedules with their runs, each run with its study's outcome and drift, in the same queries
+    whatever the number of schedules and runs (their runs, then the store's ``outcomes``)."""
+    runs = ctx.store.schedules.runs([row.id for row in rows])
+    ids = {i for rs in runs.values() for r in rs for i in (r.study_id, r.previous_study_id) if i}
+    outcomes = ctx.store.studies.outcomes(sorted(ids), measured_of=sorted({r.study_id for rs in runs.values() for r in rs if r.previous_study_id}))
+    return [ScheduleOut(id=row.id, name=row.name, owner=row.owner, every=_every_text(row.every_s), every_s=row.every_s, top_k=row.top_k,
+                        paused=row.paused, next_run_at=row.next_run_at, last_study_id=row.last_study_id, last_error=row.last_error,
+                        created_at=row.created_at, definition=row.definition, runs=[_run(r, outcomes) for r in runs[row.id]])
+            for row in rows]
 
 
-def _run(ctx: Context, r: Any) -> ScheduleRunOut:
-    study = ctx.store.studies.get(r.study_id)
-    mode = study.definition["objective"]["mode"] if study else "max"
-    best, previous = _best(ctx, r.study_id, mode), _best(ctx, r.previous_study_id, mode)
+def _run(r: Any, outcomes: dict[str, StudyOutcome]) -> ScheduleRunOut:
+    study = outcomes.get(r.study_id)
+    earlier = outcomes.get(r.previous_study_id) if r.previous_study_id else None
+    best = study.best if study else None
+    previous = earlier.best if earlier else None
     reevaluated = None
     if previous is not None and study is not None:  # the previous best's configuration, trained again in this run
-        same = [t for t in ctx.store.trials.for_study(r.study_id)
-                if t.best_value is not None and all(t.config.get(k) == v for k, v in previous.config.items() if k in t.config)
-                and any(k in t.config for k in previous.config)]
-        reevaluated = same[0].best_value if same else None
+        same = [value for config, value in study.measured
+                if all(config.get(k) == v for k, v in previous.config.items() if k in config) and any(k in config for k in previous.config)]
+        reevaluated = same[0] if same else None
     prev_value = previous.best_value if previous else None
     return ScheduleRunOut(
         study_id=r.study_id, status=StudyStatus(study.status) if study else None, started_at=r.started_at, previous_study_id=r.previous_study_id,
@@ -121,7 +126,7 @@ def fire_due(ctx: Context) -> list[str]:
         if ctx.store.schedules.claim(row, at) is None:
             continue  # another API process started it
         data = {**row.definition, "name": f"{row.name}-{at:%Y%m%d-%H%M}"[:128]}
-        previous = last.id if last is not None and _best(ctx, last.id, last.definition["objective"]["mode"]) is not None else None
+        previous = last.id if last is not None and ctx.store.trials.best(last.id, last.definition["objective"]["mode"], 1) else None
         if previous is not None:
             data["warm_start"] = {"study": previous, "top_k": row.top_k}
         try:

@@ -13,7 +13,7 @@ from service.store.keys import ClaimOutcome, KeyRepo
 from service.store.models import LOCAL_OWNER, ScheduleRow, ScheduleRunRow, StudyRow, TokenRow, TrialRow, now
 from service.store.schedules import ScheduleRepo
 from service.store.stats import Stats, StatsRepo
-from service.store.studies import StudyRepo
+from service.store.studies import StudyOutcome, StudyRepo
 from service.store.tokens import TokenRepo, hash_token
 from service.store.trials import TrialRepo, TrialSort
 
@@ -51,6 +51,7 @@ __all__ = [
     "Stats",
     "StatsRepo",
     "Store",
+    "StudyOutcome",
     "StudyRepo",
     "StudyRow",
     "TokenRepo",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
@@ -61,6 +62,16 @@ def _summarized(row: Any) -> Any:
                               "num_trials": (d.get("budget") or {}).get("num_trials")})
 
 
+@dataclass
+class StudyOutcome:
+    """A study as a schedule's run shows it (``StudyRepo.outcomes``)."""
+
+    status: str
+    mode: str
+    best: Any = None  # a plain row: study_id, trial_id, best_value, config (trials.best_many)
+    measured: list[tuple[dict[str, Any], float]] = field(default_factory=list)
+
+
 class StudyRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -100,6 +111,29 @@ class StudyRepo:
                 ids = [r.id for r in rows if (r.objective or {}).get("mode", "max") == mode]
                 best.update(best_many(s, ids, mode))
             return [(r, counts[r.id], best.get(r.id)) for r in rows], total
+
+    @retry_transient
+    def outcomes(self, study_ids: list[str], measured_of: list[str]) -> dict[str, StudyOutcome]:
+        """What a schedule's runs show of their studies, in four queries whatever their number: each
+        study's status, objective direction and best trial (as ``view``); for those in ``measured_of``
+        also the configuration and best value of each trial that has one, in the order they started.
+        A study that is no longer stored is missing."""
+        out: dict[str, StudyOutcome] = {}
+        if not study_ids:
+            return out
+        with self.db.session() as s:
+            for sid, status, definition in s.execute(select(StudyRow.id, StudyRow.status, StudyRow.definition).where(StudyRow.id.in_(study_ids))):
+                out[sid] = StudyOutcome(status, (definition.get("objective") or {}).get("mode", "max"))
+            for mode in ("max", "min"):
+                for sid, best in best_many(s, [i for i, o in out.items() if o.mode == mode], mode).items():
+                    out[sid].best = best
+            wanted = [i for i in measured_of if i in out]
+            if wanted:
+                q = (select(TrialRow.study_id, TrialRow.config, TrialRow.best_value)
+                     .where(TrialRow.study_id.in_(wanted), TrialRow.best_value.is_not(None)).order_by(TrialRow.pk))
+                for sid, config, value in s.execute(q):
+                    out[sid].measured.append((config, value))
+        return out
 
     @retry_transient
     def finished_among(self, study_ids: list[str]) -> set[str]:

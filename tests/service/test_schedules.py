@@ -122,6 +122,59 @@ def test_a_schedule_runs_on_time_warm_starts_reports_drift_and_survives_a_restar
         assert client.get("/v1/studies").json()["total"] == 4  # its studies stay
 
 
+def test_listing_schedules_takes_the_same_queries_for_one_run_or_many_and_reports_each_runs_drift(tmp_path: Path) -> None:
+    """GET /v1/schedules: a run's study, best trials and drift are read for all runs of all schedules
+    at once (it was four queries per run, one of them every trial of the run's study), with the
+    values each run showed before."""
+    from sqlalchemy import event
+
+    app = create_app(settings_for(tmp_path, dispatch_interval_s=60), jobs=FakeJobs())
+    store = app.state.ctx.store
+    # written before the API (and its dispatcher) starts: finished studies, schedules not due for a year
+    later = datetime.now(UTC) + timedelta(days=365)
+    ids = [store.schedules.create("local", f"every-{i}", DEFINITION | {"name": f"every-{i}"}, 30 * 86400, 2, later, T0).id for i in range(3)]
+    studies = [store.studies.create(f"run-{k}", DEFINITION | {"name": f"run-{k}", "objective": {"metric": "val_accuracy", "mode": "max"}}).id
+               for k in range(7)]
+    # run k re-measures run k-1's best configuration (lr 0.01 while "re" or "first" is the best)
+    for k, study in enumerate(studies):
+        measure(store, study, {"re": (0.01, 0.9 - 0.05 * k), "new": (0.02 + k / 1000, 0.5 + 0.01 * k)} if k else {"first": (0.01, 0.9)})
+    with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+        def listed() -> tuple[list[dict[str, Any]], int]:
+            statements: list[str] = []
+
+            def count(*args: object) -> None:
+                if str(args[2]).lstrip().upper().startswith("SELECT"):
+                    statements.append(str(args[2]))
+
+            event.listen(store.db.engine, "before_cursor_execute", count)
+            try:
+                body = client.get("/v1/schedules").json()
+            finally:
+                event.remove(store.db.engine, "before_cursor_execute", count)
+            return body, len(statements)
+
+        store.schedules.record_run(ids[0], studies[0], None, T0)
+        store.schedules.record_run(ids[1], studies[1], studies[0], T0 + timedelta(days=30))
+        two, n_two = listed()
+        for k in range(2, 7):  # five more runs, over the three schedules
+            store.schedules.record_run(ids[k % 3], studies[k], studies[k - 1], T0 + timedelta(days=30 * k))
+        many, n_many = listed()
+        # the schedules, their runs, then the studies, their best trials (one query per direction) and their measured trials
+        assert n_many == n_two <= 6, (n_two, n_many)
+        assert [len(s["runs"]) for s in two] == [1, 1, 0] and sorted(len(s["runs"]) for s in many) == [2, 2, 3]
+        runs = {r["study_id"]: r for s in many for r in s["runs"]}
+        assert runs[studies[0]]["previous_best_value"] is None and runs[studies[0]]["best_value"] == pytest.approx(0.9)
+        for k in range(1, 7):
+            run = runs[studies[k]]
+            previous_best = max(0.9 - 0.05 * (k - 1), 0.5 + 0.01 * (k - 1)) if k > 1 else 0.9
+            assert run["status"] == "completed" and run["previous_study_id"] == studies[k - 1]
+            assert run["previous_best_value"] == pytest.approx(previous_best)
+            # the previous best's configuration (lr 0.01 while it was "re"/"first"; later "new"'s lr, not trained again)
+            again = 0.9 - 0.05 * k if previous_best == pytest.approx(0.9 - 0.05 * (k - 1)) or k == 1 else None
+            assert run["reevaluated_value"] == (pytest.approx(again) if again is not None else None), (k, run)
+            assert run["drift"] == (pytest.approx(again - previous_best) if again is not None else None)
+
+
 def test_schedules_are_per_owner(tmp_path: Path) -> None:
     app = create_app(settings_for(tmp_path, auth="required", dispatch_interval_s=60), jobs=FakeJobs())
     tokens = {o: app.state.ctx.store.tokens.create(o)[1] for o in ("alice", "bob")}

@@ -37,8 +37,7 @@ async def create_schedule(request: Request, ctx: ContextDep, owner: OwnerDep) ->
 
 @router.get("", summary="The owner's schedules, with their runs and drift")
 async def list_schedules(ctx: ContextDep, owner: OwnerDep) -> list[ScheduleOut]:
-    rows = await run_in_threadpool(ctx.store.schedules.for_owner, owner)
-    return [await run_in_threadpool(schedules.out, ctx, r) for r in rows]
+    return await run_in_threadpool(lambda: schedules.out_many(ctx, ctx.store.schedules.for_owner(owner)))
 
 
 @router.get("/{schedule_id}", responses={404: ERRORS[404]}, summary="A schedule, its runs and each run's drift")
