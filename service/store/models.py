@@ -100,6 +100,16 @@ class TrialRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class TrialCountRow(Base):
+    """A study's number of trials in one state, kept by triggers on ``caviar_trials`` (migration
+    0011): what a study's counts are read from. Never written by the application."""
+
+    __tablename__ = "caviar_trial_counts"
+    study_id: Mapped[str] = mapped_column(ForeignKey("caviar_studies.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
+
+
 class MetricRow(Base):
     __tablename__ = "caviar_metrics"
     __table_args__ = (UniqueConstraint("trial_pk", "epoch"),)

@@ -218,3 +218,65 @@ def test_a_page_passes_each_definition_through_as_its_stored_json(store: Store) 
         assert (row.trainable, row.objective, row.num_trials) == (d["trainable"], d["objective"], d["budget"]["num_trials"])
     assert [r.id for r, _c, _b in store.studies.page("", 0, 50, owner=owner)[0]] == ids[::-1]  # an empty status filters nothing
     assert store.studies.page("running", 0, 50, owner=owner) == ([], 0)
+
+
+def test_the_kept_trial_counts_are_the_trials_after_every_kind_of_write(store: Store) -> None:
+    """Migration 0011's triggers keep each study's counts by state: after trials are created, change
+    state one by one or many at once, are written by epoch and deleted, the counts read back (as a
+    listing and a study's view read them) are those counted over the trials, on SQLite and PostgreSQL."""
+    from service.store.trials import counted, counts_many
+
+    rng = random.Random(11)
+    owner = f"o{time.monotonic_ns()}"
+    ids = [store.studies.create(f"c{i}", {"objective": {"metric": "m", "mode": "max"}}, owner=owner).id for i in range(3)]
+    states = ["pending", "running", "completed", "stopped_early", "failed"]
+
+    def check(step: str) -> None:
+        with store.db.session() as s:
+            assert counts_many(s, ids) == counted(s, ids), step
+        assert store.trials.counts(ids[0]) == store.studies.view(ids[0])[1] == counted_one(ids[0]), step  # type: ignore[index]
+
+    def counted_one(sid: str) -> dict[str, int]:
+        with store.db.session() as s:
+            return counted(s, [sid])[sid]
+
+    for step in range(120):
+        sid, tid = rng.choice(ids), f"t{rng.randrange(12)}"
+        kind = rng.random()
+        if kind < 0.5:
+            store.trials.upsert(sid, tid, config={"t": tid}, state=rng.choice(states))
+        elif kind < 0.7:
+            store.trials.add_epochs(sid, [(tid, {"epoch": rng.randrange(1, 4), "m": rng.random()}), (f"t{rng.randrange(12)}", {"epoch": 1, "m": 0.5})], "m", "max")
+        elif kind < 0.8:
+            store.trials.upsert(sid, tid, retries=1)  # a write that leaves the state alone
+        elif kind < 0.9:
+            store.trials.mark_zombies(sid, "gone")  # many trials' state in one statement
+        else:
+            store.trials.forget_except(sid, {f"t{k}" for k in range(12) if rng.random() < 0.6})  # deletes
+        check(f"step {step}")
+    assert sum(sum(counts_many_one.values()) for counts_many_one in [store.trials.counts(i) for i in ids]) > 0
+
+
+def test_migration_0011_counts_the_trials_already_stored(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A store at migration 0010 with trials in it: after the upgrade its kept counts are its trials'."""
+    from alembic import command
+    from alembic.config import Config
+
+    from service.store.trials import counted
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrate.__code__.co_filename).with_name("migrations")))
+    cfg.set_main_option("sqlalchemy.url", url)
+    command.upgrade(cfg, "0010")
+    old = Store(url)
+    sid = old.studies.create("before", {"objective": {"metric": "m", "mode": "max"}}).id
+    for k, state in enumerate(["pending", "running", "running", "completed", "failed", "completed"]):
+        old.trials.upsert(sid, f"t{k}", config={}, state=state)
+    old.db.engine.dispose()
+    migrate(url)
+    new = Store(url)
+    with new.db.session() as s:
+        assert counted(s, [sid])[sid] == new.trials.counts(sid) == {"pending": 1, "running": 2, "completed": 2, "stopped_early": 0, "failed": 1}
+    new.trials.upsert(sid, "t0", state="running")  # and the triggers run from then on
+    assert new.trials.counts(sid)["running"] == 3 and new.trials.counts(sid)["pending"] == 0
