@@ -74,7 +74,7 @@ def out_many(ctx: Context, rows: list[ScheduleRow]) -> list[ScheduleOut]:
     whatever the number of schedules and runs (their runs, then the store's ``outcomes``)."""
     runs = ctx.store.schedules.runs([row.id for row in rows])
     ids = {i for rs in runs.values() for r in rs for i in (r.study_id, r.previous_study_id) if i}
-    outcomes = ctx.store.studies.outcomes(sorted(ids), measured_of=sorted({r.study_id for rs in runs.values() for r in rs if r.previous_study_id}))
+    outcomes = ctx.store.studies.outcomes(sorted(ids), after={r.study_id: r.previous_study_id for rs in runs.values() for r in rs if r.previous_study_id})
     return [ScheduleOut(id=row.id, name=row.name, owner=row.owner, every=_every_text(row.every_s), every_s=row.every_s, top_k=row.top_k,
                         paused=row.paused, next_run_at=row.next_run_at, last_study_id=row.last_study_id, last_error=row.last_error,
                         created_at=row.created_at, definition=row.definition, runs=[_run(r, outcomes) for r in runs[row.id]])

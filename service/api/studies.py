@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
 
-import pydantic_core
 from fastapi.concurrency import run_in_threadpool
 from pydantic import TypeAdapter, ValidationError
 
@@ -214,13 +213,14 @@ def _out(ctx: Context, row: StudyRow, counts: dict[str, int], b: TrialRow | None
 
 
 _SUMMARY = StudySummary.__pydantic_serializer__
+_DEFINITION = TypeAdapter(dict[str, Any])  # as StudyOut.definition serializes: NaN and infinities as null
 
 
 def _definition_json(text: str) -> bytes:
     """A stored definition as a response's JSON: its text as stored, but where it holds NaN or an
     infinity (Python's json writes them; JSON has neither), which become null as ``StudyOut`` writes them."""
     if "NaN" in text or "Infinity" in text:
-        return pydantic_core.to_json(json_loads(text), inf_nan_mode="null")
+        return _DEFINITION.dump_json(json_loads(text))
     return text.encode()
 
 
@@ -228,7 +228,7 @@ def list_page_json(ctx: Context, status: StudyStatus | None, offset: int, limit:
                    parent_id: str | None = None, *, summary: bool = False) -> bytes:
     """A page of studies, newest first, as the JSON of ``StudyPage`` (``summary``: ``StudySummaryPage``,
     without their definitions). Each definition goes out as the store holds its JSON, undecoded: the
-    page's summaries are the only part built as models (a page of 50 in about half the CPU of building
+    page's summaries are the only part built as models (a page of 50 in 0.65x the CPU of building
     it all as ``StudyOut``s: docs/benchmarks.md §4)."""
     views, total = ctx.store.studies.page(status.value if status else None, offset, limit, owner=owner, parent_id=parent_id)
     items = []

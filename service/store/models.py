@@ -102,7 +102,8 @@ class TrialRow(Base):
 
 class TrialCountRow(Base):
     """A study's number of trials in one state, kept by triggers on ``caviar_trials`` (migration
-    0011): what a study's counts are read from. Never written by the application."""
+    0011): what a study's counts are read from. Never written by the application. A migration that
+    rebuilds ``caviar_trials`` on SQLite must create the triggers again (see 0011)."""
 
     __tablename__ = "caviar_trial_counts"
     study_id: Mapped[str] = mapped_column(ForeignKey("caviar_studies.id", ondelete="CASCADE"), primary_key=True)

@@ -40,9 +40,10 @@ LISTED = (StudyRow.id, StudyRow.name, StudyRow.status, StudyRow.owner, StudyRow.
 @functools.cache
 def _page_statements(sqlite: bool, status: bool, owner: bool, parent_id: bool) -> tuple[Any, Any]:
     """A page's rows and its total, for the filters given, with bound parameters: built and compiled
-    once per combination of filters rather than once per request. SQLite's JSON functions refuse a
-    definition that holds NaN or an infinity (Python's json writes them; PostgreSQL never stores
-    them): there the fields are extracted only from valid JSON, and ``_summarized`` decodes the rest."""
+    once per combination of filters rather than once per request. A definition that holds NaN or an
+    infinity (Python's json writes them; PostgreSQL never stores them) is not JSON to SQLite's
+    ``json_valid``, and SQLite before 3.42 fails on it in every JSON function: there the fields are
+    extracted only from valid JSON, and ``_summarized`` decodes the rest."""
     fields = [(case((func.json_valid(_DEFINITION) == 1, e)) if sqlite else e).label(name) for name, e in _SUMMARIZED.items()]
     q, count = select(*LISTED, *fields), select(func.count()).select_from(StudyRow)
     for on, column in ((status, StudyRow.status), (owner, StudyRow.owner), (parent_id, StudyRow.parent_id)):
@@ -113,11 +114,12 @@ class StudyRepo:
             return [(r, counts[r.id], best.get(r.id)) for r in rows], total
 
     @retry_transient
-    def outcomes(self, study_ids: list[str], measured_of: list[str]) -> dict[str, StudyOutcome]:
+    def outcomes(self, study_ids: list[str], after: dict[str, str]) -> dict[str, StudyOutcome]:
         """What a schedule's runs show of their studies, in four queries whatever their number: each
-        study's status, objective direction and best trial (as ``view``); for those in ``measured_of``
-        also the configuration and best value of each trial that has one, in the order they started.
-        A study that is no longer stored is missing."""
+        study's status, objective direction and best trial (as ``view``). ``after`` maps a study to
+        the one it followed (a schedule's previous run): where that one has a best trial, the study
+        also gets the configuration and best value of each of its trials that has one, in the order
+        they started (where the earlier best was trained again). A study no longer stored is missing."""
         out: dict[str, StudyOutcome] = {}
         if not study_ids:
             return out
@@ -127,7 +129,7 @@ class StudyRepo:
             for mode in ("max", "min"):
                 for sid, best in best_many(s, [i for i, o in out.items() if o.mode == mode], mode).items():
                     out[sid].best = best
-            wanted = [i for i in measured_of if i in out]
+            wanted = [i for i, earlier in after.items() if i in out and earlier in out and out[earlier].best is not None]
             if wanted:
                 q = (select(TrialRow.study_id, TrialRow.config, TrialRow.best_value)
                      .where(TrialRow.study_id.in_(wanted), TrialRow.best_value.is_not(None)).order_by(TrialRow.pk))

@@ -34,15 +34,6 @@ def counts_many(s: Session, study_ids: list[str]) -> dict[str, dict[str, int]]:
     return out
 
 
-def counted(s: Session, study_ids: list[str]) -> dict[str, dict[str, int]]:
-    """``counts_many`` counted over the trials themselves: what the kept counts must equal (the tests' check)."""
-    out = {sid: {state.value: 0 for state in TrialState} for sid in study_ids}
-    q = select(TrialRow.study_id, TrialRow.state, func.count()).where(TrialRow.study_id.in_(study_ids)).group_by(TrialRow.study_id, TrialRow.state)
-    for sid, state, n in s.execute(q):
-        out[sid][state] = n
-    return out
-
-
 def best_many(s: Session, study_ids: list[str], mode: str) -> dict[str, Any]:
     """Each study's best trial (``best_query`` with k = 1) for studies of one direction, in one query:
     ``best_query`` correlated with each study, walking the (study_id, best_value) index to its first row.
@@ -105,7 +96,8 @@ class TrialRepo:
                 setattr(row, k, v)
 
     def add_epoch(self, study_id: str, trial_id: str, metrics: dict[str, Any], objective: str, mode: str) -> None:
-        """Record one epoch's metrics and fold them into the trial's last/best values (idempotent per epoch)."""
+        """Record one epoch's metrics and fold them into the trial's last/best values (idempotent per
+        epoch: an epoch reported again is ignored)."""
         self.add_epochs(study_id, [(trial_id, metrics)], objective, mode)
 
     @retry_transient
@@ -124,10 +116,16 @@ class TrialRepo:
                     s.add(row)
                     s.flush()
                 rows[trial_id] = row
-                if (trial_id, epoch) not in added and s.scalar(
-                        select(MetricRow.pk).where(MetricRow.trial_pk == row.pk, MetricRow.epoch == epoch)) is None:
+                fresh = (trial_id, epoch) not in added and s.scalar(
+                    select(MetricRow.pk).where(MetricRow.trial_pk == row.pk, MetricRow.epoch == epoch)) is None
+                if fresh:
                     s.add(MetricRow(trial_pk=row.pk, epoch=epoch, values=metrics))
                     added.add((trial_id, epoch))
+                elif epoch:
+                    # an epoch the trial has already: Tune ran it again (a worker lost before Tune had
+                    # registered that epoch's checkpoint). The first stays, whole: the trial's last and
+                    # best values remain ones its stored history shows
+                    continue
                 row.epochs = max(row.epochs or 0, epoch)
                 row.last_metrics = metrics
                 value = metrics.get(objective)

@@ -135,9 +135,10 @@ def test_listing_schedules_takes_the_same_queries_for_one_run_or_many_and_report
     ids = [store.schedules.create("local", f"every-{i}", DEFINITION | {"name": f"every-{i}"}, 30 * 86400, 2, later, T0).id for i in range(3)]
     studies = [store.studies.create(f"run-{k}", DEFINITION | {"name": f"run-{k}", "objective": {"metric": "val_accuracy", "mode": "max"}}).id
                for k in range(7)]
-    # run k re-measures run k-1's best configuration (lr 0.01 while "re" or "first" is the best)
+    # run k re-measures lr 0.01, run k-1's best while "re" or "first" is; from run 4 on "new" is the
+    # best, which no later run trains again (no re-evaluated value, no drift)
     for k, study in enumerate(studies):
-        measure(store, study, {"re": (0.01, 0.9 - 0.05 * k), "new": (0.02 + k / 1000, 0.5 + 0.01 * k)} if k else {"first": (0.01, 0.9)})
+        measure(store, study, {"re": (0.01, 0.9 - 0.1 * k), "new": (0.02 + k / 1000, 0.5 + 0.01 * k)} if k else {"first": (0.01, 0.9)})
     with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
         def listed() -> tuple[list[dict[str, Any]], int]:
             statements: list[str] = []
@@ -166,13 +167,15 @@ def test_listing_schedules_takes_the_same_queries_for_one_run_or_many_and_report
         assert runs[studies[0]]["previous_best_value"] is None and runs[studies[0]]["best_value"] == pytest.approx(0.9)
         for k in range(1, 7):
             run = runs[studies[k]]
-            previous_best = max(0.9 - 0.05 * (k - 1), 0.5 + 0.01 * (k - 1)) if k > 1 else 0.9
+            re_before, new_before = (0.9, None) if k == 1 else (0.9 - 0.1 * (k - 1), 0.5 + 0.01 * (k - 1))
+            previous_best = max(re_before, new_before or 0.0)
             assert run["status"] == "completed" and run["previous_study_id"] == studies[k - 1]
             assert run["previous_best_value"] == pytest.approx(previous_best)
-            # the previous best's configuration (lr 0.01 while it was "re"/"first"; later "new"'s lr, not trained again)
-            again = 0.9 - 0.05 * k if previous_best == pytest.approx(0.9 - 0.05 * (k - 1)) or k == 1 else None
+            again = 0.9 - 0.1 * k if previous_best == re_before else None  # lr 0.01 trained again, or "new"'s lr, not
             assert run["reevaluated_value"] == (pytest.approx(again) if again is not None else None), (k, run)
             assert run["drift"] == (pytest.approx(again - previous_best) if again is not None else None)
+            assert run["gain"] == (pytest.approx(run["best_value"] - again) if again is not None else None)
+        assert sum(runs[s]["reevaluated_value"] is None for s in studies[1:]) == 2  # runs 5 and 6: "new" was the best before them
 
 
 def test_schedules_are_per_owner(tmp_path: Path) -> None:

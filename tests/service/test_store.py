@@ -220,26 +220,30 @@ def test_a_page_passes_each_definition_through_as_its_stored_json(store: Store) 
     assert store.studies.page("running", 0, 50, owner=owner) == ([], 0)
 
 
+def counted(store: Store, study_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Each study's trials by state, counted over the trials themselves: what the kept counts must be."""
+    from sqlalchemy import func, select
+
+    from service.store.models import TrialRow, TrialState
+
+    out = {sid: {state.value: 0 for state in TrialState} for sid in study_ids}
+    with store.db.session() as s:
+        q = select(TrialRow.study_id, TrialRow.state, func.count()).where(TrialRow.study_id.in_(study_ids)).group_by(TrialRow.study_id, TrialRow.state)
+        for sid, state, n in s.execute(q):
+            out[sid][state] = n
+    return out
+
+
 def test_the_kept_trial_counts_are_the_trials_after_every_kind_of_write(store: Store) -> None:
     """Migration 0011's triggers keep each study's counts by state: after trials are created, change
     state one by one or many at once, are written by epoch and deleted, the counts read back (as a
     listing and a study's view read them) are those counted over the trials, on SQLite and PostgreSQL."""
-    from service.store.trials import counted, counts_many
+    from service.store.trials import counts_many
 
     rng = random.Random(11)
     owner = f"o{time.monotonic_ns()}"
     ids = [store.studies.create(f"c{i}", {"objective": {"metric": "m", "mode": "max"}}, owner=owner).id for i in range(3)]
     states = ["pending", "running", "completed", "stopped_early", "failed"]
-
-    def check(step: str) -> None:
-        with store.db.session() as s:
-            assert counts_many(s, ids) == counted(s, ids), step
-        assert store.trials.counts(ids[0]) == store.studies.view(ids[0])[1] == counted_one(ids[0]), step  # type: ignore[index]
-
-    def counted_one(sid: str) -> dict[str, int]:
-        with store.db.session() as s:
-            return counted(s, [sid])[sid]
-
     for step in range(120):
         sid, tid = rng.choice(ids), f"t{rng.randrange(12)}"
         kind = rng.random()
@@ -253,30 +257,55 @@ def test_the_kept_trial_counts_are_the_trials_after_every_kind_of_write(store: S
             store.trials.mark_zombies(sid, "gone")  # many trials' state in one statement
         else:
             store.trials.forget_except(sid, {f"t{k}" for k in range(12) if rng.random() < 0.6})  # deletes
-        check(f"step {step}")
-    assert sum(sum(counts_many_one.values()) for counts_many_one in [store.trials.counts(i) for i in ids]) > 0
+        expected = counted(store, ids)
+        with store.db.session() as s:
+            assert counts_many(s, ids) == expected, f"step {step}"
+        assert store.trials.counts(ids[0]) == store.studies.view(ids[0])[1] == expected[ids[0]], f"step {step}"  # type: ignore[index]
+    assert sum(sum(store.trials.counts(i).values()) for i in ids) > 0
 
 
-def test_migration_0011_counts_the_trials_already_stored(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    """A store at migration 0010 with trials in it: after the upgrade its kept counts are its trials'."""
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_migration_0011_counts_the_trials_already_stored_and_goes_back(tmp_path: Path, backend: str) -> None:
+    """A store at migration 0010 with trials in it: after the upgrade its kept counts are its trials'
+    and the triggers keep them; a downgrade to 0010 and an upgrade again do the same."""
+    from contextlib import ExitStack
+
     from alembic import command
     from alembic.config import Config
 
-    from service.store.trials import counted
+    from tests.conftest import fresh_postgres_database
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(migrate.__code__.co_filename).with_name("migrations")))
-    cfg.set_main_option("sqlalchemy.url", url)
-    command.upgrade(cfg, "0010")
-    old = Store(url)
-    sid = old.studies.create("before", {"objective": {"metric": "m", "mode": "max"}}).id
-    for k, state in enumerate(["pending", "running", "running", "completed", "failed", "completed"]):
-        old.trials.upsert(sid, f"t{k}", config={}, state=state)
-    old.db.engine.dispose()
-    migrate(url)
-    new = Store(url)
-    with new.db.session() as s:
-        assert counted(s, [sid])[sid] == new.trials.counts(sid) == {"pending": 1, "running": 2, "completed": 2, "stopped_early": 0, "failed": 1}
-    new.trials.upsert(sid, "t0", state="running")  # and the triggers run from then on
-    assert new.trials.counts(sid)["running"] == 3 and new.trials.counts(sid)["pending"] == 0
+    with ExitStack() as stack:
+        url = f"sqlite:///{tmp_path / 'old.db'}" if backend == "sqlite" else stack.enter_context(fresh_postgres_database())
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(migrate.__code__.co_filename).with_name("migrations")))
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+        command.upgrade(cfg, "0010")
+        old = Store(url)
+        sid = old.studies.create("before", {"objective": {"metric": "m", "mode": "max"}}).id
+        for k, state in enumerate(["pending", "running", "running", "completed", "failed", "completed"]):
+            old.trials.upsert(sid, f"t{k}", config={}, state=state)
+        old.db.engine.dispose()
+        want = {"pending": 1, "running": 2, "completed": 2, "stopped_early": 0, "failed": 1}
+        for _ in range(2):  # the upgrade, then a downgrade to 0010 and the upgrade again
+            migrate(url)
+            new = Store(url)
+            assert counted(new, [sid])[sid] == new.trials.counts(sid) == want
+            new.trials.upsert(sid, "t0", state="running")  # and the triggers run from then on
+            new.trials.upsert(sid, "t0", state="pending")
+            assert new.trials.counts(sid) == want
+            new.db.engine.dispose()
+            command.downgrade(cfg, "0010")
+
+
+def test_an_epoch_reported_again_is_ignored_whole(store: Store) -> None:
+    """Tune runs an epoch again when a worker is lost before it registered that epoch's checkpoint:
+    the store keeps the first report, and the trial's last and best values stay ones its history shows."""
+    sid = store.studies.create("again", {"objective": {"metric": "m", "mode": "max"}}).id
+    store.trials.add_epochs(sid, [("t", {"epoch": 1, "m": 0.3}), ("t", {"epoch": 2, "m": 0.5})], "m", "max")
+    store.trials.add_epochs(sid, [("t", {"epoch": 2, "m": 0.9}), ("t", {"epoch": 3, "m": 0.6})], "m", "max")  # 2 again, then 3
+    found = store.trials.get(sid, "t")
+    assert found is not None
+    row, history = found
+    assert [(h["epoch"], h["m"]) for h in history] == [(1, 0.3), (2, 0.5), (3, 0.6)]
+    assert row.best_value == 0.6 and row.last_metrics == {"epoch": 3, "m": 0.6} and row.epochs == 3
