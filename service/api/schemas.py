@@ -67,7 +67,9 @@ class Intervention(BaseModel):
 
 class TrialDetail(TrialOut):
     history: list[dict[str, Any]] = Field(
-        description="One entry per epoch: the learning curve; `reported_at` is when the study's driver received it (Unix seconds)."
+        description="One entry per epoch: the learning curve; `reported_at` is when the study's driver received it (Unix seconds). "
+                    "An epoch run again (Ray Tune retrying a trial from the checkpoint before, after a lost worker) keeps its first "
+                    "report, and the trial's `best_value` and `last_metrics` are always among these entries."
     )
     interventions: list[Intervention] = Field(default_factory=list, description="Panda mode: the changes a person made while it ran.")
 

@@ -262,7 +262,7 @@ def test_trials_spread_over_hosts_survive_a_lost_worker_and_use_a_joining_one(tm
         assert any(t["node"] == w3.ip for t in final)
 
         # from their last checkpoint, in the shared data dir: in Tune's own log of results, each lost
-        # trial's first epoch on w2 follows its last one on w1 (nothing re-run, nothing skipped)
+        # trial's first epoch on w2 follows its last one on w1 (nothing skipped; at most one re-run, below)
         results = tune_results(data, sid)
         assert set(results) == set(by_id)
         # Tune logs a result before it registers the result's checkpoint (a separate ``save`` call
