@@ -142,6 +142,9 @@ def serve(
     storage: Annotated[str | None, typer.Option("--storage", envvar="CAVIAR_STORAGE", metavar="PATH|s3://BUCKET/PREFIX",
                                                 help="Where trials' checkpoints and Tune's state go: a path every Ray node mounts, or an object "
                                                 "store (CAVIAR_STORAGE_ENDPOINT_URL for S3-compatible ones). Default: DATA_DIR/ray_results.")] = None,
+    workers: Annotated[int, typer.Option("--workers", envvar="CAVIAR_API_WORKERS", min=1, max=64,
+                                         help="API processes sharing the port (one of them dispatches studies to Ray): "
+                                         "reads scale with cores, and a worker that dies is started again.")] = 1,
 ) -> None:
     """Start the API; without --ray-address, start (or reuse) a local Ray head bound to 127.0.0.1."""
     from service.store import Store, migrate
@@ -167,12 +170,16 @@ def serve(
     if ray_address is None:
         ray_address = _local_ray_head(settings, dashboard_port, ray_port)
     settings = load_settings(data_dir=settings.data_dir, ray_address=ray_address, auth=auth, storage=settings.storage)
-    from service.api.app import create_app
-    from service.api.server import run_server
+    from service.api.server import run_server, run_workers
 
     shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
     url = f"http://{shown}:{port}"
     console.print(f"Caviar API on {url}" + ("" if url == DEFAULT_URL else f" (for the CLI: export CAVIAR_URL={url})"))
+    if workers > 1:
+        run_workers(settings, host, port, workers)
+        return
+    from service.api.app import create_app
+
     run_server(create_app(settings, run_migrations=False), host, port, settings.drain_s)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OptunaStorage = Literal["journal", "database"]
@@ -55,6 +55,9 @@ class Settings(BaseSettings):
                                "their last report, instead of waiting for it; a trial its scheduler stops ends within a batch "
                                "(trainables.report.TuneReporter). false: every report waits for the driver, as in plain Ray Tune.")
     dispatch_interval_s: float = Field(1.0, gt=0, le=60, description="The dispatcher's tick (it is also woken by each submission).")
+    dispatch_lease_s: float = Field(0.0, ge=0, le=3600, description="Of several API processes sharing the database, the one that runs "
+                                    "the dispatcher renews a lease every tick; when it stops renewing (killed, stalled), another takes "
+                                    "over this many seconds later (service.api.dispatch). Default (0): 15 s, or 3 ticks if longer.")
     warm_driver: bool = Field(True, description="Keep one study driver started ahead (a Ray job with Ray, Tune, Optuna and PyTorch "
                               "imported, connected to the cluster): the next study runs in it, one Ray job per study as before, and its "
                               "first trial starts about 2 s sooner (service.jobs; sooner still with warm_trials).")
@@ -70,6 +73,15 @@ class Settings(BaseSettings):
             raise ValueError("must be a path or s3://bucket/prefix")
         if scheme == "s3" and not v[len("s3://"):].strip("/"):
             raise ValueError("s3:// needs a bucket: s3://bucket/prefix")
+        return v
+
+    @field_validator("dispatch_lease_s")
+    @classmethod
+    def _lease_outlasts_ticks(cls, v: float, info: ValidationInfo) -> float:
+        interval = info.data.get("dispatch_interval_s")
+        if v and interval is not None and v < 3 * interval:
+            raise ValueError(f"must be at least 3 dispatcher ticks (3 x CAVIAR_DISPATCH_INTERVAL_S = {3 * interval:g} s), "
+                             "or the lease lapses between renewals")
         return v
 
     @field_validator("storage_endpoint_url")
@@ -90,6 +102,8 @@ class Settings(BaseSettings):
         object.__setattr__(self, "ray_address", self.ray_address.rstrip("/"))
         if not self.dashboard_url:
             object.__setattr__(self, "dashboard_url", self.ray_address)
+        if not self.dispatch_lease_s:
+            object.__setattr__(self, "dispatch_lease_s", max(15.0, 3 * self.dispatch_interval_s))
         if self.storage and "://" not in self.storage:
             object.__setattr__(self, "storage", str(Path(self.storage).expanduser().resolve()))
         if self.ray_auth_token is None:

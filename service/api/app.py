@@ -14,8 +14,7 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
-from service.api import problems, ui
-from service.api.dispatch import dispatch_once
+from service.api import dispatch, problems, ui
 from service.api.limits import Limits
 from service.api.metrics import instrument
 from service.api.routes import catalog, health
@@ -65,26 +64,15 @@ def create_app(settings: Settings, *, jobs: Jobs | None = None, run_migrations: 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async def dispatcher() -> None:
-            while True:
-                ctx.dispatch_now.clear()
-                try:
-                    await asyncio.to_thread(dispatch_once, ctx)
-                except Exception as exc:  # Ray down or restarting: try again next tick
-                    log.warning("dispatch: %s", exc)
-                    ctx.jobs.reset()
-                # every tick, and at once when a study is submitted (no tick to wait for)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ctx.dispatch_now.wait(), settings.dispatch_interval_s)
-
-        task = asyncio.create_task(dispatcher())
+        holder = dispatch.holder_name()  # one API process of several runs the dispatcher (service.api.dispatch)
+        task = asyncio.create_task(dispatch.run(ctx, holder))
         try:
             yield
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await asyncio.to_thread(ctx.jobs.close)  # the warm driver no study was handed to
+            await dispatch.stop(ctx, holder)
 
     app = FastAPIOffline(  # FastAPI, with /docs and /redoc assets served from the package
         title="Caviar",

@@ -1,23 +1,92 @@
-"""The dispatcher: reconciles the store with Ray, in the API process (a loop in ``app.lifespan``)."""
+"""The dispatcher: reconciles the store with Ray, in an API process (``run``, started by ``app.lifespan``).
+
+However many API processes share the database (``caviar serve --workers N``, API replicas), one runs
+the dispatcher at a time: the holder of the store's ``dispatcher`` lease (service.store.leases),
+renewed every tick. The others take it over when it lapses (its holder killed or stalled: after
+``settings.dispatch_lease_s``) or is released (its holder stopped cleanly: at their next tick). A
+study is recorded with its Ray job only while it has none, so even two dispatchers (one whose lease
+lapsed mid-tick) never run a study twice: the one that loses that race stops the job it started.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
+import socket
+import time
+import uuid
 from datetime import timedelta
 
 from service.api import schedules
 from service.api.studies import Context
 from service.definition import ACTIVE, FINISHED, StudyStatus
 from service.jobs import JobState
-from service.store import now
+from service.store import DISPATCHER, now
 
 log = logging.getLogger("caviar.dispatch")
 RESTOP_WINDOW = timedelta(hours=1)
+WAKE_CHECK_S = 0.2  # how often the leading dispatcher looks for studies stored by other API processes
+
+
+def holder_name() -> str:
+    """This process, as a lease holder: host, pid and a random part (pids repeat across containers)."""
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+async def run(ctx: Context, holder: str) -> None:
+    """The dispatcher loop: every ``settings.dispatch_interval_s``, take or renew the lease and, while
+    holding it, reconcile (``dispatch_once``, in a worker thread). A submission to this process wakes
+    it at once (``ctx.dispatch_now``); one stored by another process, within ``WAKE_CHECK_S``."""
+    leading = False
+    while True:
+        ctx.dispatch_now.clear()
+        ok = False
+        try:
+            was, leading = leading, await asyncio.to_thread(ctx.store.leases.hold, DISPATCHER, holder, ctx.settings.dispatch_lease_s)
+            if leading != was:
+                log.warning("%s: %s the dispatcher (lease %s)", holder, "now runs" if leading else "no longer runs", DISPATCHER)
+            if was and not leading:  # its warm driver would wait beside the new leader's: stop it
+                await asyncio.to_thread(ctx.jobs.close)
+            if leading:
+                await asyncio.to_thread(dispatch_once, ctx)
+                ok = True
+        except Exception as exc:  # Ray down or restarting, the store unreachable: try again next tick
+            log.warning("dispatch: %s", exc)
+            ctx.jobs.reset()
+        await _wait(ctx, leading and ok)
+
+
+async def _wait(ctx: Context, check_store: bool) -> None:
+    """Until the next tick, a submission to this process, or (``check_store``: leading, and the last
+    tick handed every study a job) a study without a job in the store."""
+    deadline = time.monotonic() + ctx.settings.dispatch_interval_s
+    while (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.dispatch_now.wait(), min(left, WAKE_CHECK_S) if check_store else left)
+            return
+        if check_store:
+            try:
+                if await asyncio.to_thread(ctx.store.studies.awaiting_job):
+                    return
+            except Exception as exc:  # the store is briefly unreachable: the tick comes anyway
+                log.debug("dispatch: could not look for new studies: %s", exc)
+
+
+async def stop(ctx: Context, holder: str) -> None:
+    """On shutdown: give the lease up (another API process takes over at its next tick) and stop the
+    warm driver no study was handed to."""
+    try:
+        await asyncio.to_thread(ctx.store.leases.release, DISPATCHER, holder)
+    except Exception as exc:  # the store is gone: the lease lapses by itself
+        log.warning("could not release the dispatcher lease: %s", exc)
+    await asyncio.to_thread(ctx.jobs.close)
 
 
 def dispatch_once(ctx: Context) -> None:
-    """Reconcile the store with Ray. Runs at start-up and every ``settings.dispatch_interval_s`` in the API process (in a
-    worker thread); idempotent, so a killed and restarted API picks up where it was:
+    """Reconcile the store with Ray. Runs at start-up and every ``settings.dispatch_interval_s`` in the API process
+    that holds the dispatcher lease (in a worker thread); idempotent, so a killed and restarted API picks up where it was:
 
     - hand studies without a job (queued, or running whose job died) to Ray: a study's driver
       resumes from Tune's saved experiment state when there is one;
@@ -35,8 +104,8 @@ def dispatch_once(ctx: Context) -> None:
         if row.ray_job_id:
             continue
         job_id = ctx.jobs.submit(row.id)
-        if not ctx.store.studies.update(row.id, only_if=ACTIVE, ray_job_id=job_id):
-            ctx.jobs.stop(job_id)  # cancelled while we submitted
+        if not ctx.store.studies.update(row.id, only_if=ACTIVE, without_job=True, ray_job_id=job_id):
+            ctx.jobs.stop(job_id)  # cancelled while we submitted, or handed to Ray by another dispatcher
     # a warm driver ready for the next study (settings.warm_driver), started while no study runs:
     # its start-up (imports, a second of CPU or more) does not slow a running study's trials
     if not ctx.store.studies.with_status(StudyStatus.RUNNING.value):

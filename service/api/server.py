@@ -1,20 +1,32 @@
-"""Serving the app with uvicorn, with a graceful SIGTERM."""
+"""Serving the app with uvicorn, with a graceful SIGTERM; in one process, or in several on one socket."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import multiprocessing
+import multiprocessing.connection
+import os
 import signal
+import socket
 import sys
 import threading
+import time
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
+if TYPE_CHECKING:
+    from service.settings import Settings
 
-def run_server(app: FastAPI, host: str, port: int, drain_s: float) -> None:
-    """uvicorn with a graceful SIGTERM: /readyz turns 503 (draining) at once, the server stops
-    accepting ``drain_s`` later, in-flight requests get up to 20 s, then the process exits 0.
-    Running studies are Ray jobs: they keep running. A second signal exits at once."""
+STARTUP_GRACE_S = 10.0  # a worker that dies this soon after its start is not restarted: the server stops
+
+
+def _draining_server(app: FastAPI, config: Any, drain_s: float) -> Any:
+    """A uvicorn server whose first SIGTERM drains: /readyz turns 503 (draining) at once, the server
+    stops accepting ``drain_s`` later, in-flight requests get up to 20 s, then the process exits 0.
+    Running studies are Ray jobs: they keep running. A second signal (or SIGINT) exits at once."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
@@ -27,8 +39,80 @@ def run_server(app: FastAPI, host: str, port: int, drain_s: float) -> None:
             print(f"caviar: {signal.Signals(sig).name}: draining for {drain_s:g} s, then stopping", file=sys.stderr, flush=True)
             threading.Timer(drain_s, lambda: setattr(self, "should_exit", True)).start()
 
+    return DrainingServer(config)
+
+
+def _config(app: FastAPI, host: str, port: int) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=20)
+
+
+def run_server(app: FastAPI, host: str, port: int, drain_s: float) -> None:
+    """Serve ``app`` in this process (see ``_draining_server`` for SIGTERM)."""
     freeze_startup_objects()
-    DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=20)).run()
+    _draining_server(app, _config(app, host, port), drain_s).run()
+
+
+def run_workers(settings: Settings, host: str, port: int, workers: int) -> None:
+    """Serve the API in ``workers`` processes that share one listening socket (the kernel spreads
+    connections across them), each with its own app over the same settings and store. One of them
+    runs the dispatcher (service.api.dispatch: a lease in the store). This process supervises: it
+    passes SIGTERM and SIGINT on (each worker drains as a single server does) and starts a worker
+    again when one dies, unless it died within STARTUP_GRACE_S of its start (then all stop, exit 1)."""
+    multiprocessing.allow_connection_pickling()  # the socket goes to each worker
+    sock = _config(FastAPI(), host, port).bind_socket()
+    spawn = multiprocessing.get_context("spawn")
+    stopping: list[int] = []
+
+    def start() -> tuple[Any, float]:
+        proc = spawn.Process(target=_worker, args=(settings, sock, settings.drain_s), name="caviar-api-worker")
+        proc.start()
+        return proc, time.monotonic()
+
+    procs = [start() for _ in range(workers)]
+    print(f"caviar: {workers} API worker processes: {' '.join(str(p.pid) for p, _ in procs)}", file=sys.stderr, flush=True)
+
+    def forward(sig: int, frame: FrameType | None) -> None:
+        stopping.append(sig)
+        for proc, _ in procs:
+            if proc.is_alive() and proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    code = 0
+    while any(proc.is_alive() for proc, _ in procs):
+        multiprocessing.connection.wait([proc.sentinel for proc, _ in procs if proc.is_alive()], timeout=1.0)
+        if stopping:
+            continue
+        for i, (proc, started) in enumerate(procs):
+            if proc.is_alive():
+                continue
+            if time.monotonic() - started < STARTUP_GRACE_S:
+                print(f"caviar: API worker {proc.pid} exited with code {proc.exitcode} at start-up: stopping", file=sys.stderr, flush=True)
+                code = 1
+                forward(signal.SIGTERM, None)
+                break
+            print(f"caviar: API worker {proc.pid} exited with code {proc.exitcode}: starting another", file=sys.stderr, flush=True)
+            procs[i] = start()
+    sock.close()
+    if code:
+        raise SystemExit(code)
+
+
+def _worker(settings: Settings, sock: socket.socket, drain_s: float) -> None:
+    """One API process of ``run_workers``."""
+    if sys.platform == "linux":  # end with the supervisor, even if it is killed
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    from service.api.app import create_app
+
+    app = create_app(settings, run_migrations=False)
+    freeze_startup_objects()
+    _draining_server(app, _config(app, "", 0), drain_s).run(sockets=[sock])
 
 
 def freeze_startup_objects() -> None:

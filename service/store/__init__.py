@@ -10,6 +10,7 @@ from service.store.adjustments import AdjustmentRepo
 from service.store.engine import SQLITE_BUSY_TIMEOUT_S, Database, migrate, sqlalchemy_url
 from service.store.events import Event, EventRepo
 from service.store.keys import ClaimOutcome, KeyRepo
+from service.store.leases import DISPATCHER, LeaseRepo
 from service.store.models import LOCAL_OWNER, ScheduleRow, ScheduleRunRow, StudyRow, TokenRow, TrialRow, now
 from service.store.schedules import ScheduleRepo
 from service.store.stats import Stats, StatsRepo
@@ -32,12 +33,14 @@ class Store:
         self.events = EventRepo(self.db)
         self.schedules = ScheduleRepo(self.db)
         self.adjustments = AdjustmentRepo(self.db)
+        self.leases = LeaseRepo(self.db)
 
     def ping(self) -> None:
         self.db.ping()
 
 
 __all__ = [
+    "DISPATCHER",
     "LOCAL_OWNER",
     "AdjustmentRepo",
     "ClaimOutcome",
@@ -45,6 +48,7 @@ __all__ = [
     "Event",
     "EventRepo",
     "KeyRepo",
+    "LeaseRepo",
     "ScheduleRepo",
     "ScheduleRow",
     "ScheduleRunRow",

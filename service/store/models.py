@@ -111,6 +111,17 @@ class TrialCountRow(Base):
     n: Mapped[int] = mapped_column(Integer)
 
 
+class LeaseRow(Base):
+    """A lease one process holds for a while (``service.store.leases``): which of several API
+    processes runs the dispatcher. ``expires_at`` is in seconds since the epoch by the database's
+    clock, so the processes' own clocks never compare."""
+
+    __tablename__ = "caviar_leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
 class MetricRow(Base):
     __tablename__ = "caviar_metrics"
     __table_args__ = (UniqueConstraint("trial_pk", "epoch"),)

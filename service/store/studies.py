@@ -154,17 +154,27 @@ class StudyRepo:
             return list(s.scalars(q))
 
     @retry_transient
+    def awaiting_job(self) -> bool:
+        """Whether a queued or running study has no Ray job: what the dispatcher is woken by when the
+        study was stored by another API process (one short query, no definitions read)."""
+        with self.db.session() as s:
+            return s.scalar(select(StudyRow.id).where(StudyRow.status.in_(ACTIVE), StudyRow.ray_job_id.is_(None)).limit(1)) is not None
+
+    @retry_transient
     def for_job(self, job_id: str) -> str | None:
         """The queued or running study handed to Ray job ``job_id`` (a warm driver waits for one)."""
         with self.db.session() as s:
             return s.scalar(select(StudyRow.id).where(StudyRow.ray_job_id == job_id, StudyRow.status.in_(("queued", "running"))))
 
     @retry_transient
-    def update(self, study_id: str, *, only_if: tuple[str, ...] | None = None, **values: Any) -> bool:
-        """Update a study; with ``only_if`` the update happens only from those statuses (returns whether it did)."""
+    def update(self, study_id: str, *, only_if: tuple[str, ...] | None = None, without_job: bool = False, **values: Any) -> bool:
+        """Update a study; with ``only_if`` the update happens only from those statuses, with
+        ``without_job`` only while no Ray job is recorded for it (returns whether it did)."""
         stmt = update(StudyRow).where(StudyRow.id == study_id)
         if only_if:
             stmt = stmt.where(StudyRow.status.in_(only_if))
+        if without_job:
+            stmt = stmt.where(StudyRow.ray_job_id.is_(None))
         with self.db.session(write=True) as s:
             return bool(s.execute(stmt.values(**values)).rowcount)  # type: ignore[attr-defined]
 

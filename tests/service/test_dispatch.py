@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from service.api.studies import Context
 from service.definition import StudyStatus
 from service.jobs import JobState, driver_env
 from service.local import wait_until
-from service.store import Store, migrate, now
+from service.store import DISPATCHER, Store, migrate, now
 from tests.service.fakes import FakeJobs, inprocess_api, settings_for
 
 
@@ -180,3 +182,42 @@ def test_a_warm_driver_is_asked_for_only_while_no_study_runs(ctx: Context) -> No
     ctx.store.studies.finish(sid, StudyStatus.COMPLETED)
     dispatch_once(ctx)
     assert fake(ctx).warmed == 3
+
+
+def test_two_dispatchers_hand_a_study_to_ray_once(ctx: Context) -> None:
+    """Two API processes' dispatchers (one whose lease lapsed mid-tick) both find a study without a
+    job: the one that records its job second stops the job it started."""
+    other = Context(settings=ctx.settings, store=Store(ctx.settings.database_url), jobs=FakeJobs())
+    sid = ctx.store.studies.create("s", {}).id
+    fake(ctx).on_submit = lambda study_id: dispatch_once(other)  # the other dispatcher runs while this one submits
+    dispatch_once(ctx)
+    assert fake(other).submitted == [sid] and fake(ctx).submitted == [sid]
+    assert ctx.store.studies.get(sid).ray_job_id == f"job-{sid}"  # type: ignore[union-attr]
+    assert fake(ctx).stopped == [f"job-{sid}"] and fake(other).stopped == []  # the second job is stopped
+
+
+def test_one_of_two_api_processes_dispatches_and_the_other_takes_over_when_it_stops(tmp_path: Path) -> None:
+    """Two APIs over one store (as `caviar serve --workers 2` runs them): only the lease holder hands
+    studies to Ray, a study stored through the other is handed over within a moment (not at the
+    minute-long tick), and when the holder stops, the other takes over."""
+    definition = {"name": "two", "trainable": "busy_work", "dataset": {"name": "digits"},
+                  "search_space": {"x": {"type": "float", "low": 0, "high": 1}}, "budget": {"num_trials": 1}}
+    store = Store(settings_for(tmp_path).database_url)
+    jobs_a, jobs_b = FakeJobs(), FakeJobs()
+    jobs_b.statuses = jobs_a.statuses  # one Ray cluster: each sees the other's jobs
+    with contextlib.ExitStack() as first_api:
+        client_a, _ = first_api.enter_context(inprocess_api(tmp_path, jobs_a, dispatch_interval_s=60))
+        wait_until(lambda: store.leases.holder(DISPATCHER), 10, "a dispatcher to hold the lease")
+        with inprocess_api(tmp_path, jobs_b, dispatch_interval_s=0.2) as (client_b, _):
+            assert store.leases.holder(DISPATCHER)[0].split(":")[1] == str(os.getpid())  # type: ignore[index]
+            sid = client_b.submit(definition)["id"]  # stored by b, which does not dispatch
+            wait_until(lambda: jobs_a.submitted, 5, "the lease holder (a) to hand b's study to Ray")
+            assert jobs_a.submitted == [sid] and jobs_b.submitted == []
+            holder = store.leases.holder(DISPATCHER)
+            first_api.close()  # a stops cleanly: it releases the lease
+            wait_until(lambda: (h := store.leases.holder(DISPATCHER)) and h[0] != holder[0], 5,  # type: ignore[index]
+                       "b to take the lease over")
+            sid2 = client_b.submit(definition)["id"]
+            wait_until(lambda: jobs_b.submitted, 5, "b to hand its study to Ray")
+            assert jobs_b.submitted == [sid2] and jobs_a.submitted == [sid]
+            assert jobs_b.warmed >= 1 and client_a  # the new holder keeps a warm driver ready

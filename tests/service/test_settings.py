@@ -67,3 +67,15 @@ def test_the_cli_makes_ray_s_token_private_or_narrows_it(tmp_path: Path, monkeyp
     token.chmod(0o644)
     _private_ray_token()  # an existing token is kept, only narrowed
     assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.read_text() == first
+
+
+def test_the_dispatcher_lease_outlasts_its_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lease shorter than a few ticks would lapse between renewals: two API processes would take turns."""
+    assert load_settings().dispatch_lease_s == 15.0
+    assert load_settings(dispatch_interval_s=10).dispatch_lease_s == 30.0  # default: 3 ticks when longer than 15 s
+    monkeypatch.setenv("CAVIAR_DISPATCH_LEASE_S", "2")
+    with pytest.raises(SystemExit, match=r"^caviar: CAVIAR_DISPATCH_LEASE_S: Value error, must be at least 3 dispatcher ticks "
+                                         r"\(3 x CAVIAR_DISPATCH_INTERVAL_S = 3 s\), or the lease lapses between renewals \(got '2'\)$"):
+        load_settings()
+    monkeypatch.setenv("CAVIAR_DISPATCH_LEASE_S", "3")
+    assert load_settings().dispatch_lease_s == 3.0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -14,6 +16,7 @@ from sqlalchemy import event, inspect
 from sqlalchemy.exc import OperationalError
 
 from service.definition import StudyStatus
+from service.local import wait_until
 from service.runner.optuna_storage import optuna_journal, optuna_storage
 from service.store import Store, migrate, sqlalchemy_url
 from service.store.engine import RETRY_FOR_S, json_loads
@@ -309,3 +312,43 @@ def test_an_epoch_reported_again_is_ignored_whole(store: Store) -> None:
     row, history = found
     assert [(h["epoch"], h["m"]) for h in history] == [(1, 0.3), (2, 0.5), (3, 0.6)]
     assert row.best_value == 0.6 and row.last_metrics == {"epoch": 3, "m": 0.6} and row.epochs == 3
+
+
+def test_a_lease_has_one_holder_until_it_is_released_or_lapses(store: Store) -> None:
+    """What runs the dispatcher in one API process of several (service.api.dispatch)."""
+    assert store.leases.holder("d") is None
+    assert store.leases.hold("d", "a", 30)
+    assert not store.leases.hold("d", "b", 30)  # held by a
+    assert store.leases.hold("d", "a", 30)  # a renews
+    held = store.leases.holder("d")
+    assert held is not None and held[0] == "a" and 29 < held[1] <= 30
+    assert not store.leases.release("d", "b")  # only its holder gives it up
+    assert store.leases.release("d", "a")
+    assert store.leases.hold("d", "b", 0.3)  # free: b takes it at once
+    assert not store.leases.hold("d", "a", 30)
+    assert store.leases.hold("other", "a", 30)  # leases are independent
+    # b stops renewing: its lease lapses by the database's clock, and a takes it
+    wait_until(lambda: store.leases.hold("d", "a", 30), 5, "b's lease to lapse", interval=0.05)
+    assert store.leases.holder("d")[0] == "a"  # type: ignore[index]
+    assert not store.leases.hold("d", "b", 30)
+
+
+def test_processes_racing_for_a_free_lease_get_one_holder(store: Store) -> None:
+    """Eight holders, each with its own engine (its own connections, as separate processes have),
+    race for a lease in many rounds: each round exactly one wins."""
+    stores = [Store(store.url) for _ in range(8)]
+    try:
+        for round_ in range(15):
+            barrier = threading.Barrier(len(stores))
+
+            def race(i: int, s: Store) -> bool:
+                barrier.wait()
+                return s.leases.hold(f"r{round_}", f"h{i}", 30)
+
+            with ThreadPoolExecutor(len(stores)) as pool:
+                won = list(pool.map(race, range(len(stores)), stores))
+            assert sum(won) == 1, (round_, won)
+            assert store.leases.holder(f"r{round_}")[0] == f"h{won.index(True)}"  # type: ignore[index]
+    finally:
+        for s in stores:
+            s.db.dispose()

@@ -1,0 +1,79 @@
+"""`caviar serve --workers 2` on the session's Ray head: two API processes on one port, one of them
+dispatching (the store's lease). Each study runs as one Ray job; when the dispatching worker is
+killed, the supervisor starts another and the surviving worker takes the dispatcher over; SIGTERM
+stops them all."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.local import LocalHead, LocalServer, wait_until
+from service.store import DISPATCHER, Store
+
+QUICK = {"name": "workers", "trainable": "busy_work", "dataset": {"name": "digits"},
+         "search_space": {"x": {"type": "float", "low": 0, "high": 1}},
+         "fixed": {"epochs": 2, "seconds_per_epoch": 0.01}, "scheduler": {"type": "none"},
+         "sampler": {"type": "random", "seed": 1}, "budget": {"num_trials": 2, "max_concurrent_trials": 2}}
+
+
+def workers(pid: int) -> set[int]:
+    """The API worker processes of the supervisor ``pid`` (not multiprocessing's resource tracker)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.add(int(child))
+            except FileNotFoundError:
+                pass
+    return found
+
+
+def leader(store: Store) -> int | None:
+    held = store.leases.holder(DISPATCHER)
+    return int(held[0].split(":")[1]) if held else None
+
+
+def run_study(server: LocalServer, head: LocalHead) -> dict[str, Any]:
+    with server.client() as client:  # a new connection: the worker that served the last may be gone
+        sid = client.submit(QUICK)["id"]
+        study = wait_until(lambda: (s := client.study(sid))["status"] in ("completed", "failed", "cancelled") and s, 120,
+                           f"study {sid} to finish", interval=0.25)
+    assert study["status"] == "completed", study["error"]
+    jobs = [j for j in head.jobs()._client().list_jobs() if (j.metadata or {}).get("caviar_study_id") == sid]
+    assert [j.submission_id for j in jobs] == [study["ray_job_id"]]  # one Ray job, whichever worker dispatched
+    return study
+
+
+@pytest.mark.ray
+def test_two_api_workers_dispatch_each_study_once_and_survive_the_loss_of_the_dispatching_one(ray_head: LocalHead, tmp_path: Path) -> None:
+    server = LocalServer(tmp_path, ray_head, args=("--workers", "2"),
+                         env={"CAVIAR_DISPATCH_LEASE_S": "3", "CAVIAR_WARM_DRIVER": "false"})
+    server.start()
+    now: set[int] = set()
+    try:
+        assert server.proc is not None
+        store = Store(f"sqlite:///{tmp_path / 'caviar.db'}")
+        first = wait_until(lambda: len(w := workers(server.proc.pid)) == 2 and w, 30, "two API workers")  # type: ignore[union-attr]
+        lead = wait_until(lambda: leader(store), 30, "a worker to hold the dispatcher lease")
+        assert lead in first
+        run_study(server, ray_head)
+
+        os.kill(lead, signal.SIGKILL)  # the dispatching worker dies
+        now = wait_until(lambda: len(w := workers(server.proc.pid)) == 2 and lead not in w and w, 30,  # type: ignore[union-attr]
+                         "the supervisor to start another worker")
+        assert len(now & first) == 1  # the survivor, and one new
+        new_lead = wait_until(lambda: (p := leader(store)) not in (None, lead) and p, 15, "another worker to take the dispatcher over")
+        assert new_lead in now
+        run_study(server, ray_head)
+        assert f"API worker {lead} exited with code -9: starting another" in server.log_path.read_text()
+    finally:
+        server.stop()
+    assert server.proc is not None and server.proc.returncode == 0  # SIGTERM: each worker drained and stopped
+    for pid in now:
+        assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
