@@ -341,9 +341,9 @@ def test_processes_racing_for_a_free_lease_get_one_holder(store: Store) -> None:
         for round_ in range(15):
             barrier = threading.Barrier(len(stores))
 
-            def race(i: int, s: Store) -> bool:
+            def race(i: int, s: Store, barrier: threading.Barrier = barrier, name: str = f"r{round_}") -> bool:
                 barrier.wait()
-                return s.leases.hold(f"r{round_}", f"h{i}", 30)
+                return s.leases.hold(name, f"h{i}", 30)
 
             with ThreadPoolExecutor(len(stores)) as pool:
                 won = list(pool.map(race, range(len(stores)), stores))
