@@ -7,7 +7,8 @@ What runs (all started here on loopback and free ports, and stopped at the end; 
   ray head  - service.local.LocalHead (token auth, a temp dir of its own) with --num-cpus 1 (see
               "Fairness" below)
   caviar    - service.local.LocalServer: `caviar serve` against that head on a fresh data directory
-              (SQLite): uvicorn, one process, log level info (access log on), as users run it
+              (SQLite): uvicorn, one process (--api-workers N: `--workers N`, N processes on the port,
+              their CPU summed), log level info (access log on), as users run it
   minimal   - a FastAPI app with one `GET /ping` -> {"status": "ok"} (an `async def`), served by the
               same service.api.server.run_server (same uvicorn.Config: one process, log level info)
               in a subprocess: the baseline
@@ -108,9 +109,32 @@ end
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / HZ
+    """utime + stime of a process (all its threads) and of its live descendants (`caviar serve
+    --workers N`'s workers), in seconds."""
+    total = 0.0
+    for p in [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / HZ
+    return total
+
+
+def descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return found
+    for task in tasks:
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
 
 
 # -- the minimal baseline app (run in a subprocess: `python -m bench.api_load --serve-minimal PORT`) ----
@@ -370,7 +394,7 @@ def run(args: argparse.Namespace, wrk: str | None, work: Path) -> dict[str, Any]
     result: dict[str, Any] = {}
     t_setup = time.monotonic()
     try:
-        with cluster(work, num_cpus=args.ray_cpus, server_env={"PYTHONUNBUFFERED": "1"}) as (head, server):
+        with cluster(work, num_cpus=args.ray_cpus, server_env={"PYTHONUNBUFFERED": "1", "CAVIAR_API_WORKERS": str(args.api_workers)}) as (head, server):
             assert server is not None and server.proc is not None and head.proc is not None
             store = Store(str(server.database_url))
             token = store.tokens.create("bench")[1] if args.token else None
@@ -480,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="connections for the uncached reads (the listing, best, a trial's history): people and scripts, not pollers")
     ap.add_argument("--studies", type=int, default=1000, help="studies in the store before the load (the listing's)")
     ap.add_argument("--big-trials", type=int, default=10_000, help="trials of the big study (best, trial detail)")
+    ap.add_argument("--api-workers", type=int, default=1, help="`caviar serve --workers N`: API processes on the port (CPU is summed over them)")
     ap.add_argument("--token", action="store_true", help="send a bearer token (created in the server's store)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, SQLite file)")
     ap.add_argument("--check-goals", action="store_true", help="exit 1 when a goal is missed, too")
@@ -507,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(f"api_load: {args.connections} connections ({generator}{f', {args.threads} threads' if wrk else ''}), {args.duration:g} s "
           f"per endpoint in {args.rounds} round(s); study busy_work {args.trials} trials x {args.epochs} epochs x "
-          f"{args.seconds_per_epoch:g} s, one at a time; {os.cpu_count()} CPUs, load average {load[0]:.2f}", flush=True)
+          f"{args.seconds_per_epoch:g} s, one at a time; {args.api_workers} API process(es); {os.cpu_count()} CPUs, load average {load[0]:.2f}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="caviar-api-load-"))
     try:
         res = run(args, wrk, work)
