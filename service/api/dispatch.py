@@ -104,7 +104,7 @@ def dispatch_once(ctx: Context) -> None:
         if row.ray_job_id:
             continue
         job_id = ctx.jobs.submit(row.id)
-        if not ctx.store.studies.update(row.id, only_if=ACTIVE, without_job=True, ray_job_id=job_id):
+        if not ctx.store.studies.update(row.id, only_if=ACTIVE, only_job=None, ray_job_id=job_id):
             ctx.jobs.stop(job_id)  # cancelled while we submitted, or handed to Ray by another dispatcher
     # a warm driver ready for the next study (settings.warm_driver), started while no study runs:
     # its start-up (imports, a second of CPU or more) does not slow a running study's trials
@@ -128,7 +128,8 @@ def dispatch_once(ctx: Context) -> None:
         # FAILED without the driver marking the study: the driver died (kill -9, OOM, node lost);
         # unknown (None): the Ray cluster was restarted and forgot the job
         if state in (JobState.FAILED, None) and fresh.resumes < ctx.settings.max_resumes:
-            if ctx.store.studies.update(row.id, only_if=(fresh.status,), ray_job_id=None, resumes=fresh.resumes + 1):
+            # only while the dead job is still its job: another dispatcher may have resumed it already
+            if ctx.store.studies.update(row.id, only_if=(fresh.status,), only_job=row.ray_job_id, ray_job_id=None, resumes=fresh.resumes + 1):
                 log.warning("study %s: its Ray job %s ended as %s; resuming (resume %d)", row.id, row.ray_job_id, state or "unknown", fresh.resumes + 1)
             continue
         why = "was stopped outside Caviar" if state == JobState.STOPPED else f"ended as {state or 'unknown'}"

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Text, bindparam, case, cast, func, select, update
 
@@ -167,14 +167,16 @@ class StudyRepo:
             return s.scalar(select(StudyRow.id).where(StudyRow.ray_job_id == job_id, StudyRow.status.in_(("queued", "running"))))
 
     @retry_transient
-    def update(self, study_id: str, *, only_if: tuple[str, ...] | None = None, without_job: bool = False, **values: Any) -> bool:
+    def update(self, study_id: str, *, only_if: tuple[str, ...] | None = None, only_job: str | Literal[False] | None = False,
+               **values: Any) -> bool:
         """Update a study; with ``only_if`` the update happens only from those statuses, with
-        ``without_job`` only while no Ray job is recorded for it (returns whether it did)."""
+        ``only_job`` only while that Ray job (None: no job) is the one recorded for it (returns
+        whether it did). The dispatcher's compare-and-set: two of them never both act on one job."""
         stmt = update(StudyRow).where(StudyRow.id == study_id)
         if only_if:
             stmt = stmt.where(StudyRow.status.in_(only_if))
-        if without_job:
-            stmt = stmt.where(StudyRow.ray_job_id.is_(None))
+        if only_job is not False:
+            stmt = stmt.where(StudyRow.ray_job_id.is_(None) if only_job is None else StudyRow.ray_job_id == only_job)
         with self.db.session(write=True) as s:
             return bool(s.execute(stmt.values(**values)).rowcount)  # type: ignore[attr-defined]
 

@@ -352,3 +352,16 @@ def test_processes_racing_for_a_free_lease_get_one_holder(store: Store) -> None:
     finally:
         for s in stores:
             s.db.dispose()
+
+
+def test_a_study_update_can_require_its_recorded_job(store: Store) -> None:
+    """The dispatcher's compare-and-set: a job is recorded only on a study without one, and a dead
+    job's study is resumed only while that job is still its job (two dispatchers never both act)."""
+    sid = store.studies.create("s", {}).id
+    assert store.studies.update(sid, only_job=None, ray_job_id="job-1")
+    assert not store.studies.update(sid, only_job=None, ray_job_id="job-2")  # it has one
+    assert not store.studies.update(sid, only_job="job-0", ray_job_id=None)  # not its job
+    assert store.studies.update(sid, only_job="job-1", ray_job_id=None, resumes=1)
+    row = store.studies.get(sid)
+    assert row is not None and row.ray_job_id is None and row.resumes == 1
+    assert store.studies.update(sid, only_job=None, ray_job_id="job-3")  # resubmitted
