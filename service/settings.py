@@ -2,7 +2,8 @@
 
 ``Settings`` reads ``CAVIAR_*`` variables (and Ray's ``RAY_ADDRESS`` / ``RAY_AUTH_TOKEN``); keyword
 arguments win over the environment, which is how the CLI turns its flags into settings. Nothing
-in Caviar writes ``os.environ``. ``load_settings`` turns a bad value into one line that names the
+in Caviar writes ``os.environ`` (but a ``--workers`` API worker, which points prometheus_client at the
+workers' shared metrics directory in its own environment: service.api.server). ``load_settings`` turns a bad value into one line that names the
 variable and the rule.
 """
 

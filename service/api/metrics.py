@@ -11,12 +11,16 @@ Series (no per-trial or per-study labels; every label set is bounded):
   (the names and labels prometheus-fastapi-instrumentator gives them, which Caviar used before:
   that middleware matched every request against every route a second time to label it, a quarter
   of a cached read's CPU, docs/benchmarks.md §4).
-Each app has its own registry (no process-global state).
+Each app has its own registry (no process-global state). Under ``caviar serve --workers N``
+(service.api.server.run_workers) the HTTP series are every worker's summed, whichever worker answers
+the scrape: prometheus_client's multiprocess mode, in a directory the supervisor makes for them
+(``PROMETHEUS_MULTIPROC_DIR``, set for the workers only; a worker that dies keeps its counts).
 """
 
 from __future__ import annotations
 
 import bisect
+import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -60,6 +64,7 @@ class StoreCollector(Collector):
                          QUEUE_BUCKETS)
 
 
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it as it is imported
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -69,7 +74,8 @@ class HttpMetrics:
     requests no route matched are grouped as ``none``; ``status`` is the class (``2xx``). GET /metrics
     itself is not counted."""
 
-    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry | None) -> None:
+        """``registry`` None: the series go to the multiprocess directory only (collected from there)."""
         self.app = app
         self.requests = Counter("http_requests_total", "Total number of requests by method, status and handler.",
                                 ["handler", "method", "status"], registry=registry)
@@ -101,7 +107,13 @@ def instrument(app: FastAPI, store: Store) -> CollectorRegistry:
     """Instrument ``app``'s HTTP side and register the store's metrics; the registry GET /metrics serves."""
     registry = CollectorRegistry()
     registry.register(StoreCollector(store))
-    app.add_middleware(HttpMetrics, registry=registry)
+    if os.environ.get(MULTIPROC_DIR):  # one of several workers: every worker's HTTP series, from their files
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        app.add_middleware(HttpMetrics, registry=None)
+    else:
+        app.add_middleware(HttpMetrics, registry=registry)
     return registry
 
 

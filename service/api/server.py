@@ -7,9 +7,11 @@ import gc
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from types import FrameType
@@ -64,9 +66,10 @@ def run_workers(settings: Settings, host: str, port: int, workers: int) -> None:
     sock = _config(FastAPI(), host, port).bind_socket()
     spawn = multiprocessing.get_context("spawn")
     stopping: list[int] = []
+    metrics_dir = tempfile.mkdtemp(prefix="caviar-metrics-")  # the workers' HTTP series (service.api.metrics)
 
     def start() -> tuple[Any, float]:
-        proc = spawn.Process(target=_worker, args=(settings, sock, settings.drain_s), name="caviar-api-worker")
+        proc = spawn.Process(target=_worker, args=(settings, sock, settings.drain_s, metrics_dir), name="caviar-api-worker")
         proc.start()
         return proc, time.monotonic()
 
@@ -98,16 +101,21 @@ def run_workers(settings: Settings, host: str, port: int, workers: int) -> None:
             print(f"caviar: API worker {proc.pid} exited with code {proc.exitcode}: starting another", file=sys.stderr, flush=True)
             procs[i] = start()
     sock.close()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     if code:
         raise SystemExit(code)
 
 
-def _worker(settings: Settings, sock: socket.socket, drain_s: float) -> None:
+def _worker(settings: Settings, sock: socket.socket, drain_s: float, metrics_dir: str) -> None:
     """One API process of ``run_workers``."""
     if sys.platform == "linux":  # end with the supervisor, even if it is killed
         import ctypes
 
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    # /metrics sums every worker's HTTP series: prometheus_client's multiprocess mode, which it reads
+    # from the environment as it is imported (below, with the app): this process's own environment
+    assert "prometheus_client" not in sys.modules, "prometheus_client was imported before its multiprocess directory was set"
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
     from service.api.app import create_app
 
     app = create_app(settings, run_migrations=False)

@@ -1,7 +1,7 @@
 """`caviar serve --workers 2` on the session's Ray head: two API processes on one port, one of them
-dispatching (the store's lease). Each study runs as one Ray job; when the dispatching worker is
-killed, the supervisor starts another and the surviving worker takes the dispatcher over; SIGTERM
-stops them all."""
+dispatching (the store's lease). Each study runs as one Ray job; /metrics counts every worker's
+requests whichever answers; when the dispatching worker is killed, the supervisor starts another and
+the surviving worker takes the dispatcher over; SIGTERM stops them all."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.local import LocalHead, LocalServer, wait_until
 from service.store import DISPATCHER, Store
@@ -32,6 +34,14 @@ def workers(pid: int) -> set[int]:
             except FileNotFoundError:
                 pass
     return found
+
+
+def served(url: str) -> float:
+    """GET /v1/trainables answered with 2xx, as /metrics counts them (each request and each scrape on
+    a connection of its own, so the kernel hands them to either worker)."""
+    text = httpx.get(f"{url}/metrics").text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "http_requests_total" and s.labels.get("handler") == "/v1/trainables" and s.labels.get("status") == "2xx")
 
 
 def leader(store: Store) -> int | None:
@@ -63,6 +73,9 @@ def test_two_api_workers_dispatch_each_study_once_and_survive_the_loss_of_the_di
         lead = wait_until(lambda: leader(store), 30, "a worker to hold the dispatcher lease")
         assert lead in first
         run_study(server, ray_head)
+        for _ in range(40):
+            assert httpx.get(f"{server.url}/v1/trainables").status_code == 200
+        assert [served(server.url) for _ in range(8)] == [40.0] * 8  # every scrape sums both workers' counts
 
         os.kill(lead, signal.SIGKILL)  # the dispatching worker dies
         now = wait_until(lambda: len(w := workers(server.proc.pid)) == 2 and lead not in w and w, 30,  # type: ignore[union-attr]
@@ -70,6 +83,7 @@ def test_two_api_workers_dispatch_each_study_once_and_survive_the_loss_of_the_di
         assert len(now & first) == 1  # the survivor, and one new
         new_lead = wait_until(lambda: (p := leader(store)) not in (None, lead) and p, 15, "another worker to take the dispatcher over")
         assert new_lead in now
+        assert [served(server.url) for _ in range(8)] == [40.0] * 8  # the dead worker's counts are kept
         run_study(server, ray_head)
         assert f"API worker {lead} exited with code -9: starting another" in server.log_path.read_text()
     finally:
