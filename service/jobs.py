@@ -85,9 +85,10 @@ def driver_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def driver_entrypoint(study_id: str) -> str:
-    """Ray runs entrypoints with the PATH's python; the service's own has Ray and Caviar installed."""
-    return f"{shlex.quote(sys.executable)} -m service.runner {shlex.quote(study_id)}"
+def driver_entrypoint(study_id: str, job_id: str) -> str:
+    """Ray runs entrypoints with the PATH's python; the service's own has Ray and Caviar installed.
+    The driver runs the study only if the store records ``job_id`` as its job (service.runner)."""
+    return f"{shlex.quote(sys.executable)} -m service.runner {shlex.quote(study_id)} --job {shlex.quote(job_id)}"
 
 
 def standby_entrypoint(job_id: str) -> str:
@@ -128,9 +129,10 @@ class RayJobs:
             return standby
         if state == JobState.PENDING:
             self._standby = standby  # still starting: the next study may have it
+        job_id = f"caviar-{study_id}-{os.urandom(3).hex()}"
         return str(self._client().submit_job(
-            entrypoint=driver_entrypoint(study_id),
-            submission_id=f"caviar-{study_id}-{os.urandom(3).hex()}",
+            entrypoint=driver_entrypoint(study_id, job_id),
+            submission_id=job_id,
             runtime_env={"env_vars": self.env},
             metadata={"caviar_study_id": study_id},
         ))

@@ -42,20 +42,28 @@ async def run(ctx: Context, holder: str) -> None:
     leading = False
     while True:
         ctx.dispatch_now.clear()
-        ok = False
+        leading, ok = await asyncio.to_thread(_tick, ctx, holder, leading)
+        await _wait(ctx, leading and ok)
+
+
+def _tick(ctx: Context, holder: str, was: bool) -> tuple[bool, bool]:
+    """One tick under ``ctx.dispatch_lock``: (whether this process leads now, whether it dispatched
+    without an error). A cancelled loop's thread runs its tick to the end; ``stop`` waits for it."""
+    with ctx.dispatch_lock:
+        leading = was
         try:
-            was, leading = leading, await asyncio.to_thread(ctx.store.leases.hold, DISPATCHER, holder, ctx.settings.dispatch_lease_s)
+            leading = ctx.store.leases.hold(DISPATCHER, holder, ctx.settings.dispatch_lease_s)
             if leading != was:
                 log.warning("%s: %s the dispatcher (lease %s)", holder, "now runs" if leading else "no longer runs", DISPATCHER)
             if was and not leading:  # its warm driver would wait beside the new leader's: stop it
-                await asyncio.to_thread(ctx.jobs.close)
+                ctx.jobs.close()
             if leading:
-                await asyncio.to_thread(dispatch_once, ctx)
-                ok = True
+                dispatch_once(ctx)
+            return leading, leading
         except Exception as exc:  # Ray down or restarting, the store unreachable: try again next tick
             log.warning("dispatch: %s", exc)
             ctx.jobs.reset()
-        await _wait(ctx, leading and ok)
+            return leading, False
 
 
 async def _wait(ctx: Context, check_store: bool) -> None:
@@ -75,13 +83,18 @@ async def _wait(ctx: Context, check_store: bool) -> None:
 
 
 async def stop(ctx: Context, holder: str) -> None:
-    """On shutdown: give the lease up (another API process takes over at its next tick) and stop the
-    warm driver no study was handed to."""
-    try:
-        await asyncio.to_thread(ctx.store.leases.release, DISPATCHER, holder)
-    except Exception as exc:  # the store is gone: the lease lapses by itself
-        log.warning("could not release the dispatcher lease: %s", exc)
-    await asyncio.to_thread(ctx.jobs.close)
+    """On shutdown, once the tick in flight has ended: give the lease up (another API process takes
+    over at its next tick) and stop the warm driver no study was handed to."""
+    await asyncio.to_thread(_stop, ctx, holder)
+
+
+def _stop(ctx: Context, holder: str) -> None:
+    with ctx.dispatch_lock:
+        try:
+            ctx.store.leases.release(DISPATCHER, holder)
+        except Exception as exc:  # the store is gone: the lease lapses by itself
+            log.warning("could not release the dispatcher lease: %s", exc)
+        ctx.jobs.close()
 
 
 def dispatch_once(ctx: Context) -> None:

@@ -28,16 +28,23 @@ STARTUP_GRACE_S = 10.0  # a worker that dies this soon after its start is not re
 def _draining_server(app: FastAPI, config: Any, drain_s: float) -> Any:
     """A uvicorn server whose first SIGTERM drains: /readyz turns 503 (draining) at once, the server
     stops accepting ``drain_s`` later, in-flight requests get up to 20 s, then the process exits 0.
-    Running studies are Ray jobs: they keep running. A second signal (or SIGINT) exits at once."""
+    Running studies are Ray jobs: they keep running. A second signal (or SIGINT) exits at once; but a
+    SIGTERM within a second of the first is the same stop delivered twice (to the process group, and
+    passed on by a ``--workers`` supervisor) and is ignored."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
+        drain_began = 0.0
+
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            if getattr(app.state, "draining", False) or sig == signal.SIGINT:
-                self.should_exit = True
-                self.force_exit = self.force_exit or getattr(app.state, "draining", False)
+            draining = getattr(app.state, "draining", False)
+            if draining and sig == signal.SIGTERM and time.monotonic() - self.drain_began < 1.0:
                 return
-            app.state.draining = True
+            if draining or sig == signal.SIGINT:
+                self.should_exit = True
+                self.force_exit = self.force_exit or draining
+                return
+            app.state.draining, self.drain_began = True, time.monotonic()
             print(f"caviar: {signal.Signals(sig).name}: draining for {drain_s:g} s, then stopping", file=sys.stderr, flush=True)
             threading.Timer(drain_s, lambda: setattr(self, "should_exit", True)).start()
 
@@ -57,61 +64,77 @@ def run_server(app: FastAPI, host: str, port: int, drain_s: float) -> None:
 
 
 def run_workers(settings: Settings, host: str, port: int, workers: int) -> None:
-    """Serve the API in ``workers`` processes that share one listening socket (the kernel spreads
-    connections across them), each with its own app over the same settings and store. One of them
-    runs the dispatcher (service.api.dispatch: a lease in the store). This process supervises: it
-    passes SIGTERM and SIGINT on (each worker drains as a single server does) and starts a worker
-    again when one dies, unless it died within STARTUP_GRACE_S of its start (then all stop, exit 1)."""
+    """Serve the API in ``workers`` processes that share one listening socket (one accept queue: the
+    split across them follows who is free to accept), each with its own app over the same settings
+    and store. One of them runs the dispatcher (service.api.dispatch: a lease in the store). This
+    process supervises: it passes SIGTERM and SIGINT on (each worker drains as a single server does)
+    and starts a worker again when one dies; if one of the first workers dies within
+    STARTUP_GRACE_S of its start (the app cannot start), all stop and this exits 1."""
     multiprocessing.allow_connection_pickling()  # the socket goes to each worker
     sock = _config(FastAPI(), host, port).bind_socket()
     spawn = multiprocessing.get_context("spawn")
     stopping: list[int] = []
+    procs: list[tuple[Any, bool]] = []  # (process, one of the first)
     metrics_dir = tempfile.mkdtemp(prefix="caviar-metrics-")  # the workers' HTTP series (service.api.metrics)
 
-    def start() -> tuple[Any, float]:
-        proc = spawn.Process(target=_worker, args=(settings, sock, settings.drain_s, metrics_dir), name="caviar-api-worker")
-        proc.start()
-        return proc, time.monotonic()
-
-    procs = [start() for _ in range(workers)]
-    print(f"caviar: {workers} API worker processes: {' '.join(str(p.pid) for p, _ in procs)}", file=sys.stderr, flush=True)
+    def start(first: bool) -> tuple[Any, bool]:
+        proc = spawn.Process(target=_worker, args=(settings, sock, settings.drain_s, metrics_dir, os.getpid()), name="caviar-api-worker")
+        try:
+            proc.start()
+        except OSError:  # a stop began and closed the socket meanwhile: this one is not needed
+            if not stopping:
+                raise
+            return proc, first
+        if stopping and proc.pid is not None:  # a stop began while it started
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, stopping[-1])
+        return proc, first
 
     def forward(sig: int, frame: FrameType | None) -> None:
+        if not stopping:
+            sock.close()  # the workers hold their own copies: when they close theirs, new connections are refused, not queued
         stopping.append(sig)
         for proc, _ in procs:
             if proc.is_alive() and proc.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, sig)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before the first worker starts: no stop goes unpassed
         signal.signal(sig, forward)
+    started = time.monotonic()
+    for _ in range(workers):
+        procs.append(start(True))
+    print(f"caviar: {workers} API worker processes: {' '.join(str(p.pid) for p, _ in procs)}", file=sys.stderr, flush=True)
     code = 0
     while any(proc.is_alive() for proc, _ in procs):
         multiprocessing.connection.wait([proc.sentinel for proc, _ in procs if proc.is_alive()], timeout=1.0)
         if stopping:
             continue
-        for i, (proc, started) in enumerate(procs):
+        for i, (proc, first) in enumerate(procs):
             if proc.is_alive():
                 continue
-            if time.monotonic() - started < STARTUP_GRACE_S:
+            if first and time.monotonic() - started < STARTUP_GRACE_S:
                 print(f"caviar: API worker {proc.pid} exited with code {proc.exitcode} at start-up: stopping", file=sys.stderr, flush=True)
                 code = 1
                 forward(signal.SIGTERM, None)
                 break
             print(f"caviar: API worker {proc.pid} exited with code {proc.exitcode}: starting another", file=sys.stderr, flush=True)
-            procs[i] = start()
-    sock.close()
+            procs[i] = start(False)
+    if not stopping:
+        sock.close()
     shutil.rmtree(metrics_dir, ignore_errors=True)
     if code:
         raise SystemExit(code)
 
 
-def _worker(settings: Settings, sock: socket.socket, drain_s: float, metrics_dir: str) -> None:
+def _worker(settings: Settings, sock: socket.socket, drain_s: float, metrics_dir: str, supervisor: int) -> None:
     """One API process of ``run_workers``."""
     if sys.platform == "linux":  # end with the supervisor, even if it is killed
         import ctypes
 
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != supervisor:  # it died before the line above: nobody would stop this one
+        return
     # /metrics sums every worker's HTTP series: prometheus_client's multiprocess mode, which it reads
     # from the environment as it is imported (below, with the app): this process's own environment
     assert "prometheus_client" not in sys.modules, "prometheus_client was imported before its multiprocess directory was set"

@@ -74,6 +74,7 @@ class Context:
     reads: ReadCache = field(init=False)
     finishes: FinishWatch = field(init=False)  # what long polls wait on
     dispatch_now: asyncio.Event = field(default_factory=asyncio.Event, init=False)  # wakes the dispatcher loop
+    dispatch_lock: threading.Lock = field(default_factory=threading.Lock, init=False)  # one tick, or the stop, at a time
     importances: dict[tuple[str, int, int], dict[str, float]] = field(default_factory=dict, init=False)  # computed importances
     lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     clock: Callable[[], datetime] = field(default_factory=lambda: now, init=False)  # what schedules call now (tests inject one)

@@ -29,6 +29,7 @@ from service.store import Store, now
 EXIT_LOST_CLUSTER = 3
 STANDBY_IDLE_S = 900.0  # an API killed without stopping its warm driver leaves it this long
 STANDBY_POLL_S = 0.05
+JOB_RECORD_WAIT_S = 60.0
 
 
 def standby(job_id: str) -> int:
@@ -56,7 +57,7 @@ def standby(job_id: str) -> int:
         study_id = store.studies.for_job(job_id)
         if study_id is not None:
             print(f"caviar: warm driver {job_id} runs study {study_id}", file=sys.stderr, flush=True)
-            return main(study_id)
+            return main(study_id, job_id)
         time.sleep(STANDBY_POLL_S)
     print(f"caviar: warm driver {job_id} unclaimed for {STANDBY_IDLE_S:.0f} s; ending", file=sys.stderr)
     return 0
@@ -70,7 +71,10 @@ def start_trial_processes(job_id: str) -> None:
     print(f"caviar: warm driver {job_id} asked Ray for {n} trial processes ahead", file=sys.stderr, flush=True)
 
 
-def main(study_id: str) -> int:
+def main(study_id: str, job_id: str | None = None) -> int:
+    """Run the study; with ``job_id`` (how the dispatcher starts drivers) only once the store records
+    that Ray job as the study's: a job that lost the race to be recorded (two dispatchers, one whose
+    lease lapsed) and could not be stopped ends here with 0, without touching the study."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = load_settings()
     lower_priority(settings.driver_nice)
@@ -79,7 +83,13 @@ def main(study_id: str) -> int:
     if row is None:
         print(f"caviar: no study {study_id} in the store", file=sys.stderr)
         return 2
-    if not store.studies.update(study_id, only_if=ACTIVE, status=StudyStatus.RUNNING.value, started_at=row.started_at or now()):
+    if job_id is not None:
+        recorded = recorded_job(store, study_id)
+        if recorded != job_id:
+            print(f"caviar: study {study_id} is recorded with Ray job {recorded}, not this one ({job_id}); nothing to run", file=sys.stderr)
+            return 0
+    if not store.studies.update(study_id, only_if=ACTIVE, only_job=job_id if job_id is not None else False,
+                                status=StudyStatus.RUNNING.value, started_at=row.started_at or now()):
         print(f"caviar: study {study_id} is {row.status}; nothing to run", file=sys.stderr)
         return 0
     from service.runner.tuner import run_study
@@ -107,6 +117,18 @@ def main(study_id: str) -> int:
         return 1
 
 
+def recorded_job(store: Store, study_id: str) -> str | None:
+    """The Ray job the store records for the study: the dispatcher records it just after its submit
+    returns, so a driver that starts first waits for it (None after JOB_RECORD_WAIT_S: the
+    dispatcher died between the two, and the next one submits the study again)."""
+    deadline = time.monotonic() + JOB_RECORD_WAIT_S
+    while True:
+        row = store.studies.get(study_id)
+        if row is None or row.ray_job_id is not None or time.monotonic() > deadline:
+            return row.ray_job_id if row is not None else None
+        time.sleep(STANDBY_POLL_S)
+
+
 def nothing_measured(store: Store, study_id: str) -> str | None:
     """Why a study whose trials all failed failed: the most common trial error, with its count
     (None when some trial was measured to its end or stopped early)."""
@@ -129,4 +151,6 @@ def lost_cluster(exc: BaseException) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(standby(sys.argv[2]) if sys.argv[1] == "--standby" else main(sys.argv[1]))
+    if sys.argv[1] == "--standby":
+        sys.exit(standby(sys.argv[2]))
+    sys.exit(main(sys.argv[1], sys.argv[3] if sys.argv[2:3] == ["--job"] else None))

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import orjson
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 from tenacity import before_sleep_log, retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
 VERSION_TABLE = "caviar_alembic_version"  # Optuna keeps its own alembic_version beside ours
@@ -129,12 +130,30 @@ class Database:
         self.engine.dispose()
 
 
+MIGRATION_LOCK = 0x43415649  # PostgreSQL advisory lock key ("CAVI") held while migrating
+
+
 def migrate(url: str) -> None:
-    """Bring the schema to the newest Alembic revision."""
+    """Bring the schema to the newest Alembic revision. On PostgreSQL under an advisory lock: API
+    replicas that start together migrate one after the other (the later ones find nothing to do)
+    instead of racing to create the same tables. (A SQLite store is one host's: `caviar serve`
+    migrates it once, before its workers start.)"""
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, "head")
+    if not sqlalchemy_url(url).startswith("postgresql"):
+        command.upgrade(cfg, "head")
+        return
+    engine = create_engine(sqlalchemy_url(url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            try:
+                command.upgrade(cfg, "head")
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+    finally:
+        engine.dispose()

@@ -44,8 +44,11 @@ class LeaseRepo:
             set_={"holder": holder, "expires_at": expires},
             where=(LeaseRow.holder == holder) | (LeaseRow.expires_at < db_clock(self.dialect)),
         )
-        with self.db.session(write=True) as s:  # a row comes back only when the insert or the update happened
-            return s.execute(stmt.returning(LeaseRow.holder)).first() is not None
+        with self.db.session(write=True) as s:
+            if self.dialect == "postgresql":  # a row comes back only when the insert or the update happened
+                return s.execute(stmt.returning(LeaseRow.holder)).first() is not None
+            # SQLite: its rowcount says the same (and RETURNING needs SQLite 3.35, which some distributions lack)
+            return bool(s.connection().execute(stmt).rowcount)
 
     @retry_transient
     def release(self, name: str, holder: str) -> bool:

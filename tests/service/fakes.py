@@ -32,7 +32,8 @@ GOOD: dict[str, Any] = {
 class FakeJobs:
     """Records calls; job states are whatever the test sets; the 'cluster' has ``resources``."""
 
-    def __init__(self, resources: dict[str, float] | None = None) -> None:
+    def __init__(self, resources: dict[str, float] | None = None, prefix: str = "job") -> None:
+        self.prefix = prefix  # job ids are PREFIX-STUDY (two fakes: two dispatchers' jobs told apart)
         self.submitted: list[str] = []
         self.stopped: list[str] = []
         self.statuses: dict[str, JobState] = {}
@@ -43,7 +44,7 @@ class FakeJobs:
     def submit(self, study_id: str) -> str:
         self.submitted.append(study_id)
         self.on_submit(study_id)
-        job = f"job-{study_id}"
+        job = f"{self.prefix}-{study_id}"
         self.statuses[job] = JobState.PENDING
         return job
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -157,6 +156,27 @@ def test_a_driver_that_loses_the_cluster_leaves_the_study_to_be_resumed(
     assert ctx.store.studies.get(sid).status == status  # type: ignore[union-attr]
 
 
+def test_a_driver_runs_its_study_only_when_the_store_records_its_job(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job that lost the race to be recorded (and that its dispatcher could not stop) ends without
+    touching the study; the recorded one runs it."""
+    from service.runner import __main__ as runner_main
+    from service.runner import tuner
+
+    sid = ctx.store.studies.create("s", {"name": "s", "trainable": "mlp_bn_softmax", "dataset": {"name": "digits"}, "search_space": "seven_key"}).id
+    monkeypatch.setenv("CAVIAR_DATABASE_URL", ctx.store.url)
+    ran: list[str] = []
+    monkeypatch.setattr(tuner, "run_study", lambda study_id, *a, **k: ran.append(study_id) or {})
+    monkeypatch.setattr(runner_main, "freeze_imports", lambda: None)
+    monkeypatch.setattr(runner_main, "JOB_RECORD_WAIT_S", 0.3)
+    assert runner_main.main(sid, "job-loser") == 0  # no job recorded within the wait: nothing run
+    assert ran == [] and ctx.store.studies.get(sid).status == "queued"  # type: ignore[union-attr]
+    ctx.store.studies.update(sid, ray_job_id="job-winner")
+    assert runner_main.main(sid, "job-loser") == 0
+    assert ran == [] and ctx.store.studies.get(sid).status == "queued"  # type: ignore[union-attr]
+    assert runner_main.main(sid, "job-winner") == 1  # the recorded job runs it (no trial here: it fails as measuring nothing)
+    assert ran == [sid] and ctx.store.studies.get(sid).error == "no trial ran"  # type: ignore[union-attr]
+
+
 def test_a_submitted_study_is_handed_to_ray_at_once_not_at_the_next_tick(tmp_path: Path) -> None:
     definition = {"name": "now", "trainable": "busy_work", "dataset": {"name": "digits"},
                   "search_space": {"x": {"type": "float", "low": 0, "high": 1}}, "budget": {"num_trials": 1}}
@@ -187,13 +207,14 @@ def test_a_warm_driver_is_asked_for_only_while_no_study_runs(ctx: Context) -> No
 def test_two_dispatchers_hand_a_study_to_ray_once(ctx: Context) -> None:
     """Two API processes' dispatchers (one whose lease lapsed mid-tick) both find a study without a
     job: the one that records its job second stops the job it started."""
-    other = Context(settings=ctx.settings, store=Store(ctx.settings.database_url), jobs=FakeJobs())
+    other = Context(settings=ctx.settings, store=Store(ctx.settings.database_url), jobs=FakeJobs(prefix="other"))
+    fake(other).statuses = fake(ctx).statuses  # one Ray cluster: each sees the other's jobs
     sid = ctx.store.studies.create("s", {}).id
     fake(ctx).on_submit = lambda study_id: dispatch_once(other)  # the other dispatcher runs while this one submits
     dispatch_once(ctx)
     assert fake(other).submitted == [sid] and fake(ctx).submitted == [sid]
-    assert ctx.store.studies.get(sid).ray_job_id == f"job-{sid}"  # type: ignore[union-attr]
-    assert fake(ctx).stopped == [f"job-{sid}"] and fake(other).stopped == []  # the second job is stopped
+    assert ctx.store.studies.get(sid).ray_job_id == f"other-{sid}"  # type: ignore[union-attr]  # recorded first
+    assert fake(ctx).stopped == [f"job-{sid}"] and fake(other).stopped == []  # the loser stops its own job, not the winner's
 
 
 def test_one_of_two_api_processes_dispatches_and_the_other_takes_over_when_it_stops(tmp_path: Path) -> None:
@@ -209,7 +230,6 @@ def test_one_of_two_api_processes_dispatches_and_the_other_takes_over_when_it_st
         client_a, _ = first_api.enter_context(inprocess_api(tmp_path, jobs_a, dispatch_interval_s=60))
         wait_until(lambda: store.leases.holder(DISPATCHER), 10, "a dispatcher to hold the lease")
         with inprocess_api(tmp_path, jobs_b, dispatch_interval_s=0.2) as (client_b, _):
-            assert store.leases.holder(DISPATCHER)[0].split(":")[1] == str(os.getpid())  # type: ignore[index]
             sid = client_b.submit(definition)["id"]  # stored by b, which does not dispatch
             wait_until(lambda: jobs_a.submitted, 5, "the lease holder (a) to hand b's study to Ray")
             assert jobs_a.submitted == [sid] and jobs_b.submitted == []

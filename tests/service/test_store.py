@@ -365,3 +365,19 @@ def test_a_study_update_can_require_its_recorded_job(store: Store) -> None:
     row = store.studies.get(sid)
     assert row is not None and row.ray_job_id is None and row.resumes == 1
     assert store.studies.update(sid, only_job=None, ray_job_id="job-3")  # resubmitted
+
+
+@pytest.mark.postgres
+def test_replicas_starting_together_migrate_a_fresh_postgres_one_after_the_other() -> None:
+    """Two API replicas (docker/k8s/api.yaml) start at once against an empty database: each migrates,
+    under an advisory lock, and both come up (without it one fails on a table the other created)."""
+    from tests.conftest import fresh_postgres_database
+
+    with fresh_postgres_database() as url:
+        code = "import sys; from service.store import migrate; migrate(sys.argv[1])"
+        procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        results = [(p.wait(120), p.stderr.read() if p.stderr else "") for p in procs]
+        assert [rc for rc, _ in results] == [0, 0, 0], [err[-2000:] for _, err in results]
+        store = Store(url)
+        assert {"caviar_studies", "caviar_leases", "caviar_trial_counts"} <= set(inspect(store.db.engine).get_table_names())
+        store.db.dispose()

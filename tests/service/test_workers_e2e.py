@@ -87,7 +87,13 @@ def test_two_api_workers_dispatch_each_study_once_and_survive_the_loss_of_the_di
         run_study(server, ray_head)
         assert f"API worker {lead} exited with code -9: starting another" in server.log_path.read_text()
     finally:
-        server.stop()
-    assert server.proc is not None and server.proc.returncode == 0  # SIGTERM: each worker drained and stopped
+        if server.proc is not None and server.proc.poll() is None:  # SIGTERM to the whole group, as systemd sends it
+            os.killpg(server.proc.pid, signal.SIGTERM)
+            try:
+                server.proc.wait(30)
+            finally:
+                server.stop()
+    assert server.proc is not None and server.proc.returncode == 0  # each worker drained once and stopped
+    assert server.log_path.read_text().count("SIGTERM: draining") >= 2
     for pid in now:
         assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()

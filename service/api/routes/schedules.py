@@ -31,7 +31,7 @@ async def create_schedule(request: Request, ctx: ContextDep, owner: OwnerDep) ->
         return problem(exc.status, "Invalid schedule" if exc.status == 422 else "Payload too large", exc.detail, field="body")
     body = ScheduleIn.model_validate(data)
     out = await run_in_threadpool(schedules.create, ctx, body, owner)
-    ctx.dispatch_now.set()  # a first run due now starts at once
+    ctx.dispatch_now.set()  # a first run due now starts at once (at the next tick when another API process dispatches)
     return out
 
 
