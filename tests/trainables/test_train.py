@@ -293,3 +293,21 @@ def test_a_fork_starts_from_another_trials_checkpoint_with_its_own_values() -> N
     child = Recorder(restore=forked_state)
     fit(MLPConfig.model_validate({**base, "lr": 0.001}), build_mlp, child)
     assert [m["epoch"] for m in child.metrics] == [3, 4] and [m["lr"] for m in child.metrics] == pytest.approx([0.001, 0.001])
+
+
+@pytest.mark.parametrize(("optimizer", "kernel"), [("sgd", "fused"), ("momentum", "fused"), ("nesterov", "fused"), ("adam", "fused"),
+                                                   ("adamw", "fused"), ("rmsprop", "foreach")])
+def test_the_optimizer_updates_every_parameter_in_one_kernel(optimizer: str, kernel: str) -> None:
+    """Fused (or, for RMSprop, multi-tensor): PyTorch's default on CPU loops over the parameters in
+    Python, 1.3x slower with Adam on MNIST-1D's MLP (docs/benchmarks.md §3). A checkpoint taken with
+    it resumes to the uninterrupted run (test_checkpoint_resume_equals_an_uninterrupted_run)."""
+    from trainables.engine.loop import make_optimizer
+
+    cfg = MLPConfig.model_validate({"optimizer": optimizer, "weight_decay": 1e-4})
+    model = build_mlp(cfg, (40,), 10)
+    opt = make_optimizer(cfg, model.parameters())
+    assert opt.defaults[kernel] is True
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randn(8, 40)).sum().backward()
+    opt.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))  # every parameter moved
