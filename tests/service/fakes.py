@@ -40,6 +40,7 @@ class FakeJobs:
         self.resources = resources if resources is not None else {"CPU": 2.0, "GPU": 0.0}
         self.on_submit: Callable[[str], None] = lambda study_id: None
         self.warmed = 0
+        self.closed = 0  # close() calls: the warm driver stopped
 
     def submit(self, study_id: str) -> str:
         self.submitted.append(study_id)
@@ -52,7 +53,7 @@ class FakeJobs:
         self.warmed += 1
 
     def close(self) -> None:
-        pass
+        self.closed += 1
 
     def stop(self, job_id: str) -> bool:
         self.stopped.append(job_id)

@@ -241,3 +241,18 @@ def test_one_of_two_api_processes_dispatches_and_the_other_takes_over_when_it_st
             wait_until(lambda: jobs_b.submitted, 5, "b to hand its study to Ray")
             assert jobs_b.submitted == [sid2] and jobs_a.submitted == [sid]
             assert jobs_b.warmed >= 1 and client_a  # the new holder keeps a warm driver ready
+
+
+def test_a_dispatcher_that_loses_the_lease_stops_dispatching_and_its_warm_driver(ctx: Context) -> None:
+    """Its lease lapsed (a stall) and another process took it: at its next tick it hands nothing to
+    Ray and stops the warm driver it kept, so that only the new holder's waits."""
+    from service.api.dispatch import _tick
+
+    assert _tick(ctx, "a", False) == (True, True)  # a leads, and dispatched
+    assert fake(ctx).warmed == 1 and fake(ctx).closed == 0
+    ctx.store.leases.release(DISPATCHER, "a")  # as if it lapsed...
+    assert ctx.store.leases.hold(DISPATCHER, "b", 30)  # ...and b took it over
+    sid = ctx.store.studies.create("s", {}).id
+    assert _tick(ctx, "a", True) == (False, False)
+    assert fake(ctx).closed == 1 and fake(ctx).submitted == [] and fake(ctx).warmed == 1
+    assert ctx.store.studies.get(sid).ray_job_id is None  # type: ignore[union-attr]  # b's to hand over
