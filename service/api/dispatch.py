@@ -3,7 +3,9 @@
 However many API processes share the database (``caviar serve --workers N``, API replicas), one runs
 the dispatcher at a time: the holder of the store's ``dispatcher`` lease (service.store.leases),
 renewed every tick. The others take it over when it lapses (its holder killed or stalled: after
-``settings.dispatch_lease_s``) or is released (its holder stopped cleanly: at their next tick). A
+``settings.dispatch_lease_s``), is released (its holder stopped cleanly), or is held by a process of
+their own host and pid namespace that no longer runs (an API restarted after a crash, a worker
+killed under ``--workers``): at their next tick. A
 study is recorded with its Ray job only while it has none, so even two dispatchers (one whose lease
 lapsed mid-tick) never run a study twice: the one that loses that race stops the job it started.
 """
@@ -30,9 +32,38 @@ RESTOP_WINDOW = timedelta(hours=1)
 WAKE_CHECK_S = 0.2  # how often the leading dispatcher looks for studies stored by other API processes
 
 
+_INCARNATION = uuid.uuid4().hex[:8]  # this process, among those that had its pid
+
+
 def holder_name() -> str:
-    """This process, as a lease holder: host, pid and a random part (pids repeat across containers)."""
-    return f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """An app, as a lease holder: host, pid namespace, pid, this process's incarnation, and the app
+    (tests run several apps in one process)."""
+    return f"{socket.gethostname()[:64]}:{_pid_namespace()}:{os.getpid()}:{_INCARNATION}:{uuid.uuid4().hex[:6]}"
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")
+    except OSError:  # not Linux
+        return "-"
+
+
+def gone(holder: str) -> bool:
+    """Whether ``holder`` is a process of this host and pid namespace that no longer runs: an API
+    restarted after a crash (or a worker started again) takes the lease over at once instead of
+    waiting for it to lapse. Anything else (another host, another container) may be alive: False."""
+    host, ns, pid, incarnation, _ = [*holder.rsplit(":", 4), "", "", "", "", ""][:5]
+    if host != socket.gethostname()[:64] or ns != _pid_namespace() or ns == "-" or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():  # this process, or an earlier one that had its pid (a container's pid 1)
+        return incarnation != _INCARNATION
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 async def run(ctx: Context, holder: str) -> None:
@@ -53,6 +84,8 @@ def _tick(ctx: Context, holder: str, was: bool) -> tuple[bool, bool]:
         leading = was
         try:
             leading = ctx.store.leases.hold(DISPATCHER, holder, ctx.settings.dispatch_lease_s)
+            if not leading and (current := ctx.store.leases.holder(DISPATCHER)) is not None and gone(current[0]):
+                leading = ctx.store.leases.hold(DISPATCHER, holder, ctx.settings.dispatch_lease_s, replacing=current[0])
             if leading != was:
                 log.warning("%s: %s the dispatcher (lease %s)", holder, "now runs" if leading else "no longer runs", DISPATCHER)
             if was and not leading:  # its warm driver would wait beside the new leader's: stop it

@@ -33,16 +33,18 @@ class LeaseRepo:
         self.dialect = db.engine.dialect.name
 
     @retry_transient
-    def hold(self, name: str, holder: str, ttl_s: float) -> bool:
+    def hold(self, name: str, holder: str, ttl_s: float, *, replacing: str | None = None) -> bool:
         """Take the lease ``name`` for ``holder``, or renew it, for ``ttl_s`` seconds from now: whether
-        ``holder`` holds it now. One statement, so two processes racing for a free lease cannot both win."""
+        ``holder`` holds it now. With ``replacing``, also when that holder (known to be dead) has it.
+        One statement, so two processes racing for a free lease cannot both win."""
         insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         expires = db_clock(self.dialect) + ttl_s
         stmt = insert(LeaseRow).values(name=name, holder=holder, expires_at=expires)
+        takes = (LeaseRow.holder == holder) | (LeaseRow.expires_at < db_clock(self.dialect))
         stmt = stmt.on_conflict_do_update(
             index_elements=[LeaseRow.name],
             set_={"holder": holder, "expires_at": expires},
-            where=(LeaseRow.holder == holder) | (LeaseRow.expires_at < db_clock(self.dialect)),
+            where=takes | (LeaseRow.holder == replacing) if replacing is not None else takes,
         )
         with self.db.session(write=True) as s:
             if self.dialect == "postgresql":  # a row comes back only when the insert or the update happened

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -256,3 +259,24 @@ def test_a_dispatcher_that_loses_the_lease_stops_dispatching_and_its_warm_driver
     assert _tick(ctx, "a", True) == (False, False)
     assert fake(ctx).closed == 1 and fake(ctx).submitted == [] and fake(ctx).warmed == 1
     assert ctx.store.studies.get(sid).ray_job_id is None  # type: ignore[union-attr]  # b's to hand over
+
+
+def test_a_lease_held_by_a_dead_process_of_this_host_is_taken_over_at_once(ctx: Context) -> None:
+    """An API restarted after a crash (or a --workers worker started again) does not wait for the dead
+    one's lease to lapse; a holder that may be alive (this process, another host or pid namespace) is
+    waited for."""
+    from service.api.dispatch import _tick, gone, holder_name
+
+    dead = subprocess.run([sys.executable, "-c", "from service.api.dispatch import holder_name; print(holder_name())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert gone(dead)  # that process has exited
+    assert not gone(holder_name())  # another app of this process: alive
+    host, ns, pid, incarnation, app = dead.rsplit(":", 4)
+    assert gone(f"{host}:{ns}:{os.getpid()}:{incarnation}:{app}")  # this pid, an earlier incarnation (a container's pid 1)
+    assert not gone(f"other-host:{ns}:{pid}:{incarnation}:{app}") and not gone(f"{host}:123:{pid}:{incarnation}:{app}")
+    assert ctx.store.leases.hold(DISPATCHER, dead, 600)  # the dead one's lease has ten minutes left
+    assert _tick(ctx, holder_name(), False)[0]  # taken over at once
+    other = f"other-host:{ns}:{pid}:{incarnation}:{app}"
+    ctx.store.leases.release(DISPATCHER, ctx.store.leases.holder(DISPATCHER)[0])  # type: ignore[index]
+    assert ctx.store.leases.hold(DISPATCHER, other, 600)
+    assert _tick(ctx, holder_name(), False) == (False, False)  # may be alive: waited for

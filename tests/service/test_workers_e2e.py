@@ -46,7 +46,7 @@ def served(url: str) -> float:
 
 def leader(store: Store) -> int | None:
     held = store.leases.holder(DISPATCHER)
-    return int(held[0].split(":")[1]) if held else None
+    return int(held[0].split(":")[-3]) if held else None
 
 
 def run_study(server: LocalServer, head: LocalHead) -> dict[str, Any]:
