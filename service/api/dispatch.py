@@ -121,13 +121,22 @@ async def stop(ctx: Context, holder: str) -> None:
     await asyncio.to_thread(_stop, ctx, holder)
 
 
+STOP_WAIT_S = 30.0  # how long a shutdown waits for a tick stuck on Ray before it releases the lease anyway
+
+
 def _stop(ctx: Context, holder: str) -> None:
-    with ctx.dispatch_lock:
+    locked = ctx.dispatch_lock.acquire(timeout=STOP_WAIT_S)
+    if not locked:
+        log.warning("the dispatcher's last tick is still running after %.0f s (Ray unreachable?): stopping anyway", STOP_WAIT_S)
+    try:
         try:
             ctx.store.leases.release(DISPATCHER, holder)
         except Exception as exc:  # the store is gone: the lease lapses by itself
             log.warning("could not release the dispatcher lease: %s", exc)
         ctx.jobs.close()
+    finally:
+        if locked:
+            ctx.dispatch_lock.release()
 
 
 def dispatch_once(ctx: Context) -> None:
