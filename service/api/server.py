@@ -81,7 +81,7 @@ def run_workers(settings: Settings, host: str, port: int, workers: int) -> None:
         proc = spawn.Process(target=_worker, args=(settings, sock, settings.drain_s, metrics_dir, os.getpid()), name="caviar-api-worker")
         try:
             proc.start()
-        except OSError:  # a stop began and closed the socket meanwhile: this one is not needed
+        except (OSError, ValueError):  # a stop began and closed the socket meanwhile: this one is not needed
             if not stopping:
                 raise
             return proc, first
