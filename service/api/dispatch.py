@@ -4,8 +4,9 @@ However many API processes share the database (``caviar serve --workers N``, API
 the dispatcher at a time: the holder of the store's ``dispatcher`` lease (service.store.leases),
 renewed every tick. The others take it over when it lapses (its holder killed or stalled: after
 ``settings.dispatch_lease_s``), is released (its holder stopped cleanly), or is held by a process of
-their own host and pid namespace that no longer runs (an API restarted after a crash, a worker
-killed under ``--workers``): at their next tick. A
+their own host (same boot) and pid namespace that no longer runs (an API restarted in place after a
+crash, a worker killed under ``--workers``): at their next tick. A restarted container has a new pid
+namespace: it waits for the lease to lapse. A
 study is recorded with its Ray job only while it has none, so even two dispatchers (one whose lease
 lapsed mid-tick) never run a study twice: the one that loses that race stops the job it started.
 """
@@ -20,6 +21,7 @@ import socket
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 from service.api import schedules
 from service.api.studies import Context
@@ -36,9 +38,10 @@ _INCARNATION = uuid.uuid4().hex[:8]  # this process, among those that had its pi
 
 
 def holder_name() -> str:
-    """An app, as a lease holder: host, pid namespace, pid, this process's incarnation, and the app
-    (tests run several apps in one process)."""
-    return f"{socket.gethostname()[:64]}:{_pid_namespace()}:{os.getpid()}:{_INCARNATION}:{uuid.uuid4().hex[:6]}"
+    """An app, as a lease holder: host (name, and the kernel's boot id: identical hosts' names and
+    namespace numbers repeat), pid namespace, pid, this process's incarnation, and the app (tests
+    run several apps in one process)."""
+    return f"{socket.gethostname()[:48]}.{_boot_id()}:{_pid_namespace()}:{os.getpid()}:{_INCARNATION}:{uuid.uuid4().hex[:6]}"
 
 
 def _pid_namespace() -> str:
@@ -48,12 +51,20 @@ def _pid_namespace() -> str:
         return "-"
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:12]
+    except OSError:  # not Linux
+        return "-"
+
+
 def gone(holder: str) -> bool:
     """Whether ``holder`` is a process of this host and pid namespace that no longer runs: an API
     restarted after a crash (or a worker started again) takes the lease over at once instead of
     waiting for it to lapse. Anything else (another host, another container) may be alive: False."""
     host, ns, pid, incarnation, _ = [*holder.rsplit(":", 4), "", "", "", "", ""][:5]
-    if host != socket.gethostname()[:64] or ns != _pid_namespace() or ns == "-" or not pid.isdigit():
+    here = f"{socket.gethostname()[:48]}.{_boot_id()}"
+    if host != here or here.endswith(".-") or ns != _pid_namespace() or ns == "-" or not pid.isdigit():
         return False
     if int(pid) == os.getpid():  # this process, or an earlier one that had its pid (a container's pid 1)
         return incarnation != _INCARNATION
@@ -121,7 +132,7 @@ async def stop(ctx: Context, holder: str) -> None:
     await asyncio.to_thread(_stop, ctx, holder)
 
 
-STOP_WAIT_S = 30.0  # how long a shutdown waits for a tick stuck on Ray before it releases the lease anyway
+STOP_WAIT_S = 10.0  # how long a shutdown waits for a tick stuck on Ray before it releases the lease anyway
 
 
 def _stop(ctx: Context, holder: str) -> None:

@@ -68,58 +68,77 @@ def run_workers(settings: Settings, host: str, port: int, workers: int) -> None:
     split across them follows who is free to accept), each with its own app over the same settings
     and store. One of them runs the dispatcher (service.api.dispatch: a lease in the store). This
     process supervises: it passes SIGTERM and SIGINT on (each worker drains as a single server does)
-    and starts a worker again when one dies; if one of the first workers dies within
-    STARTUP_GRACE_S of its start (the app cannot start), all stop and this exits 1."""
+    and starts a worker again when one dies (after 1, 2, 4 ... up to 30 s when the ones before it
+    died within STARTUP_GRACE_S of their start); if one of the first workers dies that soon (the app
+    cannot start), all stop and this exits 1."""
     multiprocessing.allow_connection_pickling()  # the socket goes to each worker
     sock = _config(FastAPI(), host, port).bind_socket()
     spawn = multiprocessing.get_context("spawn")
     stopping: list[int] = []
-    procs: list[tuple[Any, bool]] = []  # (process, one of the first)
+    procs: list[list[Any]] = []  # [process, one of the first, started at]
     metrics_dir = tempfile.mkdtemp(prefix="caviar-metrics-")  # the workers' HTTP series (service.api.metrics)
 
-    def start(first: bool) -> tuple[Any, bool]:
+    def start(slot: int, first: bool) -> None:
         proc = spawn.Process(target=_worker, args=(settings, sock, settings.drain_s, metrics_dir, os.getpid()), name="caviar-api-worker")
+        entry = [proc, first, time.monotonic()]
+        if slot == len(procs):
+            procs.append(entry)
+        else:
+            procs[slot] = entry  # in the list before it starts: a stop from here on reaches it (below, or forward)
         try:
             proc.start()
         except (OSError, ValueError):  # a stop began and closed the socket meanwhile: this one is not needed
             if not stopping:
                 raise
-            return proc, first
+            return
         if stopping and proc.pid is not None:  # a stop began while it started
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, stopping[-1])
-        return proc, first
 
     def forward(sig: int, frame: FrameType | None) -> None:
         if not stopping:
             sock.close()  # the workers hold their own copies: when they close theirs, new connections are refused, not queued
         stopping.append(sig)
-        for proc, _ in procs:
+        for proc, _, _ in procs:
             if proc.is_alive() and proc.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, sig)
 
     for sig in (signal.SIGTERM, signal.SIGINT):  # before the first worker starts: no stop goes unpassed
         signal.signal(sig, forward)
-    started = time.monotonic()
-    for _ in range(workers):
-        procs.append(start(True))
-    print(f"caviar: {workers} API worker processes: {' '.join(str(p.pid) for p, _ in procs)}", file=sys.stderr, flush=True)
-    code = 0
-    while any(proc.is_alive() for proc, _ in procs):
-        multiprocessing.connection.wait([proc.sentinel for proc, _ in procs if proc.is_alive()], timeout=1.0)
+    for slot in range(workers):
+        start(slot, True)
+    print(f"caviar: {workers} API worker processes: {' '.join(str(p.pid) for p, _, _ in procs)}", file=sys.stderr, flush=True)
+    code, quick_deaths = 0, 0
+    again_at: dict[int, float] = {}  # slot -> when its worker is started again
+    while True:
+        alive = [proc for proc, _, _ in procs if proc.is_alive()]
+        if stopping and not alive:
+            break
+        if alive:
+            multiprocessing.connection.wait([proc.sentinel for proc in alive], timeout=1.0)
+        else:
+            time.sleep(0.5)
         if stopping:
             continue
-        for i, (proc, first) in enumerate(procs):
+        for slot, (proc, first, born) in enumerate(procs):
             if proc.is_alive():
                 continue
-            if first and time.monotonic() - started < STARTUP_GRACE_S:
-                print(f"caviar: API worker {proc.pid} exited with code {proc.exitcode} at start-up: stopping", file=sys.stderr, flush=True)
-                code = 1
-                forward(signal.SIGTERM, None)
-                break
-            print(f"caviar: API worker {proc.pid} exited with code {proc.exitcode}: starting another", file=sys.stderr, flush=True)
-            procs[i] = start(False)
+            now = time.monotonic()
+            if slot not in again_at:
+                if now - born < STARTUP_GRACE_S and first:
+                    print(f"caviar: API worker {proc.pid} exited with code {proc.exitcode} at start-up: stopping", file=sys.stderr, flush=True)
+                    code = 1
+                    forward(signal.SIGTERM, None)
+                    break
+                quick_deaths = quick_deaths + 1 if now - born < STARTUP_GRACE_S else 0  # one that keeps failing: back off
+                delay = min(30.0, 2.0 ** (quick_deaths - 1)) if quick_deaths else 0.0
+                print(f"caviar: API worker {proc.pid} exited with code {proc.exitcode}: starting another"
+                      + (f" in {delay:g} s" if delay else ""), file=sys.stderr, flush=True)
+                again_at[slot] = now + delay
+            if now >= again_at[slot]:
+                del again_at[slot]
+                start(slot, False)
     if not stopping:
         sock.close()
     shutil.rmtree(metrics_dir, ignore_errors=True)

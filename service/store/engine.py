@@ -149,7 +149,8 @@ def migrate(url: str) -> None:
         return
     engine = create_engine(sqlalchemy_url(url), poolclass=NullPool)
     try:
-        with engine.connect() as conn:
+        # autocommit: the lock's session holds it without an open transaction (idle_in_transaction_session_timeout)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
             try:
                 command.upgrade(cfg, "head")

@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -173,6 +174,12 @@ def test_a_driver_runs_its_study_only_when_the_store_records_its_job(ctx: Contex
     monkeypatch.setattr(runner_main, "JOB_RECORD_WAIT_S", 0.3)
     assert runner_main.main(sid, "job-loser") == 0  # no job recorded within the wait: nothing run
     assert ran == [] and ctx.store.studies.get(sid).status == "queued"  # type: ignore[union-attr]
+    # a driver that starts before its dispatcher has recorded its job waits for the record
+    monkeypatch.setattr(runner_main, "JOB_RECORD_WAIT_S", 30)
+    threading.Timer(0.3, lambda: ctx.store.studies.update(sid, ray_job_id="job-early")).start()
+    assert runner_main.main(sid, "job-early") == 1 and ran == [sid]  # it ran (no trial here: failed as measuring nothing)
+    ran.clear()
+    ctx.store.studies.update(sid, status="queued", error=None, finished_at=None)
     ctx.store.studies.update(sid, ray_job_id="job-winner")
     assert runner_main.main(sid, "job-loser") == 0
     assert ran == [] and ctx.store.studies.get(sid).status == "queued"  # type: ignore[union-attr]
@@ -274,6 +281,8 @@ def test_a_lease_held_by_a_dead_process_of_this_host_is_taken_over_at_once(ctx: 
     host, ns, pid, incarnation, app = dead.rsplit(":", 4)
     assert gone(f"{host}:{ns}:{os.getpid()}:{incarnation}:{app}")  # this pid, an earlier incarnation (a container's pid 1)
     assert not gone(f"other-host:{ns}:{pid}:{incarnation}:{app}") and not gone(f"{host}:123:{pid}:{incarnation}:{app}")
+    twin = f"{host.rsplit('.', 1)[0]}.000000000000"  # same hostname, another machine (or boot): may be alive
+    assert not gone(f"{twin}:{ns}:{pid}:{incarnation}:{app}") and not gone(f"{twin}:{ns}:{os.getpid()}:{incarnation}:{app}")
     assert ctx.store.leases.hold(DISPATCHER, dead, 600)  # the dead one's lease has ten minutes left
     assert _tick(ctx, holder_name(), False)[0]  # taken over at once
     other = f"other-host:{ns}:{pid}:{incarnation}:{app}"

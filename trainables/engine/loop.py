@@ -150,6 +150,10 @@ def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: 
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])  # holds an adjusted lr and weight decay
+        for group in optimizer.param_groups:  # a checkpoint from before the fused optimizers still resumes fused
+            for kernel in ("fused", "foreach"):
+                if kernel in optimizer.defaults:
+                    group[kernel] = optimizer.defaults[kernel]
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["torch_rng"])
         shuffle.set_state(state["shuffle_rng"])
