@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,8 +25,6 @@ from service.definition import StudyDefinition
 from service.jobs import Jobs, RayJobs
 from service.settings import Settings
 from service.store import Store, migrate
-
-log = logging.getLogger("caviar.api")
 
 
 def document_definition(components: dict[str, Any]) -> None:

@@ -6,9 +6,10 @@ renewed every tick. The others take it over when it lapses (its holder killed or
 ``settings.dispatch_lease_s``), is released (its holder stopped cleanly), or is held by a process of
 their own host (same boot) and pid namespace that no longer runs (an API restarted in place after a
 crash, a worker killed under ``--workers``): at their next tick. A restarted container has a new pid
-namespace: it waits for the lease to lapse. A
-study is recorded with its Ray job only while it has none, so even two dispatchers (one whose lease
-lapsed mid-tick) never run a study twice: the one that loses that race stops the job it started.
+namespace: it waits for the lease to lapse. A study is recorded with its Ray job only while it has
+none, and a driver runs its study only when the store records its own job (service.runner), so even
+two dispatchers (one whose lease lapsed mid-tick) never run a study twice: the one that loses that
+race stops the job it started.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from service.store import DISPATCHER, now
 log = logging.getLogger("caviar.dispatch")
 RESTOP_WINDOW = timedelta(hours=1)
 WAKE_CHECK_S = 0.2  # how often the leading dispatcher looks for studies stored by other API processes
+STOP_WAIT_S = 10.0  # how long a shutdown waits for a tick stuck on Ray before it releases the lease anyway
 
 
 _INCARNATION = uuid.uuid4().hex[:8]  # this process, among those that had its pid
@@ -73,7 +75,7 @@ def gone(holder: str) -> bool:
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, someone else's
-        return False
+        pass
     return False
 
 
@@ -130,9 +132,6 @@ async def stop(ctx: Context, holder: str) -> None:
     """On shutdown, once the tick in flight has ended: give the lease up (another API process takes
     over at its next tick) and stop the warm driver no study was handed to."""
     await asyncio.to_thread(_stop, ctx, holder)
-
-
-STOP_WAIT_S = 10.0  # how long a shutdown waits for a tick stuck on Ray before it releases the lease anyway
 
 
 def _stop(ctx: Context, holder: str) -> None:
