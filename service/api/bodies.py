@@ -6,14 +6,23 @@ gigabytes ("billion laughs"). So YAML is parsed with libyaml's C loader, its eve
 first (a document of more than ``MAX_NODES`` nodes is refused before it is built) and aliases are
 refused: a study definition never needs them. JSON is parsed by the standard library's C parser,
 with NaN and infinities refused. The route runs ``parse_body`` in a worker thread.
+
+Every other route's JSON body is FastAPI's to parse, and Python's parser reads NaN and infinities
+(JSON has neither; PostgreSQL refuses to store them): ``StrictJSONRoute``, every router's route
+class, refuses them first with a 422 naming the field.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import yaml
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 MAX_NODES = 100_000  # scalars + collections; a definition has a few hundred
@@ -78,3 +87,52 @@ def parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
         raise BodyError(422, f"the body must hold only JSON values (strings, finite numbers, booleans, null, lists, "
                              f"mappings with string keys): {str(exc)[:200]}") from None
     return data
+
+
+_NON_FINITE = object()
+
+
+def non_finite_field(raw: bytes) -> str | None:
+    """Where a JSON body holds NaN or an infinity: the field's dotted path ("" for the body itself), or
+    None when it holds none or is not JSON (its parser reports that)."""
+    if b"NaN" not in raw and b"Infinity" not in raw:  # the common case costs a scan of the bytes
+        return None
+    try:
+        data = json.loads(raw, parse_constant=lambda _: _NON_FINITE)
+    except (ValueError, RecursionError):
+        return None
+    stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
+    while stack:  # depth first, in the body's order
+        value, path = stack.pop()
+        if value is _NON_FINITE:
+            return ".".join(path)
+        children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        stack.extend(reversed([(v, (*path, str(k))) for k, v in children]))
+    return None
+
+
+def _json_content(content_type: str | None) -> bool:
+    """Whether FastAPI reads a body of this type as JSON: none given, application/json or application/*+json."""
+    if not content_type:
+        return True
+    kind = content_type.split(";")[0].strip().lower()
+    return kind.startswith("application/") and (kind == "application/json" or kind.endswith("+json"))
+
+
+class StrictJSONRoute(APIRoute):
+    """FastAPI's route with NaN and infinities refused in a JSON body: 422 problem details naming the
+    field ("changes.lr: Input should be a finite number ..."), before the route runs or stores anything."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            if request.method in ("POST", "PUT", "PATCH") and _json_content(request.headers.get("content-type")):
+                field = non_finite_field(await request.body())  # Starlette keeps the body: the route reads it again
+                if field is not None:
+                    raise RequestValidationError([{
+                        "type": "finite_number", "loc": ("body", *field.split(".")) if field else ("body",), "input": None,
+                        "msg": "Input should be a finite number: JSON has no NaN or Infinity"}])
+            return await handler(request)
+
+        return strict

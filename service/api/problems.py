@@ -43,7 +43,7 @@ def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [str(p) for p in loc if p not in ("body",) and not str(p).startswith("function-")]
     if len(parts) >= 2 and parts[0] == "dataset" and parts[1] in DATASET_NAMES:  # the union's tag, not a field
         del parts[1]
-    return ".".join(parts)
+    return ".".join(parts) or "body"  # the body itself (not a mapping, not JSON)
 
 
 def validation_problem(errors: list[dict[str, Any]]) -> JSONResponse:

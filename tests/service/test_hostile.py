@@ -134,6 +134,34 @@ def test_what_can_be_known_at_submission_is_refused_then(server: LocalServer, ch
     assert rule in problem(r, 422, field)["detail"]
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("trials/t0/adjust", b'{"lr": NaN}', "lr"),
+        ("trials/t0/fork", b'{"from_epoch": 1, "changes": {"lr": Infinity}}', "changes.lr"),
+        ("refine", b'{"top_k": 2, "fixed": {"epochs": 2, "seed": -Infinity}}', "fixed.seed"),
+        ("refine", b'{"search_space": [{"x": [1, "NaN", NaN]}]}', "search_space.0.x.2"),
+        ("extend", b'{"num_trials": NaN}', "num_trials"),
+    ],
+    ids=["adjust", "fork", "refine", "refine-nested", "extend"],
+)
+def test_nan_and_infinity_in_any_json_body_are_422_naming_the_field_and_nothing_is_stored(
+        server: LocalServer, path: str, body: bytes, field: str) -> None:
+    """Python's JSON parser, which FastAPI's routes use, reads NaN and infinities: JSON has neither and
+    PostgreSQL cannot store them (a panda adjustment or a refined definition would be stored, then fail)."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        study = client.post("/v1/studies", json=GOOD).json()["id"]
+        before = client.get("/v1/studies", params={"limit": 1}).json()["total"]
+        r = client.post(f"/v1/studies/{study}/{path}", content=body, headers={"Content-Type": "application/json"})
+        assert "finite number" in problem(r, 422, field)["detail"]
+        assert client.get("/v1/studies", params={"limit": 1}).json()["total"] == before
+        assert client.get(f"/v1/studies/{study}").json()["status"] == "queued"
+        # the word in a string is no number: the same route answers as it would without it
+        ok = client.post(f"/v1/studies/{study}/{path}", content=body.replace(b"NaN", b"1").replace(b"Infinity", b"1"),
+                         headers={"Content-Type": "application/json"})
+        assert ok.status_code != 422 or "finite" not in ok.text, ok.text
+
+
 @pytest.mark.parametrize("header", ["Token cav_x", "Basic dXNlcjpwYXNz", "cav_x", "Bearer"], ids=["token", "basic", "bare", "empty"])
 def test_a_malformed_authorization_header_is_401_even_on_loopback(server: LocalServer, header: str) -> None:
     r = httpx.get(f"{server.url}/v1/studies", headers={"Authorization": header})

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from service.api import schedules
-from service.api.bodies import BodyError, parse_body
+from service.api.bodies import BodyError, StrictJSONRoute, parse_body
 from service.api.deps import ContextDep, OwnerDep
 from service.api.problems import ERRORS, problem
 from service.api.schemas import ScheduleIn, ScheduleOut
 
-router = APIRouter(prefix="/v1/schedules", tags=["schedules"], responses={401: ERRORS[401], 422: ERRORS[422], 503: ERRORS[503]})
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"], route_class=StrictJSONRoute, responses={401: ERRORS[401], 422: ERRORS[422], 503: ERRORS[503]})
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ScheduleOut,

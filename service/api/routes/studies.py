@@ -12,7 +12,7 @@ from fastapi.sse import EventSourceResponse
 from pydantic import BaseModel
 
 from service.api import events, studies
-from service.api.bodies import BodyError, parse_body
+from service.api.bodies import BodyError, StrictJSONRoute, parse_body
 from service.api.deps import ContextDep, OwnerDep
 from service.api.longpoll import MAX_WAIT_S
 from service.api.plots import PlotsOut
@@ -36,7 +36,7 @@ from service.api.schemas import (
 from service.definition import StudyStatus, TrialState
 from service.store import TrialSort
 
-router = APIRouter(prefix="/v1/studies", tags=["studies"], responses={401: ERRORS[401], 422: ERRORS[422], 503: ERRORS[503]})
+router = APIRouter(prefix="/v1/studies", tags=["studies"], route_class=StrictJSONRoute, responses={401: ERRORS[401], 422: ERRORS[422], 503: ERRORS[503]})
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,255}$"  # printable ASCII, no spaces: a UUID, a commit SHA, ...
 
 
