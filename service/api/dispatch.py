@@ -96,9 +96,14 @@ def _tick(ctx: Context, holder: str, was: bool) -> tuple[bool, bool]:
     with ctx.dispatch_lock:
         leading = was
         try:
-            leading = ctx.store.leases.hold(DISPATCHER, holder, ctx.settings.dispatch_lease_s)
-            if not leading and (current := ctx.store.leases.holder(DISPATCHER)) is not None and gone(current[0]):
-                leading = ctx.store.leases.hold(DISPATCHER, holder, ctx.settings.dispatch_lease_s, replacing=current[0])
+            leases, ttl = ctx.store.leases, ctx.settings.dispatch_lease_s
+            leading = was and leases.hold(DISPATCHER, holder, ttl)  # the holder renews
+            if not leading:  # the others read first: a write each tick would queue behind the drivers' on SQLite
+                current = leases.holder(DISPATCHER)
+                if current is None or current[0] == holder:  # free, lapsed, or (a restarted loop) its own
+                    leading = leases.hold(DISPATCHER, holder, ttl)
+                elif gone(current[0]):
+                    leading = leases.hold(DISPATCHER, holder, ttl, replacing=current[0])
             if leading != was:
                 log.warning("%s: %s the dispatcher (lease %s)", holder, "now runs" if leading else "no longer runs", DISPATCHER)
             if was and not leading:  # its warm driver would wait beside the new leader's: stop it

@@ -289,3 +289,31 @@ def test_a_lease_held_by_a_dead_process_of_this_host_is_taken_over_at_once(ctx: 
     ctx.store.leases.release(DISPATCHER, ctx.store.leases.holder(DISPATCHER)[0])  # type: ignore[index]
     assert ctx.store.leases.hold(DISPATCHER, other, 600)
     assert _tick(ctx, holder_name(), False) == (False, False)  # may be alive: waited for
+
+
+def test_a_process_that_does_not_lead_reads_the_lease_and_writes_nothing(ctx: Context) -> None:
+    """Every API process ticks; only the holder writes (its renewal). The others read who holds it, so
+    N processes do not queue N writes a tick behind the drivers' on SQLite's one writer."""
+    from sqlalchemy import event
+
+    from service.api.dispatch import _tick
+
+    writes: list[str] = []
+    engine = ctx.store.studies.db.engine
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            writes.append(statement)
+
+    assert ctx.store.leases.hold(DISPATCHER, "other-host:1:1:1:1", 30)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        for _ in range(3):
+            assert _tick(ctx, "b", False) == (False, False)
+        assert writes == []
+        ctx.store.leases.release(DISPATCHER, "other-host:1:1:1:1")  # a clean stop: the next tick takes it
+        assert _tick(ctx, "b", False)[0] and any("caviar_leases" in w for w in writes)
+        writes.clear()
+        assert _tick(ctx, "b", True)[0] and sum("caviar_leases" in w for w in writes) == 1  # the holder renews: one write
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
