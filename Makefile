@@ -23,16 +23,21 @@ lint: setup
 	$(BIN)/ruff check service trainables search_spaces tests bench
 	$(BIN)/mypy
 
-# the fast tests first (in-process API, store, search spaces, trainables: about a minute),
-# then the few end-to-end ones that start Ray heads and servers
+# the fast tests first (in-process API, store, search spaces, trainables: about three minutes, two
+# at a time with pytest-xdist), then the few end-to-end ones that start Ray heads and servers (one at
+# a time: each trains on every core)
 unit: setup
-	$(BIN)/pytest -q -m "not ray and not slow and not ui"
+	$(BIN)/pytest -q -n 2 -m "not ray and not slow and not ui"
 
 # the UI tests drive Debian's Chromium (/usr/bin/chromium: apt-get install chromium; .ci/run installs it)
 e2e: setup
 	$(BIN)/pytest -q -m "ray or slow or ui" --durations=10
 
-test: lint unit e2e bench-smoke
+# lint beside the fast tests (CI's 25 minutes on 2 cores), then the end-to-end tests and the benchmarks' smoke runs
+test: setup
+	$(MAKE) --no-print-directory -j2 --output-sync=target lint unit
+	$(MAKE) --no-print-directory e2e
+	$(MAKE) --no-print-directory bench-smoke
 
 # each benchmark in its smoke form (what each asserts: docs/benchmarks.md) but bench.refine's, bench.mo_asha's
 # and bench.startup's, whose invariants e2e tests check (test_workflows_e2e, test_multi_objective_e2e,

@@ -57,7 +57,7 @@ that does not come up); a missed goal is reported (and exits 1 only with --check
 also asserts that the read cache served a changed study from memory.
 
     python -m bench.api_load                  # 32 connections, 30 s per endpoint (3 rounds of 10 s)
-    python -m bench.api_load --smoke          # 8 connections, 5 s per endpoint, Python generator, a tiny study
+    python -m bench.api_load --smoke          # 8 connections, 3 s per endpoint, Python generator, a tiny study
     python -m bench.api_load --json out.json  # the numbers, per endpoint and per round
     python -m bench.api_load --token          # requests carry a bearer token (the auth lookup path)
 """
@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         serve_minimal(args.serve_minimal)
         return 0
     if args.smoke:
-        args.duration, args.rounds, args.connections, args.uncached_connections = 5.0, 1, 8, 2
+        args.duration, args.rounds, args.connections, args.uncached_connections = 3.0, 1, 8, 2
         args.epochs, args.warm_trials = 5, 1
         args.studies, args.big_trials = min(args.studies, 60), min(args.big_trials, 2000)
     if not args.trials:  # one trial at a time, each at least epochs x seconds_per_epoch: twice the load's length

@@ -21,7 +21,7 @@ mentioning "database is locked", any other unexpected HTTP status or transport e
 exception, an integrity or consistency failure.
 
     python -m bench.store_load                     # the 5-minute run on SQLite (JSON: docs/bench/store_load_sqlite_300s.json)
-    python -m bench.store_load --smoke             # 30 s
+    python -m bench.store_load --smoke             # 12 s of load (CI)
     python -m bench.store_load --smoke --database-url postgresql://postgres@127.0.0.1:5432/postgres
                                                    # a fresh caviar_bench_<random> database, dropped after
 """
@@ -59,6 +59,7 @@ from service.local import LocalServer
 LOCKED = "database is locked"
 MAX_EPOCHS = 30  # fixed.epochs of the benchmark's studies; ASHA-like rungs below cut most trials short
 RUNGS = (2, 6, 18)  # grace 2, reduction factor 3: a trial stops at a rung with probability 2/3
+SMOKE_S = 12.0  # --smoke (CI, twice: SQLite and PostgreSQL): seconds of load; the full run is 300
 OBJECTIVE, MODE = "val_accuracy", "max"
 
 
@@ -470,7 +471,7 @@ def consistency(database_url: str, reports: list[dict[str, Any]], api_counts: di
 
 
 def run(args: argparse.Namespace, data_dir: Path, database_url: str) -> dict[str, Any]:
-    duration = 30.0 if args.smoke else args.duration
+    duration = SMOKE_S if args.smoke else args.duration
     load_before = os.getloadavg()[0]
     print(f"store_load: {args.writers} writers, {args.read_rate:g} reads/s, {duration:g} s, {database_url.rpartition('@')[2]}", flush=True)
     server = server_for(data_dir, database_url, args.writers)
@@ -658,7 +659,7 @@ FAILURES = {  # what each count in res["failures"] asserts is zero
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__, "30 s", "store_load_<sqlite|postgresql>_<duration>s.json")
+    p = parser(__doc__, f"{SMOKE_S:g} s", "store_load_<sqlite|postgresql>_<duration>s.json")
     p.add_argument("--duration", type=float, default=300.0, help="seconds of load (default 300)")
     p.add_argument("--database-url", default=None,
                    help="default: SQLite in the temp data dir; a postgresql:// admin URL: a fresh caviar_bench_* database, dropped after")

@@ -22,7 +22,7 @@ to see its effect at a size more seeds can afford.
 
     python -m bench.tpe_history                          # 1,000 / 100, 3,000 trials, 5 seeds (long)
     python -m bench.tpe_history --limit 250 --trials 800 --seeds 10 --json docs/bench/tpe_history_250.json
-    python -m bench.tpe_history --smoke                  # limit 250, 280 trials, 2 seeds: the invariants
+    python -m bench.tpe_history --smoke                  # limit 250, 280 trials, 1 seed: the invariants
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def run_arm(objective: str, seed: int, trials: int, limit: int | None, keep_best
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser(__doc__, "limit 250, 280 trials, 2 seeds", "tpe_history.json")
+    ap = parser(__doc__, "limit 250, 280 trials, 1 seed", "tpe_history.json")
     ap.add_argument("--limit", type=int, default=1000, help="max_history of the bounded arm (the product's: 1,000)")
     ap.add_argument("--keep-best", type=int, default=0, help="keep_best of the bounded arm (default: max(25, limit / 10))")
     ap.add_argument("--trials", type=int, default=3000)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--objectives", nargs="+", choices=sorted(OBJECTIVES), default=sorted(OBJECTIVES))
     args = ap.parse_args(argv)
     if args.smoke:
-        args.limit, args.trials, args.seeds = 250, 280, 2
+        args.limit, args.trials, args.seeds = 250, 280, 1
     keep_best = args.keep_best or max(25, args.limit // 10)
     print(f"tpe_history: bounded ({args.limit} trials, best {keep_best}) against the whole history, {args.trials} trials, "
           f"seeds 0-{args.seeds - 1}, objectives {', '.join(args.objectives)}", flush=True)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
+STOP_GRACE_S = 10.0  # LocalHead.stop: how long the head may drain before what is left of it is killed
 
 
 def free_port() -> int:
@@ -137,8 +138,8 @@ class LocalHead:
         """Stop the head's processes, and remove its Ray temp dir (sessions' sockets and logs)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
-            try:
-                self.proc.wait(timeout=45)
+            try:  # gracefully (Ray gives busy processes up to 30 s), but a test's head need not drain: kill what is left
+                self.proc.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()

@@ -46,7 +46,7 @@ def test_a_trial_resumes_from_its_checkpoint_in_the_object_store_and_the_best_on
         sid = client.submit({
             "name": "s3", "trainable": "cnn_bn_softmax", "dataset": {"name": "mnist1d"},
             "search_space": {"lr": {"type": "float", "low": 3e-3, "high": 1e-2, "log": True}},
-            "fixed": {"epochs": EPOCHS, "channels": 32, "batch_size": 8, "checkpoint_every": 1}, "scheduler": {"type": "none"},
+            "fixed": {"epochs": EPOCHS, "channels": 32, "batch_size": 16, "checkpoint_every": 1}, "scheduler": {"type": "none"},
             "budget": {"num_trials": TRIALS, "max_concurrent_trials": 2, "max_failures": 2},
         })["id"]
         # kill -9 a trial's worker once it has checkpointed twice: Tune retries it from the bucket

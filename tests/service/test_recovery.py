@@ -99,7 +99,7 @@ def test_kill_api_trial_driver_and_ray_head_mid_study_loses_nothing(own_head: Lo
         definition = {
             "name": "crashy", "trainable": "cnn_bn_softmax", "dataset": {"name": "mnist1d"},
             "search_space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-            "fixed": {"epochs": EPOCHS, "channels": 32, "batch_size": 8, "checkpoint_every": 1}, "scheduler": {"type": "none"},
+            "fixed": {"epochs": EPOCHS, "channels": 32, "batch_size": 16, "checkpoint_every": 1}, "scheduler": {"type": "none"},
             "budget": {"num_trials": TRIALS, "max_concurrent_trials": 2, "max_failures": 2},
         }
         sid = api.client().submit(definition)["id"]
