@@ -177,21 +177,21 @@ def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: 
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         seen = 0
-        for i in range(0, n, bs):
+        x_train, y_train, l1 = tensors.x_train, tensors.y_train, cfg.l1 if cfg.use_l1 else 0.0
+        for idx in perm.split(bs):
             if stopping():  # a scheduler stopped the trial while it trained ahead: this epoch goes unreported
                 return metrics
-            idx = perm[i : i + bs]
             if len(idx) < 2:  # BN cannot normalize a batch of one
                 continue
             with autocast:
-                logits = model(tensors.x_train[idx])
-                loss = loss_fn(logits.float(), tensors.y_train[idx])
-                if cfg.use_l1 and cfg.l1 > 0:
-                    loss = loss + cfg.l1 * l1_penalty(model)
+                logits = model(x_train[idx])
+                loss = loss_fn(logits.float(), y_train[idx])
+                if l1 > 0:
+                    loss = loss + l1 * l1_penalty(model)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach() * len(idx)  # stays on device: no sync per step
+            loss_sum.add_(loss.detach(), alpha=len(idx))  # stays on device: no sync per step
             seen += len(idx)
         train_loss = float(loss_sum) / max(1, seen)
         elapsed = time.perf_counter() - t0
