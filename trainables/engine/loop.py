@@ -178,7 +178,7 @@ def fit(cfg: C, build: ModelBuilder, reporter: Reporter | None = None, *, test: 
         loss_sum = torch.zeros((), device=device)
         seen = 0
         x_train, y_train, l1 = tensors.x_train, tensors.y_train, cfg.l1 if cfg.use_l1 else 0.0
-        for idx in perm.split(bs):
+        for idx in torch.split(perm, bs):
             if stopping():  # a scheduler stopped the trial while it trained ahead: this epoch goes unreported
                 return metrics
             if len(idx) < 2:  # BN cannot normalize a batch of one
