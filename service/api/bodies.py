@@ -7,14 +7,17 @@ first (a document of more than ``MAX_NODES`` nodes is refused before it is built
 refused: a study definition never needs them. JSON is parsed by the standard library's C parser,
 with NaN and infinities refused. The route runs ``parse_body`` in a worker thread.
 
-Every other route's JSON body is FastAPI's to parse, and Python's parser reads NaN and infinities
-(JSON has neither; PostgreSQL refuses to store them): ``StrictJSONRoute``, every router's route
-class, refuses them first with a 422 naming the field.
+Every other route's JSON body is FastAPI's to parse, and Python's parser reads NaN, infinities and
+numbers past a double's range (1e999 as inf), which JSON cannot write back and PostgreSQL refuses to
+store: ``StrictJSONRoute``, the route class of the routers that take bodies, refuses them first
+with a 422 naming the field.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -89,23 +92,25 @@ def parse_body(raw: bytes, content_type: str) -> dict[str, Any]:
     return data
 
 
-_NON_FINITE = object()
+# what a JSON body must hold for Python's parser to read a number that is not finite: NaN, Infinity,
+# or a number past a double's range (an exponent of 100 or more, or 309 digits: 1e999 reads as inf)
+_MAYBE_NON_FINITE = re.compile(rb"NaN|Infinity|[eE]\+?0*[1-9][0-9]{2}|[0-9]{309}")
 
 
-def non_finite_field(raw: bytes) -> str | None:
-    """Where a JSON body holds NaN or an infinity: the field's dotted path ("" for the body itself), or
-    None when it holds none or is not JSON (its parser reports that)."""
-    if b"NaN" not in raw and b"Infinity" not in raw:  # the common case costs a scan of the bytes
+def non_finite_path(raw: bytes) -> tuple[str, ...] | None:
+    """Where a JSON body holds a number that is not finite (NaN, an infinity, 1e999): the field's path
+    (() for the body itself), or None when it holds none or is not JSON (its parser reports that)."""
+    if _MAYBE_NON_FINITE.search(raw) is None:  # the common case: one scan of the bytes, no parse
         return None
     try:
-        data = json.loads(raw, parse_constant=lambda _: _NON_FINITE)
+        data = json.loads(raw)
     except (ValueError, RecursionError):
         return None
     stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
     while stack:  # depth first, in the body's order
         value, path = stack.pop()
-        if value is _NON_FINITE:
-            return ".".join(path)
+        if isinstance(value, float) and not math.isfinite(value):
+            return path
         children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
         stack.extend(reversed([(v, (*path, str(k))) for k, v in children]))
     return None
@@ -120,7 +125,7 @@ def _json_content(content_type: str | None) -> bool:
 
 
 class StrictJSONRoute(APIRoute):
-    """FastAPI's route with NaN and infinities refused in a JSON body: 422 problem details naming the
+    """FastAPI's route with NaN, infinities and numbers past a double's range refused in a JSON body: 422 problem details naming the
     field ("changes.lr: Input should be a finite number ..."), before the route runs or stores anything."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -128,10 +133,10 @@ class StrictJSONRoute(APIRoute):
 
         async def strict(request: Request) -> Response:
             if request.method in ("POST", "PUT", "PATCH") and _json_content(request.headers.get("content-type")):
-                field = non_finite_field(await request.body())  # Starlette keeps the body: the route reads it again
-                if field is not None:
+                path = non_finite_path(await request.body())  # Starlette keeps the body: the route reads it again
+                if path is not None:
                     raise RequestValidationError([{
-                        "type": "finite_number", "loc": ("body", *field.split(".")) if field else ("body",), "input": None,
+                        "type": "finite_number", "loc": ("body", *path), "input": None,
                         "msg": "Input should be a finite number: JSON has no NaN or Infinity"}])
             return await handler(request)
 

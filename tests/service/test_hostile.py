@@ -142,8 +142,9 @@ def test_what_can_be_known_at_submission_is_refused_then(server: LocalServer, ch
         ("refine", b'{"top_k": 2, "fixed": {"epochs": 2, "seed": -Infinity}}', "fixed.seed"),
         ("refine", b'{"search_space": [{"x": [1, "NaN", NaN]}]}', "search_space.0.x.2"),
         ("extend", b'{"num_trials": NaN}', "num_trials"),
+        ("trials/t0/adjust", b'{"weight_decay": 1e-400, "lr": 1E+999}', "lr"),
     ],
-    ids=["adjust", "fork", "refine", "refine-nested", "extend"],
+    ids=["adjust", "fork", "refine", "refine-nested", "extend", "past-a-double"],
 )
 def test_nan_and_infinity_in_any_json_body_are_422_naming_the_field_and_nothing_is_stored(
         server: LocalServer, path: str, body: bytes, field: str) -> None:
@@ -157,7 +158,8 @@ def test_nan_and_infinity_in_any_json_body_are_422_naming_the_field_and_nothing_
         assert client.get("/v1/studies", params={"limit": 1}).json()["total"] == before
         assert client.get(f"/v1/studies/{study}").json()["status"] == "queued"
         # the word in a string is no number: the same route answers as it would without it
-        ok = client.post(f"/v1/studies/{study}/{path}", content=body.replace(b"NaN", b"1").replace(b"Infinity", b"1"),
+        finite = body.replace(b"NaN", b"1").replace(b"Infinity", b"1").replace(b"1E+999", b"1")
+        ok = client.post(f"/v1/studies/{study}/{path}", content=finite,
                          headers={"Content-Type": "application/json"})
         assert ok.status_code != 422 or "finite" not in ok.text, ok.text
 
