@@ -12,9 +12,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# torch first, then the rest through uv's installer: about 10 s against about 110 s with pip's on
+# 2 cores, the same versions (torch, installed first, satisfies the project's range); pip's where uv cannot run
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet uv && $(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[test,bench]' \
+	  || $(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
 setup: $(VENV)/.installed

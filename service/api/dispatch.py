@@ -176,9 +176,10 @@ def dispatch_once(ctx: Context) -> None:
         job_id = ctx.jobs.submit(row.id)
         if not ctx.store.studies.update(row.id, only_if=ACTIVE, only_job=None, ray_job_id=job_id):
             ctx.jobs.stop(job_id)  # cancelled while we submitted, or handed to Ray by another dispatcher
-    # a warm driver ready for the next study (settings.warm_driver), started while no study runs:
-    # its start-up (imports, a second of CPU or more) does not slow a running study's trials
-    if not ctx.store.studies.with_status(StudyStatus.RUNNING.value):
+    # a warm driver ready for the next study (settings.warm_driver), started while no study runs or
+    # starts (a queued study handed to a driver that has not marked it running yet): its start-up
+    # (imports, a second of CPU or more, and its trial processes' PyTorch) does not slow a study's
+    if not ctx.store.studies.with_status(*ACTIVE):
         ctx.jobs.warm()
     # a cancel whose stop request failed (Ray busy or down) is retried until the job has ended
     for row in ctx.store.studies.with_status(StudyStatus.CANCELLED.value, finished_after=now() - RESTOP_WINDOW):

@@ -5,7 +5,7 @@ cancelled meanwhile stays cancelled. Its settings come from the job's environmen
 ``service.jobs.driver_env`` built.
 
 ``python -m service.runner --standby JOB_ID`` is a warm driver (``service.jobs``): it imports what
-a driver needs (Ray, Tune, Optuna, PyTorch, scikit-learn's splitter) and connects to Ray, then waits for the study the store
+a driver needs (Ray, Tune, Optuna, PyTorch) and connects to Ray, then waits for the study the store
 hands its job, runs it as above, and ends. Unclaimed for STANDBY_IDLE_S, it ends. With
 ``settings.warm_trials`` it also has Ray start the job's trial processes ahead, each importing
 PyTorch and the trainables (service.runner.warm): Tune's trial actors land in them.
@@ -37,10 +37,6 @@ def standby(job_id: str) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = load_settings()
     import ray
-
-    # scikit-learn's splitter, which the held-out test metrics of a study's best trial load the data
-    # with at the study's end: 1.4 s to import here, 1 s of every MNIST-1D study's end without it
-    import sklearn.model_selection  # noqa: F401
 
     import service.runner.tuner  # noqa: F401  - Tune, Optuna, the searcher: what a study's start would import
     import trainables.engine  # noqa: F401  - PyTorch: the built-ins' training functions resolve to it

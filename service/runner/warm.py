@@ -1,6 +1,6 @@
 """Warm trial processes: the warm driver (``python -m service.runner --standby``) asks each node's
 raylet to start its job's worker processes before the study exists, and each of them imports what
-a built-in trainable needs (PyTorch, the training engine, scikit-learn's splitter) as it starts.
+a built-in trainable needs (PyTorch, the training engine) as it starts.
 Tune's trial actors then land in processes that are up and warm, instead of paying a Python start,
 Ray's and PyTorch's imports at the study's first trials (about 1.5 s each on a CPU node).
 
@@ -36,9 +36,8 @@ def setup() -> None:
     import what the built-in trainables import. Never raises: a worker that failed here would not start."""
     start = time.perf_counter()
     try:
-        # the datasets' splitter, PyTorch with the training loop, the trainables resolved by name
-        import sklearn.model_selection  # noqa: F401
-
+        # PyTorch with the training loop, the trainables resolved by name (the datasets split with
+        # NumPy alone: no scikit-learn in a trial process)
         import trainables.engine
         import trainables.registry  # noqa: F401
     except Exception as exc:  # a trainable's own import errors are reported by its trial, not here

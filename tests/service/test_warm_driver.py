@@ -58,15 +58,25 @@ def test_a_study_goes_to_the_warm_driver_once_it_runs(ray_jobs: tuple[RayJobs, F
     assert getattr(importlib.import_module(module), name) is warm.setup
     j.warm()
     assert len(client.jobs) == 1  # one at a time
-    first = j.submit("a" * 16)  # the standby is still starting: a job of the study's own
-    assert first.startswith("caviar-aaaa") and client.jobs[first]["metadata"] == {"caviar_study_id": "a" * 16}
+    assert j.submit("a" * 16) == standby  # still starting (PENDING): further along than a new job, the study goes to it
+    first = j.submit("b" * 16)  # handed out once: the next study gets a job of its own
+    assert first.startswith("caviar-bbbb") and client.jobs[first]["metadata"] == {"caviar_study_id": "b" * 16}
     assert client.jobs[first]["env"] == {"env_vars": j.env}  # no processes are started ahead for it: no hook
-    client.jobs[standby]["status"] = "RUNNING"
-    assert j.submit("b" * 16) == standby  # up: the study runs in it
-    assert j.submit("c" * 16).startswith("caviar-cccc")  # handed out once
+    def newest() -> str:
+        return [k for k in client.jobs if k.startswith("caviar-standby-")][-1]
+
     j.warm()
-    fresh = [k for k in client.jobs if k.startswith("caviar-standby-") and k != standby]
-    assert len(fresh) == 1  # the next one
+    second = newest()
+    assert second != standby  # the next one
+    client.jobs[second]["status"] = "RUNNING"
+    assert j.submit("c" * 16) == second  # up: the study runs in it
+    j.warm()
+    third = newest()
+    client.jobs[third]["status"] = "FAILED"  # a warm driver that failed to start is not handed a study
+    assert j.submit("d" * 16).startswith("caviar-dddd")
+    j.warm()
+    fresh = [newest()]
+    assert fresh[0] not in (standby, second, third)
     j.close()
     assert client.stopped == fresh  # shutting down stops the unclaimed one only
 

@@ -80,3 +80,49 @@ def test_other_file_types_and_missing_files(data_dir: Path) -> None:
         resolve_file("model.pkl")
     with pytest.raises(DatasetError, match=r"no file 'missing\.csv'"):
         load_dataset(FileSpec(name="file", path="missing.csv"))
+
+
+def test_the_split_is_scikit_learns_index_for_index_without_importing_it(data_dir: Path) -> None:
+    """``_split`` reimplements ``train_test_split(..., stratify=y)`` (a plain shuffle when a class has one
+    sample) in NumPy: the same rows on each side, in the same order, for random sizes, classes, label
+    types, fractions and seeds; the digits come from the file scikit-learn ships, equal to ``load_digits``.
+    Loading the built-in datasets in a fresh process (MNIST-1D generated already) imports neither
+    scikit-learn nor SciPy."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from trainables.datasets import _digits, _split
+
+    rs = np.random.RandomState(0)
+    compared = refused = 0
+    for _ in range(300):
+        n, k = int(rs.randint(10, 400)), int(rs.randint(2, 12))
+        y = rs.randint(0, k, size=n)
+        if rs.rand() < 0.2:
+            y[rs.randint(n)] = 99  # a class of one sample: not stratified
+        labels: np.ndarray = np.array([f"c{v}" for v in y]) if rs.rand() < 0.3 else y
+        x = rs.randn(n, 3)
+        fraction, seed = float(rs.choice([0.1, 0.2, 0.25, 0.33, 0.5])), int(rs.randint(0, 2**32 - 1))
+        stratify = labels if np.unique(labels, return_counts=True)[1].min() >= 2 else None
+        try:
+            theirs = train_test_split(x, labels, test_size=fraction, random_state=seed, stratify=stratify)
+        except ValueError:  # a side too small to hold every class: refused by both
+            with pytest.raises(ValueError):
+                _split(x, labels, fraction, seed)
+            refused += 1
+            continue
+        ours = _split(x, labels, fraction, seed)
+        assert all(np.array_equal(a, b) for a, b in zip(theirs, ours, strict=True)), (n, k, fraction, seed)
+        compared += 1
+    assert compared > 250 and refused >= 1
+    digits = load_digits()
+    assert np.array_equal(_digits()[:, :-1], digits.data) and np.array_equal(_digits()[:, -1].astype(int), digits.target)
+    load_dataset(Mnist1dSpec(name="mnist1d"))  # generated once (the mnist1d package uses SciPy); trials read the file
+    code = ("import sys; from trainables.datasets import DigitsSpec, Mnist1dSpec, load_dataset; import trainables.engine; "
+            "load_dataset(DigitsSpec(name='digits')); load_dataset(Mnist1dSpec(name='mnist1d')); "
+            "print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, env=dict(os.environ))
+    assert out.stdout.split("\n")[-2] == "[]", out.stdout + out.stderr
