@@ -16,6 +16,11 @@ study or the warm driver started has settled). Per submission, from the client's
 and, with the warm driver, how long after the previous study completed the next warm driver was up.
 The goal (issue 14): to_trial_started <= 2 s; today ~7 s without.
 
+``first`` (not run unless asked: ``--phases first``) measures what the others leave out: the first
+study after an API's start. Each submission gets a fresh `caviar serve` (the default settings, a
+fresh store) on the same head and is submitted as soon as the server answers, as a CI pipeline that
+starts the service and submits does; the server is stopped after its study completes.
+
 --smoke: 3 submissions, cold and warm only; asserts each study completed, and with the warm driver each ran in
 a warm driver's job (its id caviar-standby-...), started its first trial sooner (median) than
 without, and had its first result in the store within 2 s of the POST (median).
@@ -85,6 +90,31 @@ def phase(head: LocalHead, data: Path, name: str, n: int) -> list[dict[str, Any]
     return rows
 
 
+def first_after_start(head: LocalHead, data: Path, n: int) -> list[dict[str, Any]]:
+    """The ``first`` phase: a fresh server per submission, the study submitted as soon as it answers."""
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        wait_quiet()  # the previous server's processes have settled
+        server = LocalServer(data, head, database_url=f"sqlite:///{data}/first-{i}.db", env=PHASES["warm"])
+        server.start()
+        try:
+            with server.client() as client:
+                t0 = time.time()
+                sid = client.submit({**STUDY, "name": f"first-{i}"})["id"]
+                study = client.wait(sid, poll_s=0.05, timeout_s=300)
+                done = time.time()
+                (trial,) = client.trials(sid)
+                first = client.trial(sid, trial["trial_id"])["history"][0]["reported_at"]
+                rows.append({"study": sid, "job": study["ray_job_id"], "status": study["status"],
+                             "to_trial_started_s": _ts(trial["started_at"]) - t0, "to_first_result_s": first - t0,
+                             "to_completed_s": done - t0, "warm_driver_up_after_previous_s": None})
+                print(f"first {i}: trial started {rows[-1]['to_trial_started_s']:.2f} s, first result "
+                      f"{rows[-1]['to_first_result_s']:.2f} s, completed {rows[-1]['to_completed_s']:.2f} s ({study['ray_job_id']})", flush=True)
+        finally:
+            server.stop()
+    return rows
+
+
 def summary(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
     xs = [r[key] for r in rows if r[key] is not None]
     return {"median": statistics.median(xs), "p90": pct(xs, 0.9), "max": max(xs), "min": min(xs)} if xs else {}
@@ -93,7 +123,7 @@ def summary(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__, "3 submissions each way", "startup")
     ap.add_argument("--submissions", type=int, default=20)
-    ap.add_argument("--phases", default=",".join(PHASES), help=f"which of {', '.join(PHASES)} to run, in this order")
+    ap.add_argument("--phases", default=",".join(PHASES), help=f"which of {', '.join(PHASES)} and first to run, in this order")
     args = ap.parse_args(argv)
     if args.smoke:
         args.submissions, args.phases = 3, "cold,warm"
@@ -106,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         head.start()
         try:
             for name in args.phases.split(","):
-                results[name] = phase(head, data, name, args.submissions)
+                if name == "first":
+                    results[name] = first_after_start(head, data, args.submissions)
+                else:
+                    results[name] = phase(head, data, name, args.submissions)
         finally:
             head.stop()
     keys = ("to_trial_started_s", "to_first_result_s", "to_completed_s")
